@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the demo: a small DDP model on 2 gloo ranks under torchrun,
+# logging through distlog into runs/demo (and an offline wandb run when wandb is installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/torchrun --standalone --nproc_per_node="${NPROC:-2}" -m distlog.demo "$@"

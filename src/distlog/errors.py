@@ -1,0 +1,35 @@
+"""Exceptions raised by distlog.
+
+Every error that bad input can cause derives from :class:`DistlogError`, so callers can catch
+them in one place. Errors about a logged value are raised on the rank that logged it, at the
+call, before any collective: the other ranks are never left waiting for it.
+"""
+
+from __future__ import annotations
+
+
+class DistlogError(Exception):
+    """Base class of every distlog error."""
+
+
+class LogValueError(DistlogError, ValueError):
+    """A value, key, reduction or media input that distlog cannot log. The message names the key."""
+
+
+class LogTypeError(DistlogError, TypeError):
+    """A value or key of a type that distlog cannot log. The message names the key."""
+
+
+class LoggerClosedError(DistlogError, RuntimeError):
+    """The logger was used after :meth:`distlog.Logger.finish`."""
+
+
+class KeyConflictError(DistlogError, ValueError):
+    """Ranks logged the same key with different reductions; raised on every rank at the flush."""
+
+
+class RankDivergenceError(DistlogError, RuntimeError):
+    """Ranks stopped flushing together: one is missing, crashed, or flushes on another schedule.
+
+    Raised on every rank that noticed it, naming the log step and, where known, the ranks.
+    """

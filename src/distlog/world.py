@@ -1,0 +1,181 @@
+"""Who am I, which group do I aggregate over, which device do I compute on.
+
+:class:`World` is a frozen snapshot read from ``torch.distributed`` and torchrun's environment.
+It works without any process group (a world of one), so the same code runs in a notebook, in a
+single-process test and under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distlog.errors import DistlogError
+
+__all__ = ["World", "init_distributed"]
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise DistlogError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True)
+class World:
+    """The calling process's place in the job.
+
+    ``rank``/``world_size`` are global; ``group_rank``/``group_size`` are within ``group``, the
+    process group that scalars are aggregated over (``None`` means the default, whole world).
+    The writer is always global rank 0: only it talks to sinks.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    num_nodes: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+    group: Any = None
+    group_rank: int = 0
+    group_size: int = 1
+    group_ranks: tuple[int, ...] = (0,)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True on the one process that writes to sinks."""
+        return self.rank == 0
+
+    @property
+    def is_local_zero(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when a process group with more than one member is in use."""
+        return self.backend is not None and self.world_size > 1
+
+    @property
+    def writer_in_group(self) -> bool:
+        """True when global rank 0 is a member of the aggregation group.
+
+        Groups without the writer (say the other tensor-parallel replicas of a data-parallel
+        dimension) have nobody to deliver results to, so their flushes move nothing.
+        """
+        return 0 in self.group_ranks
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where the fused payload lives: the GPU for NCCL, the host for gloo and worlds of one."""
+        if self.backend is not None and "nccl" in self.backend and self.device.type == "cuda":
+            return self.device
+        return torch.device("cpu")
+
+    @classmethod
+    def current(
+        cls,
+        group: Any = None,
+        *,
+        mesh: Any = None,
+        mesh_dim: int | str | None = None,
+        device: torch.device | str | None = None,
+    ) -> World:
+        """Read the world from ``torch.distributed`` and torchrun's environment.
+
+        Args:
+            group: process group to aggregate over (default: the whole world).
+            mesh: a ``DeviceMesh``; with ``mesh_dim`` (name or index) its group along that
+                dimension is used, e.g. the data-parallel dimension of a dp x tp mesh, so that
+                tensor-parallel replicas are not counted twice.
+            device: override the compute device (default ``cuda:LOCAL_RANK`` when CUDA is
+                available and in use, else cpu).
+        """
+        if mesh is not None:
+            if group is not None:
+                raise DistlogError("pass either group= or mesh=, not both")
+            group = mesh.get_group(mesh_dim) if mesh_dim is not None else mesh.get_group()
+        elif mesh_dim is not None:
+            raise DistlogError("mesh_dim= needs mesh=")
+
+        initialized = dist.is_available() and dist.is_initialized()
+        env_world = _env_int("WORLD_SIZE", 1)
+        if not initialized:
+            if group is not None:
+                raise DistlogError("group= was given but torch.distributed is not initialized")
+            if env_world > 1:
+                raise DistlogError(
+                    f"WORLD_SIZE={env_world} but torch.distributed is not initialized: call "
+                    "distlog.init_distributed() (or torch.distributed.init_process_group) "
+                    "before creating the logger"
+                )
+            rank, world_size, backend = 0, 1, None
+            group_rank, group_size, group_ranks = 0, 1, (0,)
+        else:
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+            backend = str(dist.get_backend(group))
+            group_size = dist.get_world_size(group)
+            group_rank = dist.get_rank(group)
+            if group_rank < 0:
+                raise DistlogError(f"rank {rank} is not a member of the group it was given")
+            if group is None:
+                group_ranks = tuple(range(world_size))
+            else:
+                group_ranks = tuple(dist.get_process_group_ranks(group))
+
+        local_rank = _env_int("LOCAL_RANK", 0)
+        local_world_size = _env_int("LOCAL_WORLD_SIZE", 1 if not initialized else world_size)
+        num_nodes = max(1, world_size // max(1, local_world_size))
+        node_rank = _env_int("GROUP_RANK", _env_int("NODE_RANK", rank // max(1, local_world_size)))
+
+        if device is not None:
+            dev = torch.device(device)
+        elif torch.cuda.is_available() and (backend is None or "nccl" in backend or initialized):
+            dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        else:
+            dev = torch.device("cpu")
+
+        return cls(
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            local_world_size=local_world_size,
+            node_rank=node_rank,
+            num_nodes=num_nodes,
+            device=dev,
+            backend=backend,
+            group=group,
+            group_rank=group_rank,
+            group_size=group_size,
+            group_ranks=group_ranks,
+        )
+
+
+def init_distributed(
+    backend: str | None = None, *, timeout: timedelta | None = None
+) -> World:
+    """Initialise ``torch.distributed`` from torchrun's environment if it is not already.
+
+    Picks NCCL when CUDA is available and gloo otherwise, and selects ``cuda:LOCAL_RANK`` as the
+    current device. Outside torchrun (no ``WORLD_SIZE``), does nothing and returns a world of one.
+    """
+    if dist.is_available() and not dist.is_initialized() and _env_int("WORLD_SIZE", 1) > 1:
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "nccl" in backend:
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0) % torch.cuda.device_count())
+        kwargs: dict[str, Any] = {"backend": backend}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        dist.init_process_group(**kwargs)
+    return World.current()

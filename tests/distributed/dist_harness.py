@@ -1,0 +1,151 @@
+"""Start real multi-process gloo groups for tests, and never hang.
+
+``run_ranks(fn, world_size, *args)`` spawns ``world_size`` processes, each with torchrun's
+environment variables set and a gloo process group initialised, calls ``fn(rank, *args)`` in each
+and returns the list of return values in rank order. A rank that raises fails the test with its
+traceback; a job that outlives ``timeout`` is killed and fails the test, so a distributed bug
+becomes a red test, never a stuck CI run.
+
+``fn`` must be importable by the child processes: define it at module level in a test file.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process (torchrun, python -m ...) that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("WANDB_SILENT", "true")
+    env.setdefault("WANDB_MODE", "offline")
+    env.update(extra)
+    return env
+
+
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    results: Any,
+    backend: str,
+    env: dict[str, str],
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        GROUP_RANK="0",
+        **env,
+    )
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        value = fn(rank, *args)
+        results.put((rank, "ok", value))
+    except BaseException:  # report everything, SystemExit included
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+        sys.stdout.flush()
+
+
+def run_ranks(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    backend: str = "gloo",
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    expect_errors: bool = False,
+) -> list[Any]:
+    """Run ``fn(rank, *args)`` on ``world_size`` fresh processes and return results by rank.
+
+    With ``expect_errors=True`` a rank's failure is returned as ``("error", traceback)`` in its
+    slot instead of failing at once, for tests that check what each rank raised.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(
+            target=_child,
+            args=(rank, world_size, port, fn, args, results, backend, env or {}),
+            daemon=False,
+        )
+        for rank in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    collected: dict[int, tuple[str, Any]] = {}
+    try:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(collected) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(world_size)) - set(collected))
+                raise TimeoutError(
+                    f"ranks {missing} did not finish within {timeout:.0f}s "
+                    f"(finished: {sorted(collected)})"
+                )
+            try:
+                rank, status, value = results.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                dead = [
+                    r for r, p in enumerate(procs)
+                    if not p.is_alive() and r not in collected and p.exitcode not in (0, None)
+                ]
+                if dead and not expect_errors:
+                    raise RuntimeError(
+                        f"rank(s) {dead} died with exit codes "
+                        f"{[procs[r].exitcode for r in dead]} before reporting"
+                    ) from None
+                if dead and expect_errors:
+                    for r in dead:
+                        collected[r] = ("died", procs[r].exitcode)
+                continue
+            collected[rank] = (status, value)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    out: list[Any] = []
+    for rank in range(world_size):
+        status, value = collected[rank]
+        if status != "ok" and not expect_errors:
+            raise AssertionError(f"rank {rank} failed:\n{value}")
+        out.append(value if status == "ok" else (status, value))
+    return out

@@ -228,6 +228,9 @@ class Aggregator:
         self._t_weights: list[float | torch.Tensor] = []
         self._last_tensors: dict[str, torch.Tensor] = {}
         self._pending_conflict: KeyConflictError | None = None
+        # Set when a collective failed (timeout, dead peer): the gloo group's state is unknown
+        # after that, so later flushes fail at once instead of pairing with stale messages.
+        self.failure: str | None = None
         self._ctrl = self._make_control_group()
 
     # ----------------------------------------------------------------------------- set-up
@@ -393,6 +396,11 @@ class Aggregator:
         """
         self.collectives_last_flush = 0
         w = self.world
+        if self.failure is not None:
+            raise RankDivergenceError(
+                f"no flush is possible after the logging group failed ({self.failure}); "
+                "finish the logger with a non-zero exit code and restart the job"
+            )
         if not self.communicates:
             if not w.is_global_zero:
                 self.clear()
@@ -525,6 +533,7 @@ class Aggregator:
             waited = time.monotonic() - start
             missing = self._missing_ranks()
             who = f"; ranks that never reached it: {missing}" if missing else ""
+            self.failure = f"log step {step} on rank {self.world.rank}{who}"
             raise RankDivergenceError(
                 f"the flush at log step {step} failed after {waited:.1f}s on rank "
                 f"{self.world.rank} (timeout {self.timeout:.0f}s): a rank crashed, skipped "

@@ -8,23 +8,23 @@ the other ranks wait in.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import math
+import os
 import queue
 import re
-import sys
+import signal
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
-from distlog.aggregation import Aggregator, _as_float
+from distlog import lifecycle, runlog
+from distlog.aggregation import Aggregator, PendingRow, _as_float
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
@@ -78,32 +78,121 @@ def _scalar_or_repr(value: Any) -> Any:
 
 
 class _WriterThread:
-    """Runs sink calls in order on one background thread, behind a bounded queue."""
+    """Runs sink calls in order on one background thread.
+
+    Nothing here takes a lock that the training thread could be holding when a signal handler
+    interrupts it: jobs go through a ``SimpleQueue`` (whose ``put`` is reentrant) and waiting
+    for the thread polls a flag. So the SIGTERM handler can always queue the last writes and
+    wait for them, wherever the main thread was.
+    """
 
     def __init__(self, maxsize: int) -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=maxsize)
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._maxsize = maxsize
         self._thread = threading.Thread(target=self._run, name="distlog-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
+            if job is None:
+                return
             try:
-                if job is None:
-                    return
                 job()
-            finally:
-                self._queue.task_done()
+            except BaseException as exc:  # a job must never take the writer thread down
+                warnings.warn(
+                    f"distlog: writer job failed: {type(exc).__name__}: {exc}", stacklevel=1
+                )
 
-    def submit(self, job: Callable[[], None]) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
+        """Queue a job. Waits while ``maxsize`` jobs are queued (sinks slower than training)."""
+        if wait_for_room:
+            while self._queue.qsize() >= self._maxsize and self.alive:
+                time.sleep(0.001)
         self._queue.put(job)
 
-    def drain(self) -> None:
-        self._queue.join()
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job queued so far has run; False if ``timeout`` ran out first."""
+        marker = _Marker()
+        self._queue.put(marker)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while not marker.done:
+            if not self.alive:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = 60.0) -> None:
         self._queue.put(None)
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=timeout)
+
+
+class _Marker:
+    """A no-op job that records that the writer thread reached it (a lock-free drain)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+
+
+class _WriteJob:
+    """One flush's writes, run on the writer thread at most once.
+
+    A signal that arrives after the values reached the writer but before the job was queued
+    queues it again; the second run does nothing.
+    """
+
+    def __init__(
+        self,
+        logger: Logger,
+        step: int,
+        make_row: Callable[[], dict[str, float]],
+        media: list[tuple[str, Any]],
+    ) -> None:
+        self.logger = logger
+        self.step = step
+        self._make_row = make_row
+        self._row: dict[str, float] | None = None
+        self.media = media
+        self._ran = False
+
+    def row(self) -> dict[str, float]:
+        if self._row is None:
+            self._row = self._make_row()
+        return self._row
+
+    def __call__(self) -> None:
+        if self._ran:
+            return
+        self._ran = True
+        logger, step = self.logger, self.step
+        row = self.row()
+        if row:
+            logger._each_sink("log_scalars", lambda s: s.log_scalars(step, row))
+            logger._last_written_step = step
+        for key, item in self.media:
+            logger._each_sink("log_media", lambda s, k=key, it=item: s.log_media(step, k, it))
+
+
+def _restart_count() -> int:
+    """How many times the launcher restarted this job (torchrun elastic, SLURM requeue)."""
+    for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
+        raw = os.environ.get(name, "")
+        if raw.strip().isdigit() and int(raw) > 0:
+            return int(raw)
+    return 0
 
 
 class Logger:
@@ -123,8 +212,19 @@ class Logger:
             :class:`~distlog.errors.RankDivergenceError` instead of hanging.
         nonfinite: what the writer does with NaN and infinities: ``"warn"`` (write them, with
             one warning per key), ``"ignore"`` (write them silently) or ``"drop"``.
+        handle_signals: on the writer, finish the logger when SIGTERM or SIGINT arrives (exit
+            code ``128 + signum``), then let the signal do what it did before (see
+            :mod:`distlog.lifecycle`). True (the default), False, or the signals to handle,
+            e.g. ``(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)``. Needs the main thread.
+        resume: continue a run directory that a previous start of the same job wrote to:
+            rows at or below the last step in ``metrics.jsonl`` are not written again (with
+            one warning), so a job restarted from an older checkpoint duplicates no step.
+            ``"auto"`` (the default) resumes when the launcher says this is a restart
+            (``TORCHELASTIC_RESTART_COUNT`` or ``SLURM_RESTART_COUNT`` > 0); True always;
+            False never (rows are appended as they come).
 
     Every rank of the group must construct the logger and call :meth:`flush` at the same steps.
+    On the writer, ``<run_dir>/run.json`` keeps the run's id across restarts (:attr:`run_id`).
     """
 
     def __init__(
@@ -141,7 +241,11 @@ class Logger:
         timeout: float = 300.0,
         nonfinite: str = "warn",
         queue_size: int = 1024,
+        handle_signals: bool | Iterable[int] = True,
+        resume: bool | str = "auto",
     ) -> None:
+        if resume not in (True, False, "auto"):
+            raise LogValueError(f"resume={resume!r}; choose True, False or 'auto'")
         if nonfinite not in NONFINITE_POLICIES:
             raise LogValueError(
                 f"nonfinite={nonfinite!r}; choose one of {', '.join(NONFINITE_POLICIES)}"
@@ -154,7 +258,13 @@ class Logger:
         self.nonfinite = nonfinite
         self._agg = Aggregator(self.world, timeout=timeout)
         self._closed = False
+        self._finishing = False
         self._step = -1
+        self._last_written_step: int | None = None
+        self._inflight: _WriteJob | None = None
+        self._resume_after = -1
+        self._warned_resume_skip = False
+        self.run_id: str | None = None
         self._precomputed: dict[str, float] = {}
         self._media: list[tuple[str, Any]] = []
         self._warned_nonfinite: set[str] = set()
@@ -175,7 +285,32 @@ class Logger:
             self.sinks = given
             if async_write:
                 self._writer = _WriterThread(queue_size)
-        _live_loggers.add(self)
+            if self.run_dir is not None:
+                self._start_run(resume)
+        signals: Iterable[int] = ()
+        if self.world.is_global_zero and handle_signals is not False:
+            signals = lifecycle.DEFAULT_SIGNALS if handle_signals is True else handle_signals
+        lifecycle.register(self, signals)
+
+    def _start_run(self, resume: bool | str) -> None:
+        """Record this start in ``run.json``; on a resume, find the last step already written."""
+        assert self.run_dir is not None
+        restart = _restart_count()
+        after = None
+        if resume is True or (resume == "auto" and restart > 0):
+            after = runlog.last_step(self.run_dir)
+        info = runlog.start_run(
+            self.run_dir, world_size=self.world.world_size, restart=restart, resumed_after=after
+        )
+        self.run_id = info["id"]
+        if after is not None:
+            self._resume_after = after
+            self._last_written_step = after
+            warnings.warn(
+                f"distlog: resuming run {self.run_id} in {self.run_dir}: steps up to {after} "
+                "are already written and will not be written again",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -305,17 +440,27 @@ class Logger:
         self._step = step
         row: dict[str, float] | None = None
         if pending is not None:
-            extra, self._precomputed = self._precomputed, {}
+            job = self._write_job(step, pending)
+            self._inflight = job  # from here on, a signal handler writes this row too
             if block or (block is None and pending.ready is None):
-                row = self._finish_row(pending.resolve(), extra)
-                done = row
-                self._submit(self._write_job(step, lambda: done))
+                row = job.row()
+            if step > self._resume_after:
+                self._submit(job)
             else:
-                self._submit(
-                    self._write_job(step, lambda: self._finish_row(pending.resolve(), extra))
-                )
+                self._skip_resumed(step)
+            self._inflight = None
         self._agg.raise_pending_conflict()
         return row
+
+    def _skip_resumed(self, step: int) -> None:
+        if not self._warned_resume_skip:
+            self._warned_resume_skip = True
+            warnings.warn(
+                f"distlog: step {step} is at or below step {self._resume_after}, the last step "
+                f"this resumed run had written to {self.run_dir}; such rows are not written "
+                "again (further warnings suppressed)",
+                stacklevel=3,
+            )
 
     def _next_step(self, step: Any) -> int:
         if step is None:
@@ -359,22 +504,20 @@ class Logger:
                     )
         return row
 
-    def _write_job(self, step: int, make_row: Callable[[], dict[str, float]]) -> Callable[[], None]:
+    def _write_job(self, step: int, pending: PendingRow | None) -> _WriteJob:
         """A writer-thread job for one flush; media queued so far go with it, at its step."""
         media, self._media = self._media, []
+        extra, self._precomputed = self._precomputed, {}
 
-        def job() -> None:
-            row = make_row()
-            if row:
-                self._each_sink("log_scalars", lambda s: s.log_scalars(step, row))
-            for key, item in media:
-                self._each_sink("log_media", lambda s, k=key, it=item: s.log_media(step, k, it))
+        def make_row() -> dict[str, float]:
+            return self._finish_row(pending.resolve() if pending is not None else {}, extra)
 
-        return job
+        return _WriteJob(self, step, make_row, media)
 
-    def _submit(self, job: Callable[[], None]) -> None:
+    def _submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
         if self._writer is not None:
-            self._writer.submit(job)
+            if self._writer.alive:
+                self._writer.submit(job, wait_for_room=wait_for_room)
         else:
             job()
 
@@ -402,32 +545,90 @@ class Logger:
         (a crash) no collective is attempted: rank 0 writes what already reached it and closes
         the sinks, so a failed job still leaves complete files.
         """
+        if self._closed or self._finishing:
+            return
+        self._finishing = True
+        code = exit_code
+        try:
+            if exit_code == 0:
+                self._last_flush(step)
+        except BaseException as exc:
+            code = code or _exit_code_of(exc)
+            raise
+        finally:
+            self._finish_local(code)
+
+    def _last_flush(self, step: int | None) -> None:
+        agg = self._agg
+        if not agg.communicates:
+            if self.world.is_global_zero:
+                self.flush(step)  # nothing to wait for: write the tail
+            return
+        if not (dist.is_available() and dist.is_initialized()) or agg.failure is not None:
+            self._warn_dropped_tail(
+                "the process group was destroyed before finish()"
+                if agg.failure is None
+                else f"an earlier flush failed ({agg.failure})"
+            )
+            return
+        self.flush(step)
+
+    def _warn_dropped_tail(self, why: str) -> None:
+        if self._agg.pending_keys:
+            warnings.warn(
+                f"distlog: {why}; values logged since the last flush on rank "
+                f"{self.world.rank} were not written ({', '.join(sorted(self._agg.pending_keys)[:5])}"
+                f"{', ...' if len(self._agg.pending_keys) > 5 else ''})",
+                stacklevel=3,
+            )
+
+    def _finish_local(self, exit_code: int, *, timeout: float | None = None) -> None:
+        """Write what reached this rank and close the sinks, without any collective.
+
+        The path for crashes, signals and interpreter exit, when other ranks may be gone. On
+        the writer: the row of a flush that was interrupted after its exchange, precomputed
+        values and media still queued go to the sinks, then every sink is closed with
+        ``exit_code`` and ``run.json`` records it. Waits at most ``timeout`` for the sinks.
+        """
         if self._closed:
             return
-        try:
-            if exit_code == 0 and (self._agg.communicates or self.world.is_global_zero):
-                if self._agg.communicates and not (dist.is_available() and dist.is_initialized()):
-                    if self._agg.pending_keys:
-                        warnings.warn(
-                            "distlog: the process group was destroyed before finish(); values "
-                            "buffered since the last flush were dropped",
-                            stacklevel=2,
-                        )
-                else:
-                    self.flush(step)
-            elif self.world.is_global_zero and (self._precomputed or self._media):
-                extra, self._precomputed = self._precomputed, {}
-                self._submit(
-                    self._write_job(max(self._step, 0), lambda: self._finish_row({}, extra))
+        self._closed = True
+        lifecycle.unregister(self)
+        if not self.world.is_global_zero:
+            return
+        inflight = self._inflight
+        if inflight is not None and inflight.step > self._resume_after:
+            self._submit(inflight, wait_for_room=False)
+        if self._precomputed or self._media:
+            self._submit(self._write_job(max(self._step, 0), None), wait_for_room=False)
+        self._submit(lambda: self._close_sinks(exit_code), wait_for_room=False)
+        if self._writer is not None:
+            if not self._writer.drain(timeout):
+                warnings.warn(
+                    f"distlog: the sinks did not finish writing within {timeout}s; "
+                    "giving up on them",
+                    stacklevel=2,
                 )
-        finally:
-            self._closed = True
-            if self.world.is_global_zero:
-                self._submit(lambda: self._each_sink("close", lambda s: s.close(exit_code)))
-                if self._writer is not None:
-                    self._writer.drain()
-                    self._writer.stop()
-            _live_loggers.discard(self)
+            self._writer.stop(timeout=0.1 if timeout is not None else 60.0)
+
+    def _close_sinks(self, exit_code: int) -> None:
+        self._each_sink("close", lambda s: s.close(exit_code))
+        if self.run_dir is not None and self.run_id is not None:
+            try:
+                runlog.end_run(self.run_dir, exit_code=exit_code, last_step=self._last_written_step)
+            except OSError as exc:
+                warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
+
+    def _finish_at_exit(self, exit_code: int) -> None:
+        """Interpreter exit with the logger still open: no collective, the other ranks may be
+        anywhere. A world of one still writes what was logged since the last flush."""
+        if self._closed:
+            return
+        if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
+            self.finish(0)
+            return
+        self._warn_dropped_tail("the logger was not finished before the interpreter exited")
+        self._finish_local(exit_code)
 
     def _raise_closed(self) -> None:
         raise LoggerClosedError("this distlog.Logger is finished; create a new one to log again")
@@ -436,29 +637,22 @@ class Logger:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.finish(exit_code=0 if exc_type is None else 1)
+        if exc_type is None:
+            self.finish(exit_code=0)
+            return
+        # Unwinding from an exception is no time for a collective: the other ranks may not be
+        # unwinding with us. Close locally with the exit code the exception stands for.
+        self._warn_dropped_tail(f"leaving the logger's block on {exc_type.__name__}")
+        self._finish_local(_exit_code_of(exc))
 
 
-# Loggers still open at interpreter exit are finished then; an uncaught exception makes that a
-# non-zero exit code (and no collective, since the other ranks may be gone).
-_live_loggers: weakref.WeakSet[Logger] = weakref.WeakSet()
-_uncaught: list[BaseException] = []
-_previous_hook = sys.excepthook
-
-
-def _record_uncaught(tp: Any, value: BaseException, tb: Any) -> None:
-    _uncaught.append(value)
-    _previous_hook(tp, value, tb)
-
-
-sys.excepthook = _record_uncaught
-
-
-@atexit.register
-def _finish_open_loggers() -> None:
-    code = 1 if _uncaught else 0
-    for logger in list(_live_loggers):
-        try:
-            logger.finish(exit_code=code)
-        except Exception as exc:  # at exit there is nobody left to raise to
-            print(f"distlog: finishing a logger at exit failed: {exc}", file=sys.stderr)
+def _exit_code_of(exc: BaseException | None) -> int:
+    """The process exit status an exception stands for."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    if isinstance(exc, KeyboardInterrupt):
+        return lifecycle.exit_code_for_signal(signal.SIGINT)
+    return 1

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,3 +72,95 @@ def iter_rows(run_dir: str | Path) -> Iterator[dict[str, Any]]:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """All scalar rows (rows with a ``"step"`` and no ``"media"``) of a run directory, in order."""
     return [row for row in iter_rows(run_dir) if "media" not in row]
+
+
+def last_step(run_dir: str | Path) -> int | None:
+    """The ``step`` of the last complete row of ``<run_dir>/metrics.jsonl`` (None if none).
+
+    A restarted job resumes after it: rows up to it were already written. Reads the file from
+    its end, so it costs the same for a run of ten rows or of a million.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        block, tail = 1 << 16, b""
+        pos = end
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            tail = fh.read(pos - start) + tail
+            pos = start
+            lines = tail.split(b"\n")
+            # lines[0] may be cut by the block boundary unless we reached the file start
+            candidates = lines if pos == 0 else lines[1:]
+            for raw in reversed(candidates):
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    continue  # empty, or a torn last line
+                if isinstance(row, dict) and type(row.get("step")) is int:
+                    return int(row["step"])
+            tail = lines[0] if pos > 0 else b""
+    return None
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any] | None:
+    """The contents of ``<run_dir>/run.json``, or None when the run has none (or it is torn)."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("id"), str) else None
+
+
+def _write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
+    path = run_dir / RUN_FILE
+    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a killed writer leaves the old file or the new one
+
+
+def new_run_id() -> str:
+    """A fresh run id: 8 lowercase hex characters (valid as a wandb run id too)."""
+    return secrets.token_hex(4)
+
+
+def start_run(
+    run_dir: str | Path, *, world_size: int, restart: int = 0, resumed_after: int | None = None
+) -> dict[str, Any]:
+    """Create ``run.json`` (or record one more start in it) and return its contents.
+
+    The run id is created once per run directory and kept across restarts, so every backend can
+    continue the same run (``WandbSink(id=logger.run_id, resume="allow")``).
+    """
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    info = read_run_info(root) or {"id": new_run_id(), "created": round(time.time(), 3)}
+    previous = info.get("starts")
+    starts: list[Any] = previous if isinstance(previous, list) else []
+    starts.append(
+        {
+            "time": round(time.time(), 3),
+            "world_size": world_size,
+            "restart": restart,
+            "resumed_after_step": resumed_after,
+        }
+    )
+    info.update(starts=starts, world_size=world_size, exit_code=None, ended=None)
+    _write_run_info(root, info)
+    return info
+
+
+def end_run(run_dir: str | Path, *, exit_code: int, last_step: int | None) -> None:
+    """Record how the run ended (exit code, time, last written step) in ``run.json``."""
+    root = Path(run_dir)
+    info = read_run_info(root)
+    if info is None:
+        return
+    info.update(exit_code=int(exit_code), ended=round(time.time(), 3), last_step=last_step)
+    _write_run_info(root, info)

@@ -1,0 +1,164 @@
+"""How a job's end reaches the logger: signals, uncaught exceptions and interpreter exit.
+
+A training job rarely ends by calling ``finish()``: SLURM preempts it with SIGTERM, a user presses
+Ctrl-C, a rank raises, a script calls ``sys.exit``. Whatever the way, the writer must put every
+row that already reached it into every sink and close them (so wandb records a failed run
+instead of losing its last rows). This module turns each of those endings into one call,
+``Logger._finish_local(exit_code)``, which never communicates with another rank: when a job is
+ending, the other ranks may be gone, in another collective, or ending too.
+
+- **Signals** (SIGTERM, SIGINT by default; only on the writer, only from the main thread):
+  the handler finishes every open logger with exit code ``128 + signum`` and then does what
+  would have happened without distlog: it calls the previous Python handler (SIGINT's raises
+  ``KeyboardInterrupt``), or restores the default action and re-raises the signal so the process
+  dies with the conventional status. A second signal while the first is handled is not delayed.
+- **Uncaught exceptions**: recorded (``sys.excepthook`` and ``sys.last_value``, so a replaced
+  hook does not hide them); the at-exit finish then uses exit code 1 (130 for
+  ``KeyboardInterrupt``).
+- **Interpreter exit** (``atexit``): loggers still open are finished without a collective.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distlog.logger import Logger
+
+__all__ = ["DEFAULT_SIGNALS", "SIGNAL_FINISH_SECONDS", "exit_code_for_signal"]
+
+DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+SIGNAL_FINISH_SECONDS = 20.0
+"""How long a signal handler waits for the sinks to write and close before letting the process
+die anyway. SLURM sends SIGKILL 30 s (``KillWait``) after SIGTERM, torchrun 30 s after its own."""
+
+_live: weakref.WeakSet[Logger] = weakref.WeakSet()
+_uncaught: list[BaseException] = []
+_previous_excepthook = sys.excepthook
+# signum -> the handler that was installed before ours (what we chain to and restore).
+_previous_handlers: dict[int, Any] = {}
+_signal_users: dict[int, weakref.WeakSet[Logger]] = {}
+_handling: set[int] = set()
+
+
+def exit_code_for_signal(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: ``128 + signum``."""
+    return 128 + int(signum)
+
+
+def register(logger: Logger, signals: Iterable[int] = ()) -> None:
+    """Track an open logger; install handlers for ``signals`` (writer, main thread only)."""
+    _live.add(logger)
+    for signum in signals:
+        if _install(signum):
+            _signal_users.setdefault(signum, weakref.WeakSet()).add(logger)
+
+
+def unregister(logger: Logger) -> None:
+    """Forget a finished logger; restore previous signal handlers nobody needs any more."""
+    _live.discard(logger)
+    for signum, users in list(_signal_users.items()):
+        users.discard(logger)
+        if not users:
+            del _signal_users[signum]
+            _uninstall(signum)
+
+
+def installed_signals() -> list[int]:
+    """Signals whose handler is currently distlog's (for tests and diagnostics)."""
+    return sorted(s for s in _previous_handlers if signal.getsignal(s) is _on_signal)
+
+
+def _install(signum: int) -> bool:
+    if signum in _previous_handlers:
+        return signal.getsignal(signum) is _on_signal
+    if threading.current_thread() is not threading.main_thread():
+        return False  # Python only lets the main thread install handlers
+    try:
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            return False  # the process chose to ignore it: so do we
+        signal.signal(signum, _on_signal)
+    except (ValueError, OSError):
+        return False
+    _previous_handlers[signum] = previous
+    return True
+
+
+def _uninstall(signum: int) -> None:
+    previous = _previous_handlers.pop(signum, None)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    except (ValueError, OSError):
+        pass
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if signum not in _handling:
+        _handling.add(signum)
+        try:
+            code = exit_code_for_signal(signum)
+            for logger in list(_live):
+                try:
+                    logger._finish_local(code, timeout=SIGNAL_FINISH_SECONDS)
+                except Exception as exc:  # the signal must still end the process
+                    print(
+                        f"distlog: finishing a logger on signal {signum} failed: {exc}",
+                        file=sys.stderr,
+                    )
+        finally:
+            _handling.discard(signum)
+    # Now do what would have happened without distlog.
+    _signal_users.pop(signum, None)
+    _uninstall(signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # SIG_DFL (or a handler installed from C, which Python reports as None): die of the signal.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _record_uncaught(tp: Any, value: BaseException, tb: Any) -> None:
+    _uncaught.append(value)
+    _previous_excepthook(tp, value, tb)
+
+
+sys.excepthook = _record_uncaught
+
+
+def exit_code_at_exit() -> int:
+    """The exit code an interpreter exit stands for, as far as Python lets us know.
+
+    1 after an uncaught exception (130 for ``KeyboardInterrupt``), else 0. The status passed to
+    ``sys.exit`` is not visible to exit handlers; use ``with logger:`` or ``finish(exit_code)``
+    to record it.
+    """
+    last = _uncaught[-1] if _uncaught else None
+    if last is None and not hasattr(sys, "ps1") and not sys.flags.interactive:
+        last = getattr(sys, "last_value", None)  # set even when the excepthook was replaced
+    if last is None:
+        return 0
+    return exit_code_for_signal(signal.SIGINT) if isinstance(last, KeyboardInterrupt) else 1
+
+
+@atexit.register
+def _finish_open_loggers() -> None:
+    code = exit_code_at_exit()
+    for logger in list(_live):
+        try:
+            logger._finish_at_exit(code)
+        except Exception as exc:  # at exit there is nobody left to raise to
+            warnings.warn(f"distlog: finishing a logger at exit failed: {exc}", stacklevel=1)

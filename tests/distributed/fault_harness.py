@@ -186,6 +186,10 @@ def start_torchrun(
     return Job(run_dir, nproc, log_every, [], agent=agent, logs=[log])
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"bare {name} is not JSON")
+
+
 @dataclass
 class RunCheck:
     rows: list[dict]
@@ -202,7 +206,12 @@ def check_run_dir(job: Job, *, allow_torn_tail: bool = False) -> RunCheck:
     assert allow_torn_tail or not torn, f"metrics.jsonl ends with a partial line: {raw[-200:]!r}"
     lines = raw.split(b"\n")
     for number, line in enumerate(lines[:-1], start=1):  # every complete line is strict JSON
-        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        try:
+            json.loads(line, parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise AssertionError(
+                f"metrics.jsonl line {number} is not strict JSON: {line!r}"
+            ) from exc
     rows = distlog.read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)), f"steps duplicated or going backwards: {steps}"

@@ -61,9 +61,11 @@ SIGNAL_CASES = [
 ]
 
 
-def run_signal_case(tmp_path, launcher: str, target: str, signum: int, codes: set[int]):
+def run_signal_case(
+    tmp_path, launcher: str, target: str, signum: int, codes: set[int], trial: str = ""
+):
     name = f"{launcher}-{target}-{signal.Signals(signum).name}"
-    rng = rng_for(name)
+    rng = rng_for(name + trial)
     start = start_plain if launcher == "plain" else start_torchrun
     job = start(tmp_path / name, timeout=TIMEOUT)
     try:
@@ -117,7 +119,9 @@ FAILURE_CASES = [
 @pytest.mark.parametrize(
     "rank,how,extra,codes", FAILURE_CASES, ids=[f"rank{c[0]}-{c[1]}" for c in FAILURE_CASES]
 )
-def test_an_exception_or_sys_exit_on_any_rank_loses_no_flushed_row(tmp_path, rank, how, extra, codes):
+def test_an_exception_or_sys_exit_on_any_rank_loses_no_flushed_row(
+    tmp_path, rank, how, extra, codes
+):
     rng = rng_for(f"fail-rank{rank}-{how}")
     at = rng.randint(3, 20)
     job = start_plain(
@@ -135,15 +139,21 @@ def test_an_exception_or_sys_exit_on_any_rank_loses_no_flushed_row(tmp_path, ran
     assert result.info is not None and result.info["exit_code"] in codes, result.info
 
 
+SOAK_TRIALS = int(os.environ.get("DISTLOG_FAULT_TRIALS", "0"))
+
+
+@pytest.mark.timeout(120 + 90 * SOAK_TRIALS)
 def test_random_kill_soak(tmp_path):
     """Extra random trials for soak runs (``DISTLOG_FAULT_TRIALS=N``); none by default."""
-    trials = int(os.environ.get("DISTLOG_FAULT_TRIALS", "0"))
+    trials = SOAK_TRIALS
     if not trials:
         pytest.skip("set DISTLOG_FAULT_TRIALS=N for a soak run")
     rng = rng_for("soak")
     survived = []
     for i in range(trials):
         launcher, target, signum, codes = rng.choice(SIGNAL_CASES)
-        took, flushed = run_signal_case(tmp_path / f"t{i}", launcher, target, signum, codes)
+        took, flushed = run_signal_case(
+            tmp_path / f"t{i}", launcher, target, signum, codes, trial=f"-trial{i}"
+        )
         survived.append((launcher, target, signal.Signals(signum).name, flushed, round(took, 2)))
     print(f"survived {len(survived)} kills: {survived}")

@@ -1,0 +1,117 @@
+"""A rank that stops taking part in logging gives a clear error within the timeout, not a hang.
+
+Four ways a rank diverges: it crashes, it hangs (stops flushing), it skips one flush, or it
+flushes on another schedule. Each test measures, on the ranks that kept to the schedule, the
+time from entering the flush to the error, and checks the message names the log step and,
+where it can be known, the rank. ``TIMEOUT`` is the logger's timeout in these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from dist_harness import run_ranks
+
+import distlog
+
+TIMEOUT = 3.0
+SLACK = 3.0  # the missing-rank lookup and a loaded 2-core machine
+
+
+def _logger(tmp: str) -> distlog.Logger:
+    return distlog.Logger(run_dir=tmp, async_write=False, timeout=TIMEOUT, handle_signals=False)
+
+
+def _flush_and_time(logger: distlog.Logger, step: int) -> tuple[float, str]:
+    start = time.monotonic()
+    try:
+        logger.flush(step)
+    except distlog.RankDivergenceError as exc:
+        return time.monotonic() - start, str(exc)
+    return time.monotonic() - start, "no error"
+
+
+def diverge(rank: int, tmp: str, how: str):
+    logger = _logger(tmp)
+    for step in range(3):
+        logger.log_scalar("x", float(rank))
+        logger.flush(step)
+    logger.log_scalar("x", 1.0)
+    if rank == 1:
+        if how == "crash":
+            os._exit(17)  # no cleanup at all, like a segfault or an OOM kill
+        if how == "hang":
+            time.sleep(TIMEOUT + SLACK + 1)
+            return "hung"
+        if how == "skip":  # skips the flush at step 3, then computes for a while
+            time.sleep(TIMEOUT + SLACK + 1)
+            return _flush_and_time(logger, 4)
+    elapsed, message = _flush_and_time(logger, 3)
+    # Later flushes fail at once with the same story instead of reusing a broken group.
+    again = _flush_and_time(logger, 4)
+    logger.finish(exit_code=1)
+    rows = distlog.read_metrics(tmp) if rank == 0 else None
+    return elapsed, message, again, rows
+
+
+def _check_rank0(result, step_text: str):
+    elapsed, message, again, rows = result
+    assert step_text in message, message
+    assert [r["step"] for r in rows] == [0, 1, 2]  # everything flushed before is on disk
+    assert again[0] < 1.0 and "no flush is possible" in again[1], again
+    return elapsed, message
+
+
+def test_a_crashed_rank_is_named_at_once(tmp_path):
+    res = run_ranks(diverge, 2, str(tmp_path), "crash", expect_errors=True, timeout=90)
+    assert res[1] == ("died", 17)
+    elapsed, message = _check_rank0(res[0], "log step 3")
+    assert "ranks that never reached it: [1]" in message, message
+    assert elapsed < TIMEOUT + SLACK, elapsed  # a dead peer is seen before the timeout
+    print(f"crash: error after {elapsed:.2f}s")
+
+
+def test_a_hung_rank_is_named_within_the_timeout(tmp_path):
+    res = run_ranks(diverge, 2, str(tmp_path), "hang", timeout=90)
+    elapsed, message = _check_rank0(res[0], "log step 3")
+    assert "ranks that never reached it: [1]" in message, message
+    assert TIMEOUT - 0.5 < elapsed < TIMEOUT + SLACK, elapsed
+    print(f"hang: error after {elapsed:.2f}s (timeout {TIMEOUT}s)")
+
+
+def test_a_skipped_flush_is_reported_on_both_sides(tmp_path):
+    res = run_ranks(diverge, 2, str(tmp_path), "skip", timeout=90)
+    elapsed, message = _check_rank0(res[0], "log step 3")
+    assert "ranks that never reached it: [1]" in message, message
+    assert elapsed < TIMEOUT + SLACK, elapsed
+    late_elapsed, late_message = res[1]  # the skipper learns it at its next flush
+    assert "log step 4" in late_message and late_elapsed < TIMEOUT + SLACK, res[1]
+    print(f"skip: error after {elapsed:.2f}s on the waiting rank")
+
+
+def other_schedule(rank: int, tmp: str):
+    """Rank 0 flushes every 2 steps, rank 1 every 3: they meet at different steps."""
+    logger = _logger(tmp)
+    every = 2 if rank == 0 else 3
+    results = []
+    for step in range(12):
+        logger.log_scalar("x", float(step))
+        if step % every == every - 1:
+            results.append(_flush_and_time(logger, step))
+            if results[-1][1] != "no error":
+                break
+    logger.finish(exit_code=1)
+    return results
+
+
+def test_another_schedule_names_both_steps_at_the_first_flush(tmp_path):
+    res = run_ranks(other_schedule, 2, str(tmp_path), timeout=90)
+    for results in res:
+        assert len(results) == 1, results  # the first flush already fails
+        elapsed, message = results[0]
+        assert "rank 0: flush #0 at step 1" in message and "rank 1: flush #0 at step 2" in message
+        assert re.search(r"at log step [12]\b", message), message
+    # rank 0 waited for rank 1 to reach its first flush (one step later), no longer
+    assert res[0][0][0] < TIMEOUT, res[0]

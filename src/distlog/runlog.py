@@ -163,4 +163,7 @@ def end_run(run_dir: str | Path, *, exit_code: int, last_step: int | None) -> No
     if info is None:
         return
     info.update(exit_code=int(exit_code), ended=round(time.time(), 3), last_step=last_step)
+    starts = info.get("starts")
+    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
+        starts[-1]["exit_code"] = int(exit_code)  # how each attempt of a restarted job ended
     _write_run_info(root, info)

@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sync-write", action="store_true")
     p.add_argument("--with-block", action="store_true", help="use the logger as a context manager")
     p.add_argument("--ckpt", default=None)
+    p.add_argument("--ckpt-every", type=int, default=1, help="checkpoint every N flushes")
     p.add_argument("--fail-at", type=int, default=-1)
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--fail-how", default="raise")
@@ -113,7 +114,8 @@ def train(logger: distlog.Logger, args: argparse.Namespace, rank: int, progress:
             if rank == 0:
                 with progress.open("a") as fh:
                     fh.write(f"{step}\n")
-            if args.ckpt is not None and rank == 0:
+            flushes = (step + 1) // args.log_every
+            if args.ckpt is not None and rank == 0 and flushes % args.ckpt_every == 0:
                 save_ckpt(args.ckpt, step + 1)
 
 

@@ -1,0 +1,59 @@
+"""Elastic restarts under ``torchrun --max-restarts``: logging resumes in the same run.
+
+A worker fails; torchrun stops the others (SIGTERM) and restarts all of them; they load the last
+checkpoint, which is older than the last logged step, and replay a few steps. The run directory
+must read as one run: ``metrics.jsonl`` appended, every step exactly once and in order, values
+right, ``run.json`` one id with one start per attempt and the final exit code.
+"""
+
+from __future__ import annotations
+
+from fault_harness import check_run_dir, start_torchrun
+
+STEPS = 24
+FAIL_AT = 13  # rank 1 fails at the start of this step, on the first attempt only
+CKPT_EVERY = 5  # checkpoints at steps 4, 9, ...: the restart replays steps 10..12
+
+
+def test_a_restarted_job_resumes_the_run_without_duplicating_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    job = start_torchrun(
+        run_dir,
+        extra=[
+            "--steps",
+            str(STEPS),
+            "--ckpt",
+            str(tmp_path / "ckpt.json"),
+            "--ckpt-every",
+            str(CKPT_EVERY),
+            "--fail-at",
+            str(FAIL_AT),
+            "--fail-rank",
+            "1",
+            "--fail-how",
+            "raise",
+        ],
+        torchrun_args=["--max-restarts=2"],
+        # torch's shared rendezvous store keeps the previous attempt's gloo/NCCL addresses, so a
+        # restarted group fails to connect (pytorch/pytorch#135712, #167288); the documented
+        # opt-out gives each attempt a fresh store. Unrelated to distlog: see reliability.md.
+        env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+    )
+    try:
+        codes = job.wait(240)
+    finally:
+        job.kill_all()
+    assert codes == [0], job.output()
+    result = check_run_dir(job)
+    assert [r["step"] for r in result.rows] == list(range(STEPS))
+    # rank 0 recorded each replayed step twice in progress.txt: the replays were not written
+    assert result.progress.count(FAIL_AT - 1) == 2 and result.progress.count(9) == 1
+    info = result.info
+    assert info is not None and info["exit_code"] == 0 and info["last_step"] == STEPS - 1
+    starts = info["starts"]
+    assert [s["restart"] for s in starts] == [0, 1]
+    assert starts[1]["resumed_after_step"] == FAIL_AT - 1
+    # the first attempt's writer was stopped by torchrun (SIGTERM) or saw rank 1 die
+    assert starts[0]["exit_code"] in (143, 1) and starts[1]["exit_code"] == 0
+    assert "resuming run " + info["id"] in job.output()
+    assert "are already written and will not be written again" in job.output()

@@ -133,10 +133,27 @@ class World:
             else:
                 group_ranks = tuple(dist.get_process_group_ranks(group))
 
-        local_rank = _env_int("LOCAL_RANK", 0)
-        local_world_size = _env_int("LOCAL_WORLD_SIZE", 1 if not initialized else world_size)
-        num_nodes = max(1, world_size // max(1, local_world_size))
-        node_rank = _env_int("GROUP_RANK", _env_int("NODE_RANK", rank // max(1, local_world_size)))
+        # torchrun's variables first; SLURM's (``srun python train.py``, no torchrun) next,
+        # only for a real process group: a single process inside an allocation is a world of one.
+        slurm = initialized and "SLURM_PROCID" in os.environ
+        local_rank = _env_int("LOCAL_RANK", _env_int("SLURM_LOCALID", 0) if slurm else 0)
+        local_world_size = _env_int(
+            "LOCAL_WORLD_SIZE",
+            _env_int("SLURM_NTASKS_PER_NODE", world_size) if slurm else world_size,
+        )
+        num_nodes = _env_int(
+            "GROUP_WORLD_SIZE",
+            _env_int("SLURM_NNODES", 0) if slurm else 0,
+        ) or max(1, world_size // max(1, local_world_size))
+        node_rank = _env_int(
+            "GROUP_RANK",
+            _env_int(
+                "NODE_RANK",
+                _env_int("SLURM_NODEID", rank // max(1, local_world_size))
+                if slurm
+                else rank // max(1, local_world_size),
+            ),
+        )
 
         if device is not None:
             dev = torch.device(device)

@@ -29,7 +29,8 @@ import json
 import math
 import numbers
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -197,14 +198,59 @@ def _as_float(key: str, value: Any, what: str = "value") -> float:
     """A host number as float, or a clear error naming the key."""
     if isinstance(value, bool | np.bool_):
         return 1.0 if value else 0.0
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
+        value = value.reshape(()).item()  # a 0-d or one-element array, as numpy reductions give
     if isinstance(value, numbers.Real) or isinstance(value, np.integer | np.floating):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise LogValueError(
+                f"{what} for key {key!r} is too large for a float64 ({_short(value)})"
+            ) from None
     if isinstance(value, complex | np.complexfloating):
         raise LogTypeError(f"{what} for key {key!r} is complex ({value!r}); log a real number")
     raise LogTypeError(
         f"{what} for key {key!r} has type {type(value).__name__}; expected a number, a numpy "
         "scalar or a one-element tensor"
     )
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain_tensor(key: str, value: torch.Tensor, what: str = "value") -> torch.Tensor:
+    """``value`` as a dense one-element real tensor, or a clear error naming the key.
+
+    Everything that could fail at the flush is checked here, at the call: a failure inside a
+    flush would leave the other ranks waiting in the payload exchange until the timeout.
+    """
+    if hasattr(value, "placements") and hasattr(value, "to_local"):  # a DTensor
+        if not all(p.is_replicate() for p in value.placements):
+            raise LogValueError(
+                f"{what} for key {key!r} is a DTensor with placements {tuple(value.placements)}; "
+                "log value.full_tensor() (a collective every rank must call) or a replicated "
+                "value"
+            )
+        value = value.to_local()
+    if value.is_nested or value.layout != torch.strided:
+        raise LogTypeError(
+            f"{what} for key {key!r} is a {'nested' if value.is_nested else str(value.layout)} "
+            "tensor; log a dense one-element tensor"
+        )
+    if value.is_meta:
+        raise LogValueError(f"{what} for key {key!r} is a meta tensor: it holds no value")
+    if value.is_quantized:
+        value = value.dequantize()
+    if value.numel() != 1:
+        raise LogValueError(
+            f"{what} for key {key!r} is a tensor of shape {tuple(value.shape)}; log a "
+            "scalar (one element), e.g. reduce it with .mean() first"
+        )
+    if value.is_complex():
+        raise LogTypeError(f"{what} for key {key!r} is a complex tensor; log a real number")
+    return value
 
 
 class Aggregator:
@@ -214,9 +260,12 @@ class Aggregator:
     and call :meth:`flush` the same number of times, with the same steps.
     """
 
-    def __init__(self, world: World, *, timeout: float = 300.0) -> None:
+    def __init__(
+        self, world: World, *, timeout: float = 300.0, reserved: Collection[str] = ()
+    ) -> None:
         self.world = world
         self.timeout = timeout
+        self.reserved = frozenset(reserved)  # names the row format uses itself ("step", ...)
         self.layout = Layout([], world.group_size)
         self.layout_version = 0
         self.flush_count = 0
@@ -263,10 +312,15 @@ class Aggregator:
             return spec
         if not isinstance(key, str):
             raise LogTypeError(f"metric keys must be strings, got {type(key).__name__} {key!r}")
-        if not key or key != key.strip() or any(ord(c) < 32 for c in key):
+        if (
+            not key
+            or key != key.strip()
+            or any(unicodedata.category(c) in ("Cc", "Cs") for c in key)
+        ):
             raise LogValueError(
                 f"invalid key {key!r}: keys must be non-empty, without surrounding "
-                "whitespace or control characters"
+                "whitespace, control characters or lone surrogates (they can't be written as "
+                "UTF-8)"
             )
         if reduce not in REDUCTIONS:
             raise LogValueError(
@@ -274,6 +328,12 @@ class Aggregator:
             )
         if not isinstance(spread, bool):
             raise LogTypeError(f"spread for key {key!r} must be a bool, got {spread!r}")
+        if key in self.reserved:
+            raise LogValueError(
+                f"key {key!r} is reserved: every row already has {', '.join(sorted(self.reserved))}"
+                " columns; use another name"
+            )
+        self._check_spread_names(key, spread)
         if spec is not None:
             raise LogValueError(
                 f"key {key!r} was logged with reduce={spec.reduce!r}, spread={spec.spread} "
@@ -281,6 +341,23 @@ class Aggregator:
                 "for the whole run (use another key name)"
             )
         return KeySpec(key, reduce, spread)  # registered by commit(), once a sample is buffered
+
+    def _check_spread_names(self, key: str, spread: bool) -> None:
+        """A key may not share its name with the spread columns of another key."""
+        base, _, suffix = key.rpartition("/")
+        owner = self._known.get(base) if suffix in SPREAD_SUFFIXES else None
+        if owner is not None and owner.spread:
+            raise LogValueError(
+                f"key {key!r} is a spread column of key {base!r} (logged with spread=True); "
+                "use another name"
+            )
+        if spread:
+            taken = [k for k in spread_keys(key) if k in self._known]
+            if taken:
+                raise LogValueError(
+                    f"key {key!r} with spread=True would write {taken[0]!r}, which is already "
+                    "a key of its own; use another name"
+                )
 
     def add(
         self,
@@ -302,16 +379,12 @@ class Aggregator:
             raise LogValueError(f"weight= is only meaningful with reduce='mean' (key {key!r})")
         v = 0.0
         tensor: torch.Tensor | None = None
-        if type(value) is float or type(value) is int:
+        if type(value) is float:
+            v = value
+        elif type(value) is int and -(2**1023) < value < 2**1023:
             v = float(value)
         elif isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise LogValueError(
-                    f"value for key {key!r} is a tensor of shape {tuple(value.shape)}; log a "
-                    "scalar (one element), e.g. reduce it with .mean() first"
-                )
-            if value.is_complex():
-                raise LogTypeError(f"value for key {key!r} is a complex tensor; log a real number")
+            value = _plain_tensor(key, value)
             # Buffered as is, on any device: no .item(), so no host-device sync. CPU tensors
             # take the same path, which keeps one code path (and CI tests it).
             tensor = value.detach().reshape(())
@@ -323,10 +396,7 @@ class Aggregator:
         w_tensor: torch.Tensor | None = None
         if weight is not None:
             if isinstance(weight, torch.Tensor):
-                if weight.numel() != 1:
-                    raise LogValueError(
-                        f"weight for key {key!r} must be a scalar, got shape {tuple(weight.shape)}"
-                    )
+                weight = _plain_tensor(key, weight, "weight")
                 if weight.device.type != "cpu":
                     w_tensor = weight.detach().reshape(())  # trusted: checking it would sync
                 else:

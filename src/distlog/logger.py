@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from distlog import lifecycle, runlog
-from distlog.aggregation import Aggregator, PendingRow, _as_float
+from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
@@ -256,7 +257,7 @@ class Logger:
             world if world is not None else World.current(group, mesh=mesh, mesh_dim=mesh_dim)
         )
         self.nonfinite = nonfinite
-        self._agg = Aggregator(self.world, timeout=timeout)
+        self._agg = Aggregator(self.world, timeout=timeout, reserved=runlog.RESERVED_KEYS)
         self._closed = False
         self._finishing = False
         self._step = -1
@@ -381,16 +382,18 @@ class Logger:
         """
         if self._closed:
             self._raise_closed()
+        if not isinstance(values, Mapping):
+            raise LogTypeError(
+                f"log_precomputed expects a mapping of key -> value, got {type(values).__name__}"
+            )
         clean = {}
         for key, value in values.items():
             if not isinstance(key, str) or not key:
                 raise LogTypeError(f"metric keys must be non-empty strings, got {key!r}")
-            if hasattr(value, "numel") and hasattr(value, "item"):
-                if value.numel() != 1:
-                    raise LogValueError(
-                        f"value for key {key!r} has shape {tuple(value.shape)}; expected a scalar"
-                    )
-                value = value.item()  # compute() already synchronised these
+            if key in runlog.RESERVED_KEYS:
+                raise LogValueError(f"key {key!r} is reserved by the run log; use another name")
+            if isinstance(value, torch.Tensor):
+                value = _plain_tensor(key, value).item()  # compute() already synchronised it
             clean[key] = _as_float(key, value)
         if self.world.is_global_zero:
             self._precomputed.update(clean)

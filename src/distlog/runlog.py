@@ -20,6 +20,8 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 MEDIA_DIR = "media"
+RESERVED_KEYS = ("step", "time", "media")
+"""Columns every ``metrics.jsonl`` row has itself: no metric may be called so."""
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

@@ -75,9 +75,8 @@ def _pil_image(arr: np.ndarray) -> Any:
 
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.dtype != np.uint8:
         raise LogValueError(f"an image must be (H, W, C) uint8 with C in 1, 3, 4, got {arr.shape}")
-    if arr.shape[-1] == 1:
-        return Image.fromarray(np.ascontiguousarray(arr[..., 0]), mode="L")
-    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.shape[-1] == 3 else "RGBA")
+    # pillow reads the mode from the shape: (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
+    return Image.fromarray(np.ascontiguousarray(arr[..., 0] if arr.shape[-1] == 1 else arr))
 
 
 def write_png(arr: np.ndarray, path: Path) -> None:

@@ -374,7 +374,7 @@ class Aggregator:
         if tensor is not None or w_tensor is not None:
             if tensor is None:
                 assert w_tensor is not None
-                tensor = torch.tensor(v, dtype=torch.float64).to(w_tensor.device, non_blocking=True)
+                tensor = _to_device(torch.tensor(v, dtype=torch.float64), w_tensor.device)
             self._t_vals.append(tensor)
             self._t_accs.append(acc)
             self._t_weights.append(w_tensor if w_tensor is not None else w)
@@ -612,10 +612,8 @@ class Aggregator:
         if dev.type == "cpu":
             sum_p, max_p = sum_host, max_host
         else:
-            sum_p = sum_host.pin_memory().to(dev, non_blocking=True)
-            max_p = (
-                max_host.pin_memory().to(dev, non_blocking=True) if max_host is not None else None
-            )
+            sum_p = _to_device(sum_host, dev)
+            max_p = _to_device(max_host, dev) if max_host is not None else None
         self._add_tensor_samples(sum_p, max_p)
         self._add_spread(sum_p, max_p)
         return sum_p, max_p
@@ -650,9 +648,7 @@ class Aggregator:
             if max_p is not None and any(r in ("min", "max") for r in reds):
                 sel = [j for j, r in enumerate(reds) if r in ("min", "max")]
                 v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
-                sign = torch.tensor(
-                    [-1.0 if reds[j] == "min" else 1.0 for j in sel], dtype=torch.float64
-                ).to(dev, non_blocking=True)
+                sign = _to_device(_f64([-1.0 if reds[j] == "min" else 1.0 for j in sel]), dev)
                 v = v * sign
                 nan = torch.isnan(v)
                 offs = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
@@ -680,6 +676,13 @@ class Aggregator:
         sum_p.index_fill_(0, _index([o + size for o in offs], dev), 1.0)
 
 
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``dev`` without making the host wait (pinned, non-blocking)."""
+    if dev.type == "cpu":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 def _f64(values: list[float]) -> torch.Tensor:
     """A float64 CPU tensor from a list, through numpy (torch.tensor(list) is ~10x slower)."""
     return torch.from_numpy(np.array(values, dtype=np.float64))
@@ -691,18 +694,18 @@ def _i64(values: list[int]) -> torch.Tensor:
 
 def _index(idx: list[int], dev: torch.device) -> torch.Tensor:
     t = _i64(idx)
-    return t if dev.type == "cpu" else t.pin_memory().to(dev, non_blocking=True)
+    return _to_device(t, dev)
 
 
 def _weights(ws: list[float | torch.Tensor], dev: torch.device) -> torch.Tensor:
     if all(isinstance(w, float) for w in ws):
         t = torch.tensor(ws, dtype=torch.float64)
-        return t if dev.type == "cpu" else t.pin_memory().to(dev, non_blocking=True)
+        return _to_device(t, dev)
     return torch.stack(
         [
             w.to(dev, torch.float64)
             if isinstance(w, torch.Tensor)
-            else torch.tensor(w, dtype=torch.float64).to(dev, non_blocking=True)
+            else _to_device(torch.tensor(w, dtype=torch.float64), dev)
             for w in ws
         ]
     )

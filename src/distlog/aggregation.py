@@ -179,10 +179,12 @@ def decode_row(
         k: v for k, v, ok in zip(layout.keys, values.tolist(), present.tolist(), strict=True) if ok
     }
     size = len(group_ranks)
-    for key, o in layout.spread_off.items():
+    for key, start in layout.spread_off.items():
         if key in row:
             per_rank = [
-                (group_ranks[r], float(sums[o + r])) for r in range(size) if sums[o + size + r] > 0
+                (group_ranks[r], float(sums[start + r]))
+                for r in range(size)
+                if sums[start + size + r] > 0
             ]
             row.update(_spread(key, per_rank))
     return row
@@ -436,8 +438,9 @@ class Aggregator:
                 step, lambda: dist.reduce(sum_p, dst=0, op=dist.ReduceOp.SUM, group=group)
             )
             if max_p is not None:
+                maxes = max_p
                 self._collective(
-                    step, lambda: dist.reduce(max_p, dst=0, op=dist.ReduceOp.MAX, group=group)
+                    step, lambda: dist.reduce(maxes, dst=0, op=dist.ReduceOp.MAX, group=group)
                 )
         if not w.is_global_zero:
             return None
@@ -651,9 +654,9 @@ class Aggregator:
                 sign = _to_device(_f64([-1.0 if reds[j] == "min" else 1.0 for j in sel]), dev)
                 v = v * sign
                 nan = torch.isnan(v)
-                offs = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
-                max_p.scatter_reduce_(0, offs, torch.where(nan, -math.inf, v), "amax")
-                max_p.scatter_reduce_(0, offs + 2, nan.to(torch.float64), "amax")
+                slots = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
+                max_p.scatter_reduce_(0, slots, torch.where(nan, -math.inf, v), "amax")
+                max_p.scatter_reduce_(0, slots + 2, nan.to(torch.float64), "amax")
 
     def _add_spread(self, sum_p: torch.Tensor, max_p: torch.Tensor | None) -> None:
         """Each rank's own reduced value of every spread key, in its per-rank slot."""

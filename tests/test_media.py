@@ -29,8 +29,8 @@ from distlog.media import (
     to_videos,
 )
 from distlog.media_files import safe_relative_key, save_media
-from distlog.sinks import JsonlSink
 from distlog.runlog import iter_rows
+from distlog.sinks import JsonlSink
 
 WORLD = World()  # a world of one: rank 0, no process group
 

@@ -829,6 +829,13 @@ class _Gathered:
     dropped: dict[int, tuple[int, int]]  # rank -> (kept, total)
 
 
+def _comm(world: World, group: Any) -> tuple[Any, torch.device]:
+    """The group to gather over and where its tensors live."""
+    if group is None:
+        return world.group, world.comm_device
+    return group, _group_device(group)
+
+
 def _normalize_ranks(world: World, ranks: Any, desc: str) -> tuple[int, ...] | None:
     """None for the default (rank 0, no communication); else the chosen global ranks."""
     if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool) and int(ranks) == 0:
@@ -866,13 +873,15 @@ def _gather_parcels(
     max_bytes: int,
     max_items: int | None,
     timeout: float | None,
+    group: Any = None,
 ) -> _Gathered | None:
     """The gathering call: header exchange, then chosen ranks send their parcels to rank 0."""
     if not world.writer_in_group:
         return None  # nobody in this group writes; every member returns here alike
     distributed = world.group_size > 1 and world.backend is not None
+    pg, dev = _comm(world, group)
     fingerprint = _stable_hash(f"{kind}\0{desc}\0{','.join(map(str, chosen))}")
-    counter = _next_counter(world.group, world.group_ranks) if distributed else 0
+    counter = _next_counter(pg, world.group_ranks) if distributed else 0
     header = _make_header(kind, desc, fingerprint, counter)
 
     parcel: _Parcel | None = None
@@ -891,8 +900,8 @@ def _gather_parcels(
         header[_H_AUX] = parcel.aux
 
     headers = _exchange_headers(
-        header, group=world.group, group_size=world.group_size if distributed else 1,
-        comm_device=world.comm_device, desc=desc, timeout=timeout,
+        header, group=pg, group_size=world.group_size if distributed else 1,
+        comm_device=dev, desc=desc, timeout=timeout,
     )
     ranks_of = list(world.group_ranks) if distributed else [world.rank]
     status = {ranks_of[i]: int(h[_H_STATUS]) for i, h in enumerate(headers)}
@@ -935,10 +944,9 @@ def _gather_parcels(
     if world.rank != 0:
         if parcel is not None and world.rank in senders:
             sizes, payload = _pack(parcel, kept_count(parcel, world.rank))
-            dev = world.comm_device
-            _wait(dist.isend(torch.from_numpy(sizes).to(dev), dst=0, group=world.group),
+            _wait(dist.isend(torch.from_numpy(sizes).to(dev), dst=0, group=pg),
                   timeout, desc, "sending media sizes to rank 0")
-            _wait(dist.isend(torch.from_numpy(payload).to(dev), dst=0, group=world.group),
+            _wait(dist.isend(torch.from_numpy(payload).to(dev), dst=0, group=pg),
                   timeout, desc, "sending media to rank 0")
         return None
 
@@ -954,9 +962,8 @@ def _gather_parcels(
             parcels.append((r, _Parcel(units=[])))
             kept = 0
         else:
-            dev = world.comm_device
             sizes_t = torch.empty(2, dtype=torch.int64, device=dev)
-            _wait(dist.irecv(sizes_t, src=r, group=world.group), timeout, desc,
+            _wait(dist.irecv(sizes_t, src=r, group=pg), timeout, desc,
                   f"receiving media sizes from rank {r}")
             meta_len, data_len = (int(v) for v in sizes_t.cpu().tolist())
             if meta_len < 0 or data_len < 0 or data_len > int(h[_H_BYTES]):
@@ -964,7 +971,7 @@ def _gather_parcels(
                     f"{_name(desc)}: rank {r} announced an impossible payload ({meta_len}, {data_len})"
                 )
             buf = torch.empty(meta_len + data_len, dtype=torch.uint8, device=dev)
-            _wait(dist.irecv(buf, src=r, group=world.group), timeout, desc,
+            _wait(dist.irecv(buf, src=r, group=pg), timeout, desc,
                   f"receiving media from rank {r}")
             got = _unpack(buf.cpu().numpy(), meta_len, r, desc)
             kept = len(got.units)
@@ -1022,14 +1029,14 @@ def _images_from(gathered: _Gathered) -> Images:
 
 def _collect_image_like(
     world: World, kind: str, desc: str, ranks: Any, convert: Callable[[], Images],
-    max_bytes: int, timeout: float | None,
+    max_bytes: int, timeout: float | None, group: Any,
 ) -> Images | None:
     chosen = _normalize_ranks(world, ranks, desc)
     if chosen is None:
         return convert() if world.is_global_zero else None
     gathered = _gather_parcels(
         world, kind, desc, chosen, lambda: _images_parcel(convert()),
-        max_bytes=max_bytes, max_items=None, timeout=timeout,
+        max_bytes=max_bytes, max_items=None, timeout=timeout, group=group,
     )
     if gathered is None:
         return None
@@ -1051,18 +1058,21 @@ def collect_images(
     captions: str | Sequence[str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float | None = None,
+    group: Any = None,
 ) -> Images | None:
     """Images for the writer: rank 0's (default) or gathered from ``ranks`` (see module doc).
 
     Returns the item on global rank 0 and None elsewhere. In a gathering call every rank of the
     group must call; ``timeout`` (seconds) turns a missing rank into an error instead of a hang.
+    ``group`` may name another process group with the same members as ``world.group`` to
+    gather over (the Logger passes its gloo control group, so pixels stay on the host).
     """
     desc = _check_desc(desc)
     max_bytes = _check_cap(max_bytes, "max_bytes", desc)
     return _collect_image_like(
         world, "images", desc, ranks,
         lambda: to_images(images, caption, desc=desc, value_range=value_range, captions=captions),
-        max_bytes, timeout,
+        max_bytes, timeout, group,
     )
 
 
@@ -1075,6 +1085,7 @@ def collect_plot(
     ranks: RanksArg = 0,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float | None = None,
+    group: Any = None,
 ) -> Images | None:
     """A matplotlib figure rendered on the ranks that contribute; closed on every rank."""
     desc = _check_desc(desc)
@@ -1091,6 +1102,7 @@ def collect_plot(
         return _collect_image_like(
             world, "plot", desc, ranks,
             lambda: figure_to_images(figure, desc=desc, caption=caption), max_bytes, timeout,
+            group,
         )
     finally:
         _close_figure(figure)
@@ -1109,6 +1121,7 @@ def collect_videos(
     captions: str | Sequence[str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float | None = None,
+    group: Any = None,
 ) -> Videos | None:
     """Videos for the writer: rank 0's (default) or gathered from ``ranks``."""
     desc = _check_desc(desc)
@@ -1128,8 +1141,8 @@ def collect_videos(
             for v in convert().videos
         ])
 
-    gathered = _gather_parcels(world, "videos", desc, chosen, prepare,
-                               max_bytes=max_bytes, max_items=None, timeout=timeout)
+    gathered = _gather_parcels(world, "videos", desc, chosen, prepare, max_bytes=max_bytes,
+                               max_items=None, timeout=timeout, group=group)
     if gathered is None:
         return None
     _warn_dropped(desc, "videos", gathered.dropped, max_bytes)
@@ -1178,6 +1191,7 @@ def collect_table(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float | None = None,
+    group: Any = None,
 ) -> Table | None:
     """A table for the writer: rank 0's rows (default) or the chosen ranks' rows in rank order.
 
@@ -1207,8 +1221,8 @@ def collect_table(
         return _Parcel(units=units, extra={"columns": table.columns},
                        aux=_stable_hash("\0".join(table.columns)))
 
-    gathered = _gather_parcels(world, "table", desc, chosen, prepare,
-                               max_bytes=max_bytes, max_items=max_rows, timeout=timeout)
+    gathered = _gather_parcels(world, "table", desc, chosen, prepare, max_bytes=max_bytes,
+                               max_items=max_rows, timeout=timeout, group=group)
     if gathered is None:
         return None
     _warn_dropped(desc, "rows", gathered.dropped, max_bytes, max_rows)
@@ -1352,6 +1366,7 @@ def collect_histogram(
     bins: int = 64,
     ranks: RanksArg = 0,
     timeout: float | None = None,
+    group: Any = None,
 ) -> Histogram | None:
     """The histogram the writer logs (numpy.histogram's edges and counts).
 
@@ -1379,8 +1394,8 @@ def collect_histogram(
         except Exception as exc:
             error = exc
     distributed = world.group_size > 1 and world.backend is not None
-    groups = [(world.group, world.group_size if distributed else 1, tuple(world.group_ranks),
-               world.comm_device)]
+    pg, dev = _comm(world, group)
+    groups = [(pg, world.group_size if distributed else 1, tuple(world.group_ranks), dev)]
     return _histogram_from_stats(
         groups, st, error, world=world, kind_fp=",".join(map(str, chosen)), desc=desc,
         bins=bins, timeout=timeout,

@@ -115,7 +115,11 @@ def _default_rank0_only(rank: int) -> dict[str, Any]:
 
     from distlog import World
     from distlog.media import (
-        collect_histogram, collect_images, collect_plot, collect_table, collect_videos,
+        collect_histogram,
+        collect_images,
+        collect_plot,
+        collect_table,
+        collect_videos,
     )
 
     world = World.current()
@@ -169,7 +173,11 @@ def _gather(rank: int) -> dict[str, Any]:
 
     from distlog import World
     from distlog.media import (
-        collect_histogram, collect_images, collect_plot, collect_table, collect_videos,
+        collect_histogram,
+        collect_images,
+        collect_plot,
+        collect_table,
+        collect_videos,
     )
 
     world = World.current()
@@ -409,3 +417,72 @@ def test_caps_mismatches_rejections_and_timeouts() -> None:
     assert "every rank" in r0["late"][0][2] and 0.9 < r0["late_s"] < 2.4
     assert r1["late"][0] == ("ok", None)
     assert [r["check"] for r in out] == [2.0, 2.0]
+
+
+# --- 5. through the Logger, into the local run log ------------------------------------------------
+
+
+def _logger_end_to_end(rank: int, run_dir: str) -> dict[str, Any]:
+    import distlog
+
+    logger = distlog.Logger(run_dir=run_dir)
+    logger.log_scalar("train/loss", float(rank))
+    logger.log_images(images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images",
+                      ranks="all")
+    logger.log_videos(videos_of(rank), desc="val/gif", fps=5)  # rank 0's only
+    logger.log_videos(videos_of(rank), ["a", "b"], desc="val/mp4", fps=5, format="mp4",
+                      ranks=[1])
+    logger.log_histogram(hist_values(rank, 300), desc="val/hist", bins=12, ranks="all")
+    logger.log_table(*table_of(rank), desc="val/table", ranks="all")
+    logger.log_plot(make_figure(rank), desc="val/plot")
+    logger.flush(step=3)
+    logger.finish()
+    return {"ops": logger.collectives_last_flush}
+
+
+def test_logger_writes_gathered_media_to_the_run_dir(tmp_path: Any) -> None:
+    import imageio.v2 as iio2
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from distlog.runlog import iter_rows
+
+    run_ranks(_logger_end_to_end, 2, str(tmp_path))
+    rows = list(iter_rows(tmp_path))
+    media = {k: v for row in rows if "media" in row for k, v in row["media"].items()}
+    assert all(row["step"] == 3 for row in rows)
+    assert sorted(media) == ["val/gif", "val/hist", "val/images", "val/mp4", "val/plot", "val/table"]
+
+    want = [(r, a) for r in (0, 1) for a in to_images(images_of(r, 2), desc="x").images]
+    items = media["val/images"]["items"]
+    assert [i["caption"] for i in items] == [f"rank {r}: r{r}i{i}" for r in (0, 1) for i in range(2)]
+    for item, (_, arr) in zip(items, want, strict=True):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / item["path"])), arr)
+
+    gifs = media["val/gif"]["items"]
+    assert len(gifs) == 2 and all(g["caption"] is None for g in gifs)
+    frames = iio.imread(tmp_path / gifs[0]["path"], index=None)
+    src = to_videos(videos_of(0), desc="x").videos[0].frames  # (T, H, W, 1)
+    assert frames.shape[:3] == src.shape[:3]
+    assert np.abs(frames[..., 0].astype(int) - src[..., 0]).max() <= 8  # GIF palette only
+
+    mp4s = media["val/mp4"]["items"]
+    assert [m["caption"] for m in mp4s] == ["rank 1: a", "rank 1: b"]
+    reader = iio2.get_reader(tmp_path / mp4s[0]["path"], format="FFMPEG")
+    decoded = np.stack(list(reader.iter_data()))
+    reader.close()
+    assert decoded.shape == (3, 4, 6, 3)
+
+    allv = np.concatenate([hist_values(r, 300).numpy() for r in (0, 1)])
+    counts, edges = np.histogram(allv, bins=12)
+    assert media["val/hist"]["counts"] == counts.tolist()
+    assert media["val/hist"]["edges"] == edges.astype(np.float64).tolist()
+
+    import json
+
+    table = json.loads((tmp_path / media["val/table"]["path"]).read_text())
+    assert table["columns"] == ["rank", *table_of(0)[0]]
+    assert [row[0] for row in table["data"]] == [1]  # rank 0 had no rows, rank 1 one
+    assert table["data"][0][2:] == ["rank1-row0", 0.0, None]
+    assert (tmp_path / table["data"][0][1]["path"]).is_file()
+    assert (tmp_path / media["val/plot"]["items"][0]["path"]).is_file()

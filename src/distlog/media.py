@@ -194,14 +194,14 @@ def _pixels_to_uint8(
         lo, hi = value_range
         scaled = (work - lo) / (hi - lo) * 255.0
     else:
-        lo_v, hi_v = float(work.min()), float(work.max())
-        if lo_v >= 0.0 and hi_v <= 1.0:
+        f_lo, f_hi = float(work.min()), float(work.max())
+        if f_lo >= 0.0 and f_hi <= 1.0:
             scaled = work * 255.0
-        elif lo_v >= -1.0 and hi_v <= 1.0:
+        elif f_lo >= -1.0 and f_hi <= 1.0:
             scaled = (work + 1.0) * 127.5
         else:
             raise LogValueError(
-                f"{_name(desc)}: float pixels span [{lo_v:.4g}, {hi_v:.4g}], outside [0, 1] "
+                f"{_name(desc)}: float pixels span [{f_lo:.4g}, {f_hi:.4g}], outside [0, 1] "
                 "and [-1, 1]; pass value_range=(lo, hi) or convert to uint8"
             )
     return scaled.round().clamp_(0, 255).to(torch.uint8)
@@ -440,7 +440,8 @@ def to_videos(
         batch = _frames_batch(x, desc, batched=batched, channel_first=cf, kind="videos")
         batch_src = x
     frames = _to_uint8_numpy(_pixels_to_uint8(batch, desc, vr), batch_src)
-    caps = _captions(caption, captions, len(frames), desc) or [None] * len(frames)
+    caps: list[str | None] = list(_captions(caption, captions, len(frames), desc) or [])
+    caps = caps or [None] * len(frames)
     return Videos(
         videos=[Video(frames=f, fps=fps_f, format=fmt, caption=c) for f, c in zip(frames, caps, strict=True)]
     )
@@ -1013,7 +1014,9 @@ def _check_cap(value: Any, name: str, desc: str) -> int:
 
 
 def _images_parcel(item: Images) -> _Parcel:
-    caps = item.captions or [None] * len(item.images)
+    caps: list[str | None] = [None] * len(item.images)
+    if item.captions is not None:
+        caps = list(item.captions)
     return _Parcel(units=[_Unit({"caption": c}, [a]) for a, c in zip(item.images, caps, strict=True)])
 
 

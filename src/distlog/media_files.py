@@ -147,8 +147,10 @@ def save_media(item: MediaItem, media_dir: Path, key: str, step: int) -> dict[st
         }
     files = _Files(media_dir, key, step)
     if isinstance(item, Images):
-        captions = item.captions or [None] * len(item.images)
-        out = []
+        captions: list[str | None] = [None] * len(item.images)
+        if item.captions is not None:
+            captions = list(item.captions)
+        out: list[dict[str, Any]] = []
         for i, (arr, cap) in enumerate(zip(item.images, captions, strict=True)):
             path = files.new(str(i), ".png")
             write_png(arr, path)

@@ -228,6 +228,23 @@ def test_local_histogram_equals_numpy(dtype: type) -> None:
     assert np.array_equal(h.counts, counts)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_device_binning_matches_numpy(dtype: torch.dtype) -> None:
+    """The binary-search path used for GPU tensors, run on the host against numpy."""
+    from distlog.media import _bin_counts, _edges
+
+    g = torch.Generator().manual_seed(5)
+    for values in (torch.randn(20000, generator=g, dtype=dtype) * 3,
+                   torch.round(torch.randn(5000, generator=g, dtype=dtype) * 4),
+                   torch.full((7,), 1.25, dtype=dtype)):
+        lo, hi = float(values.min()), float(values.max())
+        edges = _edges(lo, hi, 23, 32 if dtype == torch.float32 else 64)
+        counts, want_edges = np.histogram(values.numpy(), bins=23)
+        assert np.array_equal(edges, want_edges)
+        assert np.array_equal(_bin_counts(values, edges, on_device=True).numpy(), counts)
+        assert np.array_equal(_bin_counts(values, edges, on_device=False).numpy(), counts)
+
+
 def test_histogram_of_a_constant_leaves_nonfinite_out() -> None:
     values = np.array([2.0, 2.0, np.nan, np.inf, 2.0])
     h = collect_histogram(WORLD, values, desc="g", bins=4)

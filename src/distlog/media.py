@@ -589,11 +589,24 @@ def _edges(lo: float, hi: float, bins: int, dtype_bits: int) -> np.ndarray:
     return np.histogram_bin_edges(np.empty(0, dtype=dt), bins=bins, range=(dt(lo), dt(hi)))
 
 
-def _bin_counts(finite: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
-    """numpy.histogram's counts (last bin closed) for values known to lie within the edges."""
+def _bin_counts(
+    finite: torch.Tensor, edges: np.ndarray, *, on_device: bool | None = None
+) -> torch.Tensor:
+    """numpy.histogram's counts (last bin closed) for values known to lie within the edges.
+
+    Host tensors go through numpy's equal-width fast path; device tensors (or ``on_device``)
+    are binned by binary search against the same edges, so they never leave the device.
+    """
     bins = len(edges) - 1
     if finite.numel() == 0:
         return torch.zeros(bins, dtype=torch.int64, device=finite.device)
+    if on_device is None:
+        on_device = finite.device.type != "cpu"
+    if not on_device:
+        arr = finite.numpy()
+        counts, _ = np.histogram(arr, bins=bins, range=(edges.dtype.type(edges[0]),
+                                                        edges.dtype.type(edges[-1])))
+        return torch.from_numpy(counts.astype(np.int64))
     e = torch.from_numpy(edges).to(device=finite.device, dtype=finite.dtype)
     idx = torch.bucketize(finite, e, right=True) - 1
     idx.clamp_(0, bins - 1)

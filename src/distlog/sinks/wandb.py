@@ -324,10 +324,11 @@ class WandbSink:
         """A distlog media item as the wandb object (or list of objects) that displays it."""
         wandb = self._wandb
         if isinstance(item, Images):
-            captions = item.captions or [None] * len(item.images)
+            captions: list[str | None] = list(item.captions or [])
+            captions += [None] * (len(item.images) - len(captions))
             return [
                 wandb.Image(_image_array(img), caption=cap)
-                for img, cap in zip(item.images, captions)
+                for img, cap in zip(item.images, captions, strict=False)
             ]
         if isinstance(item, Videos):
             out = []

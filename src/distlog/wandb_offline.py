@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -372,7 +373,8 @@ def _wandb_root(wandb_dir: str | os.PathLike[str] | None) -> Path:
 
 def _start_key(run_dir: Path) -> tuple[str, float, str]:
     """Sort key: the folder's timestamp, then the run record's start time (sub-second order)."""
-    stamp = run_dir.name.split("-")[-2] if run_dir.name.count("-") >= 2 else ""
+    match = re.search(r"\d{8}_\d{6}", run_dir.name)
+    stamp = match.group(0) if match else ""
     start = 0.0
     try:
         for record in iter_records(run_dir):
@@ -406,9 +408,9 @@ def find_run_dirs(
         prefixes = ("offline-run-",) if offline_only else _RUN_DIR_PREFIXES
         if not child.name.startswith(prefixes):
             continue
-        if run_id is not None and not child.name.endswith(f"-{run_id}"):
-            continue
-        if not any(child.glob("*.wandb")):
+        # Two starts of one id in the same second get "<time>-<id>-1": match the file instead.
+        wanted = f"run-{run_id}.wandb" if run_id is not None else "*.wandb"
+        if not any(child.glob(wanted)):
             continue
         found.append(child)
     return sorted(found, key=_start_key)

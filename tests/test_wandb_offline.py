@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from wandb_helpers import apply_wandb_env
+from wandb_helpers import apply_wandb_env, reset_wandb
 
 from distlog.wandb_offline import (
     BLOCK_SIZE,
@@ -54,7 +54,8 @@ def _make_run(rows, *, config=None, exit_code=0, run_id=None, extra=None):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    return apply_wandb_env(monkeypatch, tmp_path)
+    yield apply_wandb_env(monkeypatch, tmp_path)
+    reset_wandb()
 
 
 def test_history_config_summary_exit_code(env):

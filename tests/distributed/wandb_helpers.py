@@ -31,9 +31,23 @@ def wandb_env(root: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def apply_wandb_env(monkeypatch, root: str | os.PathLike[str]) -> dict[str, str]:
-    """Set :func:`wandb_env` with pytest's monkeypatch (undone after the test)."""
+    """Set :func:`wandb_env` with pytest's monkeypatch (undone after the test).
+
+    wandb reads its environment once per process (its setup singleton), so the singleton is
+    torn down here and must be again when the test ends (see :func:`reset_wandb`).
+    """
     env = wandb_env(root)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    reset_wandb()
     return env
+
+
+def reset_wandb() -> None:
+    """Forget wandb's process-wide settings so the next ``wandb.init`` reads the environment."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()

@@ -89,7 +89,7 @@ def _init_with_timeout(wandb: Any, kwargs: dict[str, Any], timeout: float) -> An
         result["run"] = run
         if abandoned.is_set():
             try:
-                run.finish(exit_code=1, quiet=True)
+                run.finish(exit_code=1)
             except Exception:
                 pass
 

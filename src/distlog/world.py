@@ -161,9 +161,7 @@ class World:
         )
 
 
-def init_distributed(
-    backend: str | None = None, *, timeout: timedelta | None = None
-) -> World:
+def init_distributed(backend: str | None = None, *, timeout: timedelta | None = None) -> World:
     """Initialise ``torch.distributed`` from torchrun's environment if it is not already.
 
     Picks NCCL when CUDA is available and gloo otherwise, and selects ``cuda:LOCAL_RANK`` as the

@@ -93,14 +93,19 @@ class BaseTrainerConfig(AbstractTrainerConfig):
 
 
 class _DDP(DistributedDataParallel):
-    """DDP whose missing attributes are looked up on the wrapped model, so user code that
-    calls ``self.model.generate()`` or reads ``self.model.embeddings`` works at any world size."""
+    """DDP that reads like the model it wraps, so user code works the same at any world size:
+    missing attributes are looked up on the model (``self.model.generate()``,
+    ``self.model.embeddings``), and ``named_parameters`` gives the model's own names (metric keys
+    such as ``weights/{name}`` don't gain a ``module.`` prefix). ``state_dict`` is DDP's own."""
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.module, name)
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.named_parameters(*args, **kwargs)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

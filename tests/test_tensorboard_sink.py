@@ -209,7 +209,10 @@ def test_missing_tensorboard_names_the_extra(tmp_path):
         "    print('IMPORT-ERROR:', exc)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr

@@ -194,7 +194,9 @@ class TensorBoardSink:
         for tag, image in zip(tags, item.images, strict=True):
             self.writer.add_image(tag, image, global_step=step, dataformats="HWC")
         if item.captions and any(item.captions):
-            lines = [f"- `{tag}`: {caption}" for tag, caption in zip(tags, item.captions, strict=False)]
+            lines = [
+                f"- `{tag}`: {caption}" for tag, caption in zip(tags, item.captions, strict=False)
+            ]
             self.writer.add_text(f"{key}/captions", "\n".join(lines), global_step=step)
 
     def _log_videos(self, step: int, key: str, item: Videos) -> None:

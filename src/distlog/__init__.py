@@ -1,5 +1,6 @@
 """distlog: distributed-aware metrics logging for PyTorch."""
 
+from distlog.aggregation import REDUCTIONS
 from distlog.errors import (
     DistlogError,
     KeyConflictError,
@@ -8,6 +9,7 @@ from distlog.errors import (
     LogValueError,
     RankDivergenceError,
 )
+from distlog.logger import Logger, to_config_dict
 from distlog.runlog import read_metrics
 from distlog.sinks import ConsoleSink, JsonlSink, Sink
 from distlog.world import World, init_distributed
@@ -19,8 +21,10 @@ __all__ = [
     "DistlogError",
     "JsonlSink",
     "KeyConflictError",
+    "REDUCTIONS",
     "LogTypeError",
     "LogValueError",
+    "Logger",
     "LoggerClosedError",
     "RankDivergenceError",
     "Sink",
@@ -28,4 +32,5 @@ __all__ = [
     "__version__",
     "init_distributed",
     "read_metrics",
+    "to_config_dict",
 ]

@@ -122,7 +122,8 @@ def run_ranks(
                 rank, status, value = results.get(timeout=min(remaining, 1.0))
             except queue.Empty:
                 dead = [
-                    r for r, p in enumerate(procs)
+                    r
+                    for r, p in enumerate(procs)
                     if not p.is_alive() and r not in collected and p.exitcode not in (0, None)
                 ]
                 if dead and not expect_errors:
@@ -149,3 +150,87 @@ def run_ranks(
             raise AssertionError(f"rank {rank} failed:\n{value}")
         out.append(value if status == "ok" else (status, value))
     return out
+
+
+def _pool_worker(
+    rank: int, world_size: int, port: int, jobs: Any, results: Any, env: dict[str, str]
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        GROUP_RANK="0",
+        **env,
+    )
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        while True:
+            job = jobs.get()
+            if job is None:
+                break
+            fn, args = job
+            try:
+                results.put((rank, "ok", fn(rank, *args)))
+            except BaseException:
+                results.put((rank, "error", traceback.format_exc()))
+    finally:
+        dist.destroy_process_group()
+
+
+class RankPool:
+    """A long-lived gloo group of ``world_size`` processes that runs one job after another.
+
+    For property-based tests: hypothesis draws an example in the parent, every rank runs
+    ``fn(rank, *args)`` on it, and the parent compares the results with a reference. Starting
+    the processes once keeps a hundred examples within seconds.
+    """
+
+    def __init__(self, world_size: int, env: dict[str, str] | None = None) -> None:
+        ctx = mp.get_context("spawn")
+        self.world_size = world_size
+        self._results = ctx.Queue()
+        self._jobs = [ctx.Queue() for _ in range(world_size)]
+        port = free_port()
+        self._procs = [
+            ctx.Process(
+                target=_pool_worker,
+                args=(r, world_size, port, self._jobs[r], self._results, env or {}),
+            )
+            for r in range(world_size)
+        ]
+        for p in self._procs:
+            p.start()
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> list[Any]:
+        for q in self._jobs:
+            q.put((fn, args))
+        out: dict[int, Any] = {}
+        errors: list[str] = []
+        while len(out) + len(errors) < self.world_size:
+            try:
+                rank, status, value = self._results.get(timeout=timeout)
+            except queue.Empty:
+                self.close()
+                raise TimeoutError(
+                    f"pool job did not finish within {timeout}s; errors so far: {errors}"
+                ) from None
+            if status == "ok":
+                out[rank] = value
+            else:
+                errors.append(f"rank {rank}:\n{value}")
+        if errors:
+            raise AssertionError("\n".join(errors))
+        return [out[r] for r in range(self.world_size)]
+
+    def close(self) -> None:
+        for q in self._jobs:
+            q.put(None)
+        for p in self._procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()

@@ -26,9 +26,7 @@ class JsonlSink:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
-        self._fh: IO[str] | None = (self.run_dir / runlog.METRICS_FILE).open(
-            "a", encoding="utf-8"
-        )
+        self._fh: IO[str] | None = (self.run_dir / runlog.METRICS_FILE).open("a", encoding="utf-8")
 
     def _write(self, row: Mapping[str, Any]) -> None:
         if self._fh is None:

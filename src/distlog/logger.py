@@ -1,0 +1,468 @@
+"""The front door: :class:`Logger` buffers what every rank logs and writes it from rank 0.
+
+The training thread only validates and buffers. At :meth:`Logger.flush` the buffers of all ranks
+are reduced together (see :mod:`distlog.aggregation`); on global rank 0 the row, queued media and
+config go to the sinks on a writer thread, so a slow backend never delays the collective that
+the other ranks wait in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import math
+import queue
+import re
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from distlog.aggregation import Aggregator, _as_float
+from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.sinks.base import Sink
+from distlog.sinks.console import ConsoleSink
+from distlog.sinks.jsonl import JsonlSink
+from distlog.world import World
+
+__all__ = ["Logger", "to_config_dict"]
+
+NONFINITE_POLICIES = ("warn", "ignore", "drop")
+_SECRET = re.compile(
+    r"(^|[_\-.])(token|api_?key|key|password|passwd|secret|credentials?)s?($|[_\-.])", re.I
+)
+REDACTED = "***REDACTED***"
+
+
+def to_config_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
+    """A plain nested dict from a dataclass, a mapping or an object with ``__dict__``.
+
+    With ``redact`` (the default), values whose key looks like a secret (token, api_key, key,
+    password, secret, credentials) are replaced by ``***REDACTED***``.
+    """
+
+    def convert(value: Any, key: str = "") -> Any:
+        if redact and key and _SECRET.search(key) and not isinstance(value, Mapping):
+            return REDACTED
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {str(k): convert(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, str | int | float | bool) or value is None:
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        return repr(value) if not hasattr(value, "item") else _scalar_or_repr(value)
+
+    result = convert(config)
+    if not isinstance(result, dict):
+        raise LogTypeError(
+            f"log_config expects a dataclass or a mapping, got {type(config).__name__}"
+        )
+    return result
+
+
+def _scalar_or_repr(value: Any) -> Any:
+    try:
+        return value.item()
+    except Exception:
+        return repr(value)
+
+
+class _WriterThread:
+    """Runs sink calls in order on one background thread, behind a bounded queue."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=maxsize)
+        self._thread = threading.Thread(target=self._run, name="distlog-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            finally:
+                self._queue.task_done()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+
+class Logger:
+    """Buffer scalars on every rank, reduce them across ranks at each flush, write from rank 0.
+
+    Args:
+        run_dir: local run directory; the writer keeps ``metrics.jsonl`` there. Defaults to
+            ``runs/<date-time>`` when no ``sinks`` are given.
+        sinks: backends to write to (on global rank 0 only). A JSONL sink for ``run_dir`` is
+            added unless one is already in the list or ``run_dir`` is None and sinks are given.
+        group: process group to aggregate over (default: the whole world).
+        mesh, mesh_dim: aggregate over one dimension of a ``DeviceMesh`` instead, e.g. the
+            data-parallel one, so tensor-parallel replicas are not counted twice.
+        console: also print a compact line per flush on rank 0.
+        async_write: run sink calls on a writer thread (default). Off, they run inline.
+        timeout: seconds a flush waits for the other ranks before raising
+            :class:`~distlog.errors.RankDivergenceError` instead of hanging.
+        nonfinite: what the writer does with NaN and infinities: ``"warn"`` (write them, with
+            one warning per key), ``"ignore"`` (write them silently) or ``"drop"``.
+
+    Every rank of the group must construct the logger and call :meth:`flush` at the same steps.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        sinks: Iterable[Sink] | None = None,
+        group: Any = None,
+        *,
+        mesh: Any = None,
+        mesh_dim: int | str | None = None,
+        world: World | None = None,
+        console: bool = False,
+        async_write: bool = True,
+        timeout: float = 300.0,
+        nonfinite: str = "warn",
+        queue_size: int = 1024,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise LogValueError(
+                f"nonfinite={nonfinite!r}; choose one of {', '.join(NONFINITE_POLICIES)}"
+            )
+        if not (timeout > 0):
+            raise LogValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.world = (
+            world if world is not None else World.current(group, mesh=mesh, mesh_dim=mesh_dim)
+        )
+        self.nonfinite = nonfinite
+        self._agg = Aggregator(self.world, timeout=timeout)
+        self._closed = False
+        self._step = -1
+        self._precomputed: dict[str, float] = {}
+        self._media: list[tuple[str, Any]] = []
+        self._warned_nonfinite: set[str] = set()
+        self._sink_errors: list[BaseException] = []
+        self.sinks: list[Sink] = []
+        self.run_dir: Path | None = None
+        given = list(sinks) if sinks is not None else []
+        if run_dir is None and sinks is None:
+            run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+        self._writer: _WriterThread | None = None
+        if self.world.is_global_zero:
+            if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
+                given.insert(0, JsonlSink(self.run_dir))
+            if console:
+                given.append(ConsoleSink())
+            self.sinks = given
+            if async_write:
+                self._writer = _WriterThread(queue_size)
+        _live_loggers.add(self)
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def step(self) -> int:
+        """The step of the last flush (-1 before the first)."""
+        return self._step
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def collectives_last_flush(self) -> int:
+        """How many collectives the last flush issued on this rank (for tests and benchmarks)."""
+        return self._agg.collectives_last_flush
+
+    # ------------------------------------------------------------------------ logging
+    def log_scalar(
+        self,
+        key: str,
+        value: Any,
+        reduce: str = "mean",
+        *,
+        weight: Any = None,
+        spread: bool = False,
+    ) -> None:
+        """Buffer one value of ``key``. Cheap, and never waits for a device.
+
+        Args:
+            key: metric name, e.g. ``"train/loss"``.
+            value: a Python number, numpy scalar, or one-element tensor of any dtype and device.
+            reduce: how samples are combined over the steps since the last flush and over the
+                ranks: ``mean`` (of all samples of all ranks), ``sum``, ``min``, ``max``, or
+                ``last`` (each rank's latest value, averaged over the ranks that logged it).
+            weight: sample weight for ``mean`` (e.g. the batch size): a weighted mean.
+            spread: also write the spread of the per-rank values: ``key/rank_min``,
+                ``key/rank_max``, ``key/rank_std`` and ``key/rank_argmax`` (the straggler).
+        """
+        if self._closed:
+            self._raise_closed()
+        self._agg.add(key, value, reduce, weight, spread)
+
+    def log_dict(
+        self,
+        values: Mapping[str, Any],
+        reduce: str = "mean",
+        *,
+        weight: Any = None,
+        spread: bool = False,
+    ) -> None:
+        """Buffer several values with one reduction. All or nothing: a bad entry logs none."""
+        if self._closed:
+            self._raise_closed()
+        if not isinstance(values, Mapping):
+            raise LogTypeError(
+                f"log_dict expects a mapping of key -> value, got {type(values).__name__}"
+            )
+        agg = self._agg
+        samples = [agg.prepare(k, v, reduce, weight, spread) for k, v in values.items()]
+        for sample in samples:
+            agg.commit(sample)
+
+    def log_precomputed(self, values: Mapping[str, Any]) -> None:
+        """Values that are already global (e.g. a torchmetrics ``compute()``).
+
+        The writer adds them to the next row as they are; nothing is communicated. Every rank
+        may call it; only rank 0's values are written.
+        """
+        if self._closed:
+            self._raise_closed()
+        clean = {}
+        for key, value in values.items():
+            if not isinstance(key, str) or not key:
+                raise LogTypeError(f"metric keys must be non-empty strings, got {key!r}")
+            if hasattr(value, "numel") and hasattr(value, "item"):
+                if value.numel() != 1:
+                    raise LogValueError(
+                        f"value for key {key!r} has shape {tuple(value.shape)}; expected a scalar"
+                    )
+                value = value.item()  # compute() already synchronised these
+            clean[key] = _as_float(key, value)
+        if self.world.is_global_zero:
+            self._precomputed.update(clean)
+
+    def log_media(self, key: str, item: Any) -> None:
+        """Queue a converted media item (see :mod:`distlog.media`) for the next flush's step."""
+        if self._closed:
+            self._raise_closed()
+        if not isinstance(key, str) or not key:
+            raise LogTypeError(f"media keys must be non-empty strings, got {key!r}")
+        if self.world.is_global_zero:
+            self._media.append((key, item))
+
+    def log_config(self, config: Any, *, redact: bool = True) -> dict[str, Any]:
+        """Record the run's configuration (a dataclass or nested mapping) in every sink.
+
+        Values whose keys look like secrets are redacted unless ``redact=False``. Returns the
+        plain dict that was written.
+        """
+        if self._closed:
+            self._raise_closed()
+        plain = to_config_dict(config, redact=redact)
+        if self.world.is_global_zero:
+            self._submit(lambda: self._each_sink("log_config", lambda s: s.log_config(plain)))
+        return plain
+
+    def add_sink(self, sink: Sink) -> None:
+        """Attach another sink (on the writer; elsewhere a no-op)."""
+        if self.world.is_global_zero:
+            self.sinks.append(sink)
+
+    # ------------------------------------------------------------------------ flush
+    def flush(
+        self, step: int | None = None, *, block: bool | None = None
+    ) -> dict[str, float] | None:
+        """Reduce everything logged since the last flush over all ranks and write it on rank 0.
+
+        Collective: every rank of the group calls it, with the same ``step`` (default: the
+        previous step + 1). Returns the written row on rank 0 when ``block`` (the default when
+        payloads live on the host, as with gloo); with NCCL it returns None by default, and
+        rank 0 waits for the device on its writer thread, not in the training loop.
+        """
+        if self._closed:
+            self._raise_closed()
+        step = self._next_step(step)
+        pending = self._agg.flush(step)
+        self._step = step
+        row: dict[str, float] | None = None
+        if pending is not None:
+            extra, self._precomputed = self._precomputed, {}
+            if block or (block is None and pending.ready is None):
+                row = self._finish_row(pending.resolve(), extra)
+                done = row
+                self._submit(self._write_job(step, lambda: done))
+            else:
+                self._submit(
+                    self._write_job(step, lambda: self._finish_row(pending.resolve(), extra))
+                )
+        self._agg.raise_pending_conflict()
+        return row
+
+    def _next_step(self, step: Any) -> int:
+        if step is None:
+            return self._step + 1
+        if isinstance(step, bool) or not isinstance(step, int):
+            try:
+                import numpy as np
+
+                if isinstance(step, np.integer):
+                    step = int(step)
+                else:
+                    raise TypeError
+            except TypeError:
+                raise LogTypeError(
+                    f"step must be an int, got {type(step).__name__} {step!r}"
+                ) from None
+        if step < 0:
+            raise LogValueError(f"step must be >= 0, got {step}")
+        if step < self._step and self.world.is_global_zero:
+            warnings.warn(
+                f"distlog: step went backwards ({self._step} -> {step}); trackers such as wandb "
+                "drop rows whose step is lower than the last one. Pass the restored global step "
+                "when resuming.",
+                stacklevel=3,
+            )
+        return int(step)
+
+    def _finish_row(self, row: dict[str, float], extra: dict[str, float]) -> dict[str, float]:
+        row.update(extra)
+        if self.nonfinite != "ignore":
+            bad = [k for k, v in row.items() if not math.isfinite(v)]
+            for key in bad:
+                if self.nonfinite == "drop":
+                    del row[key]
+                elif key not in self._warned_nonfinite:
+                    self._warned_nonfinite.add(key)
+                    warnings.warn(
+                        f"distlog: key {key!r} has a non-finite value ({row[key]}); it is "
+                        "written as is (further warnings for this key are suppressed)",
+                        stacklevel=4,
+                    )
+        return row
+
+    def _write_job(self, step: int, make_row: Callable[[], dict[str, float]]) -> Callable[[], None]:
+        """A writer-thread job for one flush; media queued so far go with it, at its step."""
+        media, self._media = self._media, []
+
+        def job() -> None:
+            row = make_row()
+            if row:
+                self._each_sink("log_scalars", lambda s: s.log_scalars(step, row))
+            for key, item in media:
+
+                def write(sink: Sink, key: str = key, item: Any = item) -> None:
+                    sink.log_media(step, key, item)
+
+                self._each_sink("log_media", write)
+
+        return job
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if self._writer is not None:
+            self._writer.submit(job)
+        else:
+            job()
+
+    def _each_sink(self, what: str, call: Callable[[Sink], None]) -> None:
+        for sink in list(self.sinks):
+            try:
+                call(sink)
+            except Exception as exc:  # one broken backend must not take the others down
+                self._sink_errors.append(exc)
+                warnings.warn(
+                    f"distlog: {type(sink).__name__}.{what} failed: {type(exc).__name__}: {exc}",
+                    stacklevel=2,
+                )
+
+    def wait(self) -> None:
+        """Block until the writer thread has written everything queued so far."""
+        if self._writer is not None:
+            self._writer.drain()
+
+    # ------------------------------------------------------------------------ finish
+    def finish(self, exit_code: int = 0, *, step: int | None = None) -> None:
+        """Flush what is buffered, write everything queued and close every sink. Idempotent.
+
+        With ``exit_code == 0`` this is a collective (a last flush). With a non-zero exit code
+        (a crash) no collective is attempted: rank 0 writes what already reached it and closes
+        the sinks, so a failed job still leaves complete files.
+        """
+        if self._closed:
+            return
+        try:
+            if exit_code == 0 and (self._agg.communicates or self.world.is_global_zero):
+                if self._agg.communicates and not (dist.is_available() and dist.is_initialized()):
+                    if self._agg.pending_keys:
+                        warnings.warn(
+                            "distlog: the process group was destroyed before finish(); values "
+                            "buffered since the last flush were dropped",
+                            stacklevel=2,
+                        )
+                else:
+                    self.flush(step)
+            elif self.world.is_global_zero and (self._precomputed or self._media):
+                extra, self._precomputed = self._precomputed, {}
+                self._submit(
+                    self._write_job(max(self._step, 0), lambda: self._finish_row({}, extra))
+                )
+        finally:
+            self._closed = True
+            if self.world.is_global_zero:
+                self._submit(lambda: self._each_sink("close", lambda s: s.close(exit_code)))
+                if self._writer is not None:
+                    self._writer.drain()
+                    self._writer.stop()
+            _live_loggers.discard(self)
+
+    def _raise_closed(self) -> None:
+        raise LoggerClosedError("this distlog.Logger is finished; create a new one to log again")
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+
+# Loggers still open at interpreter exit are finished then; an uncaught exception makes that a
+# non-zero exit code (and no collective, since the other ranks may be gone).
+_live_loggers: weakref.WeakSet[Logger] = weakref.WeakSet()
+_uncaught: list[BaseException] = []
+_previous_hook = sys.excepthook
+
+
+def _record_uncaught(tp: Any, value: BaseException, tb: Any) -> None:
+    _uncaught.append(value)
+    _previous_hook(tp, value, tb)
+
+
+sys.excepthook = _record_uncaught
+
+
+@atexit.register
+def _finish_open_loggers() -> None:
+    code = 1 if _uncaught else 0
+    for logger in list(_live_loggers):
+        try:
+            logger.finish(exit_code=code)
+        except Exception as exc:  # at exit there is nobody left to raise to
+            print(f"distlog: finishing a logger at exit failed: {exc}", file=sys.stderr)

@@ -1,0 +1,318 @@
+"""The fused exchange on real gloo groups, checked against a reference built from raw inputs."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dist_harness import RankPool, run_ranks
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import assert_rows_close, reference_row
+
+import distlog
+
+# ---------------------------------------------------------------------------- helpers
+KINDS = ["float", "int", "numpy", "f32", "f64", "bf16", "f16", "i64", "bool"]
+_DTYPES = {
+    "f32": torch.float32,
+    "f64": torch.float64,
+    "bf16": torch.bfloat16,
+    "f16": torch.float16,
+    "i64": torch.int64,
+    "bool": torch.bool,
+}
+
+
+def make_value(value: float, kind: str):
+    """The object a user would log, for a raw value and a kind."""
+    if kind == "float":
+        return float(value)
+    if kind == "int":
+        return int(value)
+    if kind == "numpy":
+        return np.float32(value)
+    dtype = _DTYPES[kind]
+    if dtype == torch.bool:
+        return torch.tensor(bool(value))
+    if dtype == torch.int64:
+        return torch.tensor(int(value))
+    return torch.tensor(value, dtype=dtype)
+
+
+def represented(value: float, kind: str) -> float:
+    """The float that the logged object stands for (what the reference must use)."""
+    obj = make_value(value, kind)
+    return float(obj.item()) if isinstance(obj, torch.Tensor) else float(obj)
+
+
+def play(rank: int, scenario, run_root: str):
+    """Log every flush of a scenario on this rank; return rows (rank 0) and collective counts."""
+    logger = distlog.Logger(run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore")
+    rows, counts = [], []
+    for step, per_rank in enumerate(scenario):
+        for key, value, red, weight, kind in per_rank[rank]:
+            logger.log_scalar(key, make_value(value, kind), reduce=red, weight=weight)
+        rows.append(logger.flush(step))
+        counts.append((logger.collectives_last_flush, logger._agg.layout_version))
+    logger.finish()
+    written = distlog.read_metrics(Path(run_root) / "run") if rank == 0 else None
+    return rows, counts, written
+
+
+# Each key has one reduction for the whole run; the reduction is part of its name.
+KEYS = [
+    ("loss", "mean"),
+    ("acc", "mean"),
+    ("tokens", "sum"),
+    ("lat_min", "min"),
+    ("lat_max", "max"),
+    ("lr", "last"),
+    ("a/b/c", "mean"),
+    ("x.y", "sum"),
+    ("g_max", "max"),
+]
+
+raw_values = st.one_of(
+    st.integers(-1000, 1000).map(lambda x: x / 8),  # exact in float64 sums
+    st.sampled_from([math.nan, math.inf, -math.inf]).filter(lambda _: True),
+)
+
+
+@st.composite
+def scenarios(draw, world_size: int):
+    flushes = []
+    for _ in range(draw(st.integers(1, 3))):
+        per_rank = []
+        for _rank in range(world_size):
+            samples = []
+            for _ in range(draw(st.integers(0, 6))):
+                key, red = draw(st.sampled_from(KEYS))
+                kind = draw(st.sampled_from(KINDS))
+                value = draw(
+                    raw_values if kind in ("float", "f32", "f64") else st.integers(-40, 40)
+                )
+                if kind == "bool":
+                    value = draw(st.integers(0, 1))
+                weight = draw(st.integers(0, 4)) if red == "mean" and draw(st.booleans()) else None
+                samples.append((key, float(value), red, weight, kind))
+            per_rank.append(samples)
+        flushes.append(per_rank)
+    return flushes
+
+
+def reference_for(per_rank):
+    return reference_row(
+        [
+            [
+                (k, represented(v, kind), red, 1.0 if w is None else float(w))
+                for k, v, red, w, kind in s
+            ]
+            for s in per_rank
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- property test
+@pytest.fixture(scope="module")
+def pool3():
+    pool = RankPool(3)
+    yield pool
+    pool.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenario=scenarios(3))
+def test_random_key_subsets_match_reference(pool3, scenario):
+    with tempfile.TemporaryDirectory() as tmp:
+        results = pool3.run(play, scenario, tmp)
+    rows, _, written = results[0]
+    for r in results[1:]:
+        assert all(row is None for row in r[0]), "only rank 0 gets rows"
+    for step, per_rank in enumerate(scenario):
+        want = reference_for(per_rank)
+        assert_rows_close(rows[step], want)
+    # what reached metrics.jsonl is exactly the non-empty rows
+    on_disk = [row for row in rows if row]
+    assert len(written) == len(on_disk)
+    for line, row in zip(written, on_disk, strict=True):
+        assert_rows_close({k: v for k, v in line.items() if k not in ("step", "time")}, row)
+    # a constant number of collectives per flush, whatever the number of keys
+    for rank_result in results:
+        prev_version = 0
+        for count, version in rank_result[1]:
+            limit = 3 + (1 if version != prev_version else 0)
+            assert 1 <= count <= limit, (count, version)
+            prev_version = version
+
+
+# ---------------------------------------------------------------------------- explicit cases
+def every_reduction(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    # rank r logs r+1 samples of each kind
+    for i in range(rank + 1):
+        v = 10.0 * rank + i
+        logger.log_scalar("mean", v)
+        logger.log_scalar("wmean", v, weight=i + 1)
+        logger.log_scalar("sum", torch.tensor(v), reduce="sum")
+        logger.log_scalar("min", v, reduce="min")
+        logger.log_scalar("max", torch.tensor(v, dtype=torch.bfloat16), reduce="max")
+        logger.log_scalar("last", v, reduce="last")
+    row = logger.flush(7)
+    count = logger.collectives_last_flush
+    logger.log_scalar("mean", 1.0)
+    row2 = logger.flush()
+    count2 = logger.collectives_last_flush
+    logger.finish()
+    return row, count, row2, count2
+
+
+def test_every_reduction_on_four_ranks(tmp_path):
+    res = run_ranks(every_reduction, 4, str(tmp_path))
+    samples = [[10.0 * r + i for i in range(r + 1)] for r in range(4)]
+    flat = [v for s in samples for v in s]
+    weights = [[i + 1 for i in range(r + 1)] for r in range(4)]
+    wnum = sum(
+        v * w for s, ws in zip(samples, weights, strict=True) for v, w in zip(s, ws, strict=True)
+    )
+    wden = sum(w for ws in weights for w in ws)
+    row, count, row2, count2 = res[0]
+    assert row == pytest.approx(
+        {
+            "mean": sum(flat) / len(flat),
+            "wmean": wnum / wden,
+            "sum": sum(flat),
+            "min": min(flat),
+            "max": max(flat),
+            "last": sum(s[-1] for s in samples) / 4,
+        }
+    )
+    assert row2 == {"mean": 1.0}
+    assert count == 4  # control, key exchange (new keys), SUM, MAX
+    assert count2 == 3  # steady state: control, SUM, MAX (max/min keys are in the layout)
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [7, 8]
+
+
+def spread_and_subsets(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger.log_scalar("time/step", 1.0 + rank * 0.5, spread=True)
+    logger.log_scalar("time/step", 2.0 + rank * 0.5, spread=True)
+    if rank == 2:  # only the "last pipeline stage" has the loss
+        logger.log_scalar("train/loss", 0.25)
+    if rank in (0, 1):
+        logger.log_scalar("class/7/acc", 0.5 + rank)
+    row = logger.flush(0)
+    logger.finish()
+    return row
+
+
+def test_spread_and_keys_only_some_ranks_log(tmp_path):
+    row = run_ranks(spread_and_subsets, 3, str(tmp_path))[0]
+    per_rank = [1.5 + r * 0.5 for r in range(3)]
+    mean = sum(per_rank) / 3
+    assert row["time/step"] == pytest.approx(mean)
+    assert row["time/step/rank_min"] == pytest.approx(1.5)
+    assert row["time/step/rank_max"] == pytest.approx(2.5)
+    assert row["time/step/rank_argmax"] == 2
+    assert row["time/step/rank_std"] == pytest.approx(float(np.std(per_rank)))
+    assert row["train/loss"] == 0.25  # reduced over the one rank that logged it
+    assert row["class/7/acc"] == pytest.approx(1.0)  # mean of 0.5 and 1.5, rank 2 not counted
+
+
+def bad_input_on_one_rank(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger.log_scalar("ok", float(rank))
+    errors = []
+    if rank == 1:
+        for bad in [
+            lambda: logger.log_scalar("s", "a string"),
+            lambda: logger.log_scalar("n", None),
+            lambda: logger.log_scalar("t", torch.ones(3)),
+            lambda: logger.log_scalar(3, 1.0),
+            lambda: logger.log_scalar("r", 1.0, reduce="median"),
+            lambda: logger.log_scalar("ok", 1.0, reduce="max"),
+            lambda: logger.log_dict({"fine": 1.0, "bad": object()}),
+        ]:
+            try:
+                bad()
+            except distlog.DistlogError as exc:
+                errors.append(str(exc))
+    row = logger.flush(0)
+    logger.finish()
+    return row, errors
+
+
+def test_bad_input_raises_on_that_rank_and_nobody_hangs(tmp_path):
+    res = run_ranks(bad_input_on_one_rank, 2, str(tmp_path), timeout=60)
+    row, _ = res[0]
+    _, errors = res[1]
+    assert row == {"ok": 0.5}  # what was buffered before the errors is kept; "fine" was not logged
+    assert len(errors) == 7
+    for msg, key in zip(errors, ["'s'", "'n'", "'t'", "3", "'r'", "'ok'", "'bad'"], strict=True):
+        assert key in msg, msg
+
+
+def conflicting_reductions(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger.log_scalar("shared", 1.0, reduce="mean" if rank == 0 else "max")
+    logger.log_scalar("fine", 2.0)
+    try:
+        logger.flush(0)
+        outcome = "no error"
+    except distlog.KeyConflictError as exc:
+        outcome = str(exc)
+    logger.finish()
+    return outcome
+
+
+def test_conflicting_reductions_raise_on_every_rank_and_keep_the_row(tmp_path):
+    outcomes = run_ranks(conflicting_reductions, 2, str(tmp_path))
+    for out in outcomes:
+        assert "shared" in out and "'max'" in out, out
+    rows = distlog.read_metrics(tmp_path)
+    assert rows[0]["fine"] == 2.0 and rows[0]["shared"] == 1.0
+
+
+def out_of_step(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=5)
+    logger.log_scalar("x", 1.0)
+    try:
+        logger.flush(10 + rank)
+        return "no error"
+    except distlog.RankDivergenceError as exc:
+        return str(exc)
+
+
+def skipped_flush(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=3)
+    logger.log_scalar("x", 1.0)
+    if rank == 1:
+        import time
+
+        time.sleep(8)  # never reaches the flush in time
+        return "skipped"
+    try:
+        logger.flush(0)
+        return "no error"
+    except distlog.RankDivergenceError as exc:
+        return str(exc)
+
+
+def test_ranks_flushing_different_steps_get_a_clear_error(tmp_path):
+    outcomes = run_ranks(out_of_step, 2, str(tmp_path), timeout=60)
+    for out in outcomes:
+        assert "rank 0: flush #0 at step 10" in out and "rank 1: flush #0 at step 11" in out
+
+
+def test_a_rank_that_never_flushes_is_reported_not_a_hang(tmp_path):
+    import time
+
+    start = time.monotonic()
+    outcomes = run_ranks(skipped_flush, 2, str(tmp_path), timeout=60)
+    assert "log step 0" in outcomes[0] and "[1]" in outcomes[0], outcomes[0]
+    assert time.monotonic() - start < 45

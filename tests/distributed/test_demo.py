@@ -1,0 +1,44 @@
+"""The README's main job: the demo under a real torchrun with 2 gloo ranks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from dist_harness import subprocess_env
+
+import distlog
+
+
+def test_demo_under_torchrun_writes_one_aggregated_run_log(tmp_path):
+    run_dir = tmp_path / "demo"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "distlog.demo",
+        "--steps",
+        "20",
+        "--log-every",
+        "5",
+        "--batch-size",
+        "16",
+        "--run-dir",
+        str(run_dir),
+    ]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"results: {run_dir.resolve() / 'metrics.jsonl'}" in proc.stdout
+    assert proc.stdout.count("step 5 |") == 1  # only rank 0 prints
+    rows = distlog.read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    for row in rows:
+        assert row["train/samples"] == 2 * 16 * 5  # summed over both ranks and 5 steps
+        assert 0.0 <= row["train/acc"] <= 1.0
+        assert row["time/step_ms/rank_argmax"] in (0.0, 1.0)
+        assert row["time/step_ms/rank_min"] <= row["time/step_ms/rank_max"] == row["time/step_ms"]
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]  # it learns
+    assert not list(tmp_path.glob("**/wandb"))

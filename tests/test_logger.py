@@ -1,0 +1,252 @@
+"""The Logger in one process (a world of one): semantics, validation, run log format."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import distlog
+from distlog.runlog import METRICS_FILE
+
+
+def make(tmp_path, **kw):
+    kw.setdefault("async_write", False)
+    return distlog.Logger(run_dir=tmp_path, **kw)
+
+
+def test_world_of_one_without_a_process_group():
+    world = distlog.World.current()
+    assert (world.rank, world.world_size, world.group_size) == (0, 1, 1)
+    assert world.is_global_zero and not world.is_distributed
+    assert world.device == torch.device("cpu")
+
+
+def test_each_reduction_over_buffered_steps(tmp_path):
+    log = make(tmp_path)
+    for v in [1.0, 2.0, 6.0]:
+        log.log_scalar("mean", v)
+        log.log_scalar("sum", v, reduce="sum")
+        log.log_scalar("min", v, reduce="min")
+        log.log_scalar("max", v, reduce="max")
+        log.log_scalar("last", v, reduce="last")
+    log.log_scalar("w", 1.0, weight=3)
+    log.log_scalar("w", 5.0, weight=1)
+    row = log.flush(3)
+    assert row == {"mean": 3.0, "sum": 9.0, "min": 1.0, "max": 6.0, "last": 6.0, "w": 2.0}
+    log.finish()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        2,
+        2.0,
+        np.float32(2.0),
+        np.int64(2),
+        torch.tensor(2.0),
+        torch.tensor([2.0]),
+        torch.tensor([[2]], dtype=torch.int32),
+        torch.tensor(2.0, dtype=torch.bfloat16),
+        torch.tensor(2.0, dtype=torch.float16),
+        torch.tensor(2.0, requires_grad=True) * 1,
+    ],
+    ids=lambda v: type(v).__name__ + (str(v.dtype) if hasattr(v, "dtype") else ""),
+)
+def test_accepted_value_types(tmp_path, value):
+    log = make(tmp_path)
+    log.log_scalar("v", value)
+    log.log_scalar("b", torch.tensor(True), reduce="sum")
+    assert log.flush(0) == {"v": 2.0, "b": 1.0}
+    log.finish()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "names"),
+    [
+        (lambda L: L.log_scalar("k", "1.0"), distlog.LogTypeError, "'k'"),
+        (lambda L: L.log_scalar("k", None), distlog.LogTypeError, "'k'"),
+        (lambda L: L.log_scalar("k", torch.zeros(2, 2)), distlog.LogValueError, "(2, 2)"),
+        (lambda L: L.log_scalar("k", torch.zeros(0)), distlog.LogValueError, "'k'"),
+        (lambda L: L.log_scalar("k", 1j), distlog.LogTypeError, "complex"),
+        (lambda L: L.log_scalar(("a",), 1.0), distlog.LogTypeError, "('a',)"),
+        (lambda L: L.log_scalar("", 1.0), distlog.LogValueError, "''"),
+        (lambda L: L.log_scalar("k", 1.0, reduce="avg"), distlog.LogValueError, "'avg'"),
+        (lambda L: L.log_scalar("k", 1.0, weight=-1), distlog.LogValueError, "'k'"),
+        (lambda L: L.log_scalar("k", 1.0, weight=math.nan), distlog.LogValueError, "'k'"),
+        (lambda L: L.log_scalar("k", 1.0, reduce="sum", weight=2), distlog.LogValueError, "'k'"),
+        (lambda L: L.log_dict([("k", 1.0)]), distlog.LogTypeError, "mapping"),
+        (lambda L: L.flush(step=1.5), distlog.LogTypeError, "step"),
+        (lambda L: L.flush(step=-1), distlog.LogValueError, "step"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_keeps_what_was_buffered(tmp_path, call, error, names):
+    log = make(tmp_path)
+    log.log_scalar("kept", 4.0)
+    with pytest.raises(error) as info:
+        call(log)
+    assert names in str(info.value)
+    assert log.flush(0) == {"kept": 4.0}
+    log.finish()
+
+
+def test_a_key_keeps_its_reduction(tmp_path):
+    log = make(tmp_path)
+    log.log_scalar("loss", 1.0)
+    log.flush(0)
+    with pytest.raises(distlog.LogValueError, match="'loss'.*reduce='mean'"):
+        log.log_scalar("loss", 1.0, reduce="max")
+    log.finish()
+
+
+def test_log_dict_is_all_or_nothing(tmp_path):
+    log = make(tmp_path)
+    with pytest.raises(distlog.LogTypeError, match="'b'"):
+        log.log_dict({"a": 1.0, "b": "x", "c": 2.0})
+    log.log_dict({"a": 1.0, "c": 3.0}, reduce="sum")
+    assert log.flush(0) == {"a": 1.0, "c": 3.0}
+    log.finish()
+
+
+def test_nonfinite_values_are_strict_json_and_round_trip(tmp_path):
+    log = make(tmp_path)
+    log.log_scalar("nan", math.nan)
+    log.log_scalar("inf", math.inf, reduce="max")
+    log.log_scalar("ninf", -math.inf, reduce="sum")
+    log.log_scalar("t_nan", torch.tensor(float("nan")), reduce="min")
+    with pytest.warns(UserWarning, match="non-finite") as rec:
+        log.flush(0)
+    assert len(rec) == 4  # one warning per key
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning for the same keys
+        log.log_scalar("nan", math.nan)
+        log.flush(1)
+    log.finish()
+    text = (tmp_path / METRICS_FILE).read_text().splitlines()
+    first = json.loads(text[0], parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert first["nan"] == "NaN" and first["inf"] == "Infinity" and first["ninf"] == "-Infinity"
+    rows = distlog.read_metrics(tmp_path)
+    assert math.isnan(rows[0]["nan"]) and rows[0]["inf"] == math.inf
+    assert rows[0]["ninf"] == -math.inf and math.isnan(rows[0]["t_nan"])
+
+
+def test_nonfinite_drop_policy(tmp_path):
+    log = make(tmp_path, nonfinite="drop")
+    log.log_scalar("nan", math.nan)
+    log.log_scalar("ok", 1.0)
+    assert log.flush(0) == {"ok": 1.0}
+    log.finish()
+
+
+def test_rows_steps_and_empty_flushes(tmp_path):
+    log = make(tmp_path)
+    log.log_scalar("a", 1.0)
+    log.flush()  # step 0
+    assert log.flush() == {}  # nothing logged: no row written
+    log.log_scalar("a", 2.0)
+    log.flush(10)
+    with pytest.warns(UserWarning, match="backwards"):
+        log.flush(5)
+    log.finish()
+    rows = distlog.read_metrics(tmp_path)
+    assert [(r["step"], r["a"]) for r in rows] == [(0, 1.0), (10, 2.0)]
+
+
+def test_finish_flushes_closes_and_forbids_more_logging(tmp_path):
+    log = distlog.Logger(run_dir=tmp_path)  # async writer thread
+    log.log_scalar("a", 1.0)
+    log.finish()
+    log.finish()  # idempotent
+    assert distlog.read_metrics(tmp_path) == [
+        {"step": 0, "time": distlog.read_metrics(tmp_path)[0]["time"], "a": 1.0}
+    ]
+    with pytest.raises(distlog.LoggerClosedError):
+        log.log_scalar("a", 1.0)
+    with pytest.raises(distlog.LoggerClosedError):
+        log.flush()
+
+
+def test_context_manager_and_append_on_restart(tmp_path):
+    with distlog.Logger(run_dir=tmp_path) as log:
+        log.log_scalar("a", 1.0)
+        log.flush(1)
+    with distlog.Logger(run_dir=tmp_path) as log:  # a restarted job continues the file
+        log.log_scalar("a", 2.0)
+        log.flush(2)
+    assert [r["a"] for r in distlog.read_metrics(tmp_path)] == [1.0, 2.0]
+
+
+def test_precomputed_values_are_written_as_they_are(tmp_path):
+    log = make(tmp_path)
+    log.log_precomputed({"val/f1": torch.tensor(0.125), "val/n": 3})
+    log.log_scalar("x", 1.0)
+    assert log.flush(0) == {"x": 1.0, "val/f1": 0.125, "val/n": 3.0}
+    log.finish()
+
+
+@dataclasses.dataclass
+class _Opt:
+    lr: float = 0.1
+    api_key: str = "sk-123"
+
+
+@dataclasses.dataclass
+class _Cfg:
+    name: str = "run"
+    optim: _Opt = dataclasses.field(default_factory=_Opt)
+    layers: tuple[int, ...] = (1, 2)
+    wandb_token: str = "abc"
+    monkey: int = 3
+
+
+def test_log_config_turns_dataclasses_into_json_and_redacts_secrets(tmp_path):
+    log = make(tmp_path)
+    plain = log.log_config(_Cfg())
+    log.finish()
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk == plain
+    assert plain["optim"] == {"lr": 0.1, "api_key": "***REDACTED***"}
+    assert plain["wandb_token"] == "***REDACTED***" and plain["monkey"] == 3
+    assert plain["layers"] == [1, 2]
+    assert distlog.to_config_dict(_Cfg(), redact=False)["optim"]["api_key"] == "sk-123"
+
+
+def test_a_failing_sink_warns_and_the_others_keep_writing(tmp_path):
+    class Broken:
+        def log_scalars(self, step, values):
+            raise OSError("disk full")
+
+        def log_media(self, step, key, item): ...
+        def log_config(self, config): ...
+        def close(self, exit_code=0): ...
+
+    log = distlog.Logger(run_dir=tmp_path, sinks=[Broken()], async_write=False)
+    log.log_scalar("a", 1.0)
+    with pytest.warns(UserWarning, match="Broken.log_scalars failed: OSError: disk full"):
+        log.flush(0)
+    log.finish()
+    assert distlog.read_metrics(tmp_path)[0]["a"] == 1.0
+
+
+def test_console_sink_prints_a_compact_line(tmp_path, capsys):
+    log = make(tmp_path, console=True)
+    log.log_scalar("train/loss", 0.5)
+    log.log_scalar("data/tokens", 65536, reduce="sum")
+    log.flush(120)
+    log.finish()
+    assert "step 120 | data/tokens 65536 | train/loss 0.5" in capsys.readouterr().out
+
+
+def test_torn_last_line_is_skipped_by_the_reader(tmp_path):
+    log = make(tmp_path)
+    log.log_scalar("a", 1.0)
+    log.flush(0)
+    log.finish()
+    with open(tmp_path / METRICS_FILE, "a") as fh:
+        fh.write('{"step": 1, "a": 2')  # a writer killed mid-line
+    assert [r["a"] for r in distlog.read_metrics(tmp_path)] == [1.0]

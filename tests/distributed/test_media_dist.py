@@ -486,3 +486,75 @@ def test_logger_writes_gathered_media_to_the_run_dir(tmp_path: Any) -> None:
     assert table["data"][0][2:] == ["rank1-row0", 0.0, None]
     assert (tmp_path / table["data"][0][1]["path"]).is_file()
     assert (tmp_path / media["val/plot"]["items"][0]["path"]).is_file()
+
+
+# --- 6. the same media through wandb offline, read back from its files ---------------------------
+
+
+def _wandb_end_to_end(rank: int, run_dir: str) -> str | None:
+    import distlog
+
+    sinks = []
+    if rank == 0:
+        from distlog.sinks.wandb import WandbSink
+
+        sinks = [WandbSink(project="media")]
+    logger = distlog.Logger(run_dir=run_dir, sinks=sinks)
+    logger.log_images(images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images",
+                      ranks="all")
+    logger.log_videos(videos_of(rank), desc="val/gif", fps=5, ranks="all")
+    logger.log_videos(videos_of(rank), desc="val/mp4", fps=5, format="mp4")
+    logger.log_histogram(hist_values(rank, 300), desc="val/hist", bins=12, ranks="all")
+    logger.log_table(*table_of(rank + 1), desc="val/table", ranks="all")
+    logger.log_plot(make_figure(rank), desc="val/plot")
+    logger.flush(step=4)
+    wandb_dir = str(sinks[0].run_dir) if sinks else None
+    logger.finish()
+    return wandb_dir
+
+
+def test_media_through_wandb_offline(tmp_path: Any) -> None:
+    pytest.importorskip("wandb")
+    pytest.importorskip("moviepy")
+    from PIL import Image
+    from wandb_helpers import wandb_env
+
+    from distlog.wandb_offline import read_run
+
+    wandb_dir = run_ranks(_wandb_end_to_end, 2, str(tmp_path / "run"),
+                          env=wandb_env(tmp_path / "wb"), timeout=180)[0]
+    from pathlib import Path
+
+    files = Path(wandb_dir) / "files"
+    row = read_run(wandb_dir).rows_by_step()[4]
+
+    images = row["val/images"]
+    assert images["captions"] == [f"rank {r}: r{r}i{i}" for r in (0, 1) for i in range(2)]
+    want = [a for r in (0, 1) for a in to_images(images_of(r, 2), desc="x").images]
+    for name, arr in zip(images["filenames"], want, strict=True):
+        assert np.array_equal(np.asarray(Image.open(files / name)), arr)  # scaled, not black
+
+    gifs = row["val/gif"]["videos"]
+    assert [g["caption"] for g in gifs] == ["rank 0", "rank 0", "rank 1", "rank 1"]
+    assert all((files / g["path"]).is_file() and g["path"].endswith(".gif") for g in gifs)
+    mp4 = row["val/mp4"]["videos"]
+    assert len(mp4) == 2 and all((files / m["path"]).stat().st_size > 0 for m in mp4)
+    assert all(m["path"].endswith(".mp4") for m in mp4)
+
+    allv = np.concatenate([hist_values(r, 300).numpy() for r in (0, 1)])
+    counts, edges = np.histogram(allv, bins=12)
+    assert row["val/hist"]["values"] == counts.tolist()
+    assert np.allclose(row["val/hist"]["bins"], edges)
+
+    table = row["val/table"]
+    assert table["ncols"] == 5 and table["nrows"] == 1 + 2  # rank 0: 1 row, rank 1: 2 rows
+    import json
+
+    doc = json.loads((files / table["path"]).read_text())
+    assert doc["columns"] == ["rank", *table_of(1)[0]]
+    assert [(r[0], r[2]) for r in doc["data"]] == [(0, "rank1-row0"), (1, "rank2-row0"),
+                                                   (1, "rank2-row1")]
+
+    plot = row["val/plot"]
+    assert plot["count"] == 1 and (plot["width"], plot["height"]) == (20, 20)
+    assert (files / plot["filenames"][0]).is_file()

@@ -338,3 +338,22 @@ def test_jsonl_sink_writes_a_media_row(tmp_path: Path) -> None:
     assert rows[0]["step"] == 7
     record = rows[0]["media"]["val/img"]
     assert (tmp_path / record["items"][0]["path"]).is_file()
+
+
+def test_closing_never_touches_other_figures() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = plt.figure()
+    try:
+        for not_a_figure in (None, "x"):
+            with pytest.raises(LogTypeError, match="'p'"):
+                collect_plot(WORLD, not_a_figure, desc="p")
+        assert plt.fignum_exists(mine.number)  # plt.close(None) would have closed it
+        fig, ax = plt.subplots()
+        collect_plot(WORLD, ax, desc="p")  # an Axes: its figure is rendered and closed
+        assert not plt.fignum_exists(fig.number) and plt.fignum_exists(mine.number)
+    finally:
+        plt.close(mine)

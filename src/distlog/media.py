@@ -449,6 +449,10 @@ def to_videos(
 
 def _close_figure(fig: Any) -> None:
     """Drop a figure from pyplot's registry (if pyplot is in use) so long runs don't leak."""
+    if fig is not None and not hasattr(fig, "savefig"):
+        fig = getattr(fig, "figure", None)  # an Axes
+    if fig is None or not hasattr(fig, "savefig"):
+        return  # never plt.close(None): that would close the user's current figure
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         try:

@@ -357,3 +357,31 @@ def test_closing_never_touches_other_figures() -> None:
         assert not plt.fignum_exists(fig.number) and plt.fignum_exists(mine.number)
     finally:
         plt.close(mine)
+
+
+def test_logger_encodes_media_on_its_writer_thread(tmp_path: Path) -> None:
+    import threading
+
+    import distlog
+
+    class RecordingJsonl(JsonlSink):
+        threads: list[str] = []
+
+        def log_media(self, step: int, key: str, item: object) -> None:
+            self.threads.append(threading.current_thread().name)
+            super().log_media(step, key, item)  # type: ignore[arg-type]
+
+    with distlog.Logger(sinks=[RecordingJsonl(tmp_path)]) as logger:
+        logger.log_images(torch.rand(2, 3, 4, 4), ["a", "b"], desc="val/img", ranks="all")
+        logger.log_videos(torch.rand(1, 3, 2, 4, 4), desc="val/vid")
+        logger.log_histogram(torch.arange(10.0), desc="val/hist", bins=5)
+        logger.log_table(["x"], [[1], [2]], desc="val/table")
+        logger.flush(step=1)
+    assert RecordingJsonl.threads and threading.main_thread().name not in RecordingJsonl.threads
+    media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
+    assert [i["caption"] for i in media["val/img"]["items"]] == ["rank 0: a", "rank 0: b"]
+    assert media["val/hist"]["counts"] == np.histogram(np.arange(10.0), bins=5)[0].tolist()
+    assert sorted(media) == ["val/hist", "val/img", "val/table", "val/vid"]
+    with distlog.Logger(sinks=[]) as logger2:
+        with pytest.raises(LogValueError, match="'val/img'.*NaN"):
+            logger2.log_images(torch.full((3, 2, 2), float("nan")), desc="val/img")

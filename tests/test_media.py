@@ -385,3 +385,40 @@ def test_logger_encodes_media_on_its_writer_thread(tmp_path: Path) -> None:
     with distlog.Logger(sinks=[]) as logger2:
         with pytest.raises(LogValueError, match="'val/img'.*NaN"):
             logger2.log_images(torch.full((3, 2, 2), float("nan")), desc="val/img")
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) -> None:
+    """What every rank computes (local min/max, counts over the shared edges), summed over
+    arbitrary shards, equals numpy.histogram of the concatenation, for many random inputs."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from distlog.media import _bin_counts, _edges, _local_stats
+
+    finite32 = st.floats(-1e6, 1e6, width=32, allow_nan=False)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        values=arrays(np.float32, st.integers(1, 60), elements=finite32),
+        cuts=st.lists(st.integers(0, 60), max_size=3),
+        bins=st.integers(1, 40),
+    )
+    def check(values: np.ndarray, cuts: list[int], bins: int) -> None:
+        shards = np.split(values, sorted(c % (len(values) + 1) for c in cuts))
+        stats = [_local_stats(torch.from_numpy(s)) for s in shards]
+        lo = min(s.lo for s in stats)
+        hi = max(s.hi for s in stats)
+        edges = _edges(lo, hi, bins, 32)
+        counts = sum(_bin_counts(s.finite, edges, on_device=on_device).numpy() for s in stats)
+        try:
+            want_counts, want_edges = np.histogram(values, bins=bins)
+        except ValueError:  # numpy cannot bin a large float32 constant finely; distlog can
+            assert edges.dtype == np.float64 and counts.sum() == len(values)
+            assert edges[0] < lo <= hi < edges[-1]
+            return
+        assert np.array_equal(edges, want_edges)
+        assert np.array_equal(counts, want_counts)
+
+    check()

@@ -585,12 +585,26 @@ def _local_stats(x: torch.Tensor) -> _LocalStats:
     return _LocalStats(finite, n_finite, x.numel() - n_finite, lo, hi, bits)
 
 
-def _edges(lo: float, hi: float, bins: int, dtype_bits: int) -> np.ndarray:
+def _edges(lo: float, hi: float, bins: int, dtype_bits: int, desc: str = "histogram") -> np.ndarray:
     """The bin edges numpy.histogram gives an array of this dtype with min lo and max hi."""
     dt = np.float32 if dtype_bits == 32 else np.float64
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo, hi = 0.0, 1.0  # numpy's range for an empty array
-    return np.histogram_bin_edges(np.empty(0, dtype=dt), bins=bins, range=(dt(lo), dt(hi)))
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.histogram_bin_edges(np.empty(0, dtype=dt), bins=bins, range=(dt(lo), dt(hi)))
+    except ValueError:
+        pass
+    # float32 cannot hold that many distinct edges in so narrow a range (a large constant):
+    # numpy gives up; distlog bins in float64 instead
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.histogram_bin_edges(np.empty(0), bins=bins, range=(lo, hi))
+    except ValueError:
+        raise LogValueError(
+            f"{_name(desc)}: cannot make {bins} finite bins over [{lo:.6g}, {hi:.6g}] (the "
+            "range overflows float64)"
+        ) from None
 
 
 def _bin_counts(
@@ -606,6 +620,8 @@ def _bin_counts(
         return torch.zeros(bins, dtype=torch.int64, device=finite.device)
     if on_device is None:
         on_device = finite.device.type != "cpu"
+    if edges.dtype == np.float64 and finite.dtype != torch.float64:
+        finite = finite.to(torch.float64)  # the float64 fallback of _edges
     if not on_device:
         arr = finite.numpy()
         counts, _ = np.histogram(arr, bins=bins, range=(edges.dtype.type(edges[0]),
@@ -628,7 +644,7 @@ def histogram(values: Any, *, desc: str, bins: int = 64) -> Histogram:
     desc = _check_desc(desc)
     bins = _check_bins(bins, desc)
     st = _local_stats(_histogram_values(values, desc))
-    edges = _edges(st.lo, st.hi, bins, st.dtype_bits)
+    edges = _edges(st.lo, st.hi, bins, st.dtype_bits, desc)
     counts = _bin_counts(st.finite, edges).cpu().numpy()
     return Histogram(counts=counts, edges=edges, nonfinite=st.n_nonfinite)
 
@@ -1316,7 +1332,7 @@ def _histogram_from_stats(
                 MediaWarning, stacklevel=4,
             )
         return None
-    edges = _edges(lo, hi, bins, dtype_bits or 64)
+    edges = _edges(lo, hi, bins, dtype_bits or 64, desc)
     if st is not None:
         counts = _bin_counts(st.finite, edges).to(torch.int64)
     else:

@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -666,7 +667,9 @@ _IDLE, _OK, _ERROR = 0, 1, 2
 _H_MAGIC, _H_VERSION, _H_KIND, _H_FP, _H_COUNTER, _H_STATUS, _H_ITEMS, _H_BYTES, _H_AUX = range(9)
 _H_LO, _H_HI, _H_FINITE, _H_NONFINITE, _H_DTYPE = 9, 10, 11, 12, 13
 
-_CALL_COUNTERS: dict[tuple[int, tuple[int, ...]], int] = {}
+# gathering calls made so far per process group (weak: a group that is destroyed and another
+# created at the same address must not inherit the count on some ranks only)
+_CALL_COUNTERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _stable_hash(text: str) -> int:
@@ -713,12 +716,9 @@ def _wait(work: Any, timeout: float | None, desc: str, what: str) -> None:
         raise
 
 
-def _counter_key(group: Any, group_ranks: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
-    return (id(group), group_ranks)
-
-
-def _next_counter(group: Any, group_ranks: tuple[int, ...]) -> int:
-    key = _counter_key(group, group_ranks)
+def _next_counter(group: Any) -> int:
+    """This process's count of gathering calls on ``group`` (None: the default group)."""
+    key = group if group is not None else dist.distributed_c10d._get_default_group()
     n = _CALL_COUNTERS.get(key, 0) + 1
     _CALL_COUNTERS[key] = n
     return n
@@ -915,7 +915,7 @@ def _gather_parcels(
     distributed = world.group_size > 1 and world.backend is not None
     pg, dev = _comm(world, group)
     fingerprint = _stable_hash(f"{kind}\0{desc}\0{','.join(map(str, chosen))}")
-    counter = _next_counter(pg, world.group_ranks) if distributed else 0
+    counter = _next_counter(pg) if distributed else 0
     header = _make_header(kind, desc, fingerprint, counter)
 
     parcel: _Parcel | None = None
@@ -1274,7 +1274,7 @@ def collect_table(
                 raise RankDivergenceError(f"{_name(desc)}: rank {r} sent a malformed row")
             rows.append([r, *(_cell_from_json(c, u.arrays, r, desc) for c in cells)])
     if cols is None:
-        cols = list(columns)
+        return None  # no chosen rank had a row, and rank 0 (not chosen) knows no columns
     rank_col = "rank" if "rank" not in cols else "_rank"
     return Table(columns=[rank_col, *cols], rows=rows)
 
@@ -1309,8 +1309,8 @@ def _histogram_from_stats(
     n_nonfinite = st.n_nonfinite if st is not None else 0
     dtype_bits = st.dtype_bits if st is not None else 0
     any_error = error is not None
-    for group, size, granks, device in groups:
-        h = _make_header("histogram", desc, fingerprint, _next_counter(group, granks))
+    for group, size, _, device in groups:
+        h = _make_header("histogram", desc, fingerprint, _next_counter(group) if size > 1 else 0)
         h[_H_STATUS] = _ERROR if any_error else _OK
         h[_H_LO], h[_H_HI] = _float_bits(lo), _float_bits(hi)
         h[_H_FINITE], h[_H_NONFINITE], h[_H_DTYPE] = n_finite, n_nonfinite, dtype_bits

@@ -87,9 +87,7 @@ def _rank_entry(rank: int, world: int, port: int, jobs: list, results: Any) -> N
     )
     torch.set_num_threads(1)  # 2 cores shared by up to 4 ranks: no intra-op oversubscription
     try:
-        dist.init_process_group(
-            "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120)
-        )
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
         for label, fn_name, kwargs in jobs:
             try:
                 value = JOBS[fn_name](rank, world, **kwargs)
@@ -114,8 +112,7 @@ def run_world(world: int, jobs: list[tuple[str, str, dict]], timeout: float) -> 
     results = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank_entry, args=(r, world, port, jobs, results))
-        for r in range(world)
+        ctx.Process(target=_rank_entry, args=(r, world, port, jobs, results)) for r in range(world)
     ]
     for p in procs:
         p.start()
@@ -258,6 +255,24 @@ def job_flush_sweep(
     return out
 
 
+def _timed(fn: Any, label: str, into: dict[str, float]) -> Any:
+    def timed(*a: Any, **k: Any) -> Any:
+        t0 = perf()
+        try:
+            return fn(*a, **k)
+        finally:
+            into[label] = into.get(label, 0.0) + perf() - t0
+
+    return timed
+
+
+def _time_calls(obj: Any, name: str, label: str, into: dict[str, float]) -> None:
+    """Accumulate the time of ``obj.name(...)`` calls under ``label`` (skipped if it is gone)."""
+    orig = getattr(obj, name, None)
+    if orig is not None:
+        setattr(obj, name, _timed(orig, label, into))
+
+
 def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str, Any]:
     """Where a flush's time goes, by timing the logger's own steps from outside (best effort)."""
     import distlog
@@ -268,37 +283,14 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
         logger = distlog.Logger(run_dir=_tmpdir())
         timers: dict[str, list[float]] = {}
         current: dict[str, float] = {}
-
-        def wrap(obj: Any, name: str, label: str) -> None:
-            orig = getattr(obj, name, None)
-            if orig is None:
-                return
-
-            def timed(*a: Any, **k: Any) -> Any:
-                t0 = perf()
-                try:
-                    return orig(*a, **k)
-                finally:
-                    current[label] = current.get(label, 0.0) + perf() - t0
-
-            setattr(obj, name, timed)
-
         agg = logger._agg
-        wrap(agg, "_agree_on_keys", "control exchange (all_gather + checks)")
-        wrap(agg, "_local_payloads", "build payload")
-        wrap(agg, "_collective", "collectives (all)")
-        wrap(logger, "_finish_row", "finish row")
-        wrap(logger, "_submit", "hand row to writer thread")
+        _time_calls(agg, "_agree_on_keys", "control exchange (all_gather + checks)", current)
+        _time_calls(agg, "_local_payloads", "build payload", current)
+        _time_calls(agg, "_collective", "collectives (all)", current)
+        _time_calls(logger, "_finish_row", "finish row", current)
+        _time_calls(logger, "_submit", "hand row to writer thread", current)
         orig_resolve = agg_mod.PendingRow.resolve
-
-        def resolve(self: Any) -> Any:
-            t0 = perf()
-            try:
-                return orig_resolve(self)
-            finally:
-                current["decode row"] = current.get("decode row", 0.0) + perf() - t0
-
-        agg_mod.PendingRow.resolve = resolve  # type: ignore[method-assign]
+        agg_mod.PendingRow.resolve = _timed(orig_resolve, "decode row", current)  # type: ignore[method-assign]
         names = [f"bench/{i:04d}" for i in range(n)]
         vals = [torch.tensor(float(i)) for i in range(n)]
         try:
@@ -327,8 +319,9 @@ def _c10d_counts(prof: Any) -> dict[str, int]:
 
 def job_count_collectives(rank: int, world: int, n: int) -> dict[str, Any]:
     """Collectives per flush as torch.profiler sees them (c10d:: ops), not distlog's counter."""
-    import distlog
     from torch.profiler import ProfilerActivity, profile
+
+    import distlog
 
     def profiled(fn: Any) -> dict[str, int]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -527,7 +520,10 @@ def job_lightning(rank: int, world: int, n_keys: int, steps: int, warmup: int) -
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     g = torch.Generator().manual_seed(rank)
-    data = TensorDataset(torch.randn(16 * (steps + warmup), 64, generator=g), torch.randn(16 * (steps + warmup), 1, generator=g))
+    data = TensorDataset(
+        torch.randn(16 * (steps + warmup), 64, generator=g),
+        torch.randn(16 * (steps + warmup), 1, generator=g),
+    )
     out: dict[str, Any] = {"lightning": L.__version__}
     modes = ["no logging", "self.log", "self.log(sync_dist=True)", "distlog"]
     for mode in modes:
@@ -546,7 +542,9 @@ def job_lightning(rank: int, world: int, n_keys: int, steps: int, warmup: int) -
             callbacks=[clock],
         )
         trainer.fit(Module(mode), DataLoader(data, batch_size=16, shuffle=False))
-        diffs = [b - a for a, b in zip(clock.stamps[warmup:], clock.stamps[warmup + 1 :])]
+        diffs = [
+            b - a for a, b in zip(clock.stamps[warmup:-1], clock.stamps[warmup + 1 :], strict=True)
+        ]
         out[mode] = {"step_s": med(diffs), "steps": len(diffs)}
     return out
 
@@ -749,19 +747,31 @@ def run_all(quick: bool) -> dict[str, Any]:
     res["flush"] = {}
     for w in worlds:
         jobs: list[tuple[str, str, dict]] = [
-            ("flush_sweep", "flush_sweep",
-             {"keys": keys, "reps": reps, "warmup": warmup, "perkey_budget": budget}),
+            (
+                "flush_sweep",
+                "flush_sweep",
+                {"keys": keys, "reps": reps, "warmup": warmup, "perkey_budget": budget},
+            ),
         ]
         if w == 2:
-            jobs.append(("breakdown", "breakdown",
-                         {"keys": [1, max(keys)], "reps": 10 if quick else 30}))
+            jobs.append(
+                ("breakdown", "breakdown", {"keys": [1, max(keys)], "reps": 10 if quick else 30})
+            )
         if w > 1:
             jobs.append(("count_collectives", "count_collectives", {"n": 32 if quick else 128}))
         if w == 2:
-            jobs.append(("step_overhead", "step_overhead", {
-                "n_keys": 32, "steps": 10 if quick else 40, "rounds": 2 if quick else 5,
-                "target_ms": 10.0,
-            }))
+            jobs.append(
+                (
+                    "step_overhead",
+                    "step_overhead",
+                    {
+                        "n_keys": 32,
+                        "steps": 10 if quick else 40,
+                        "rounds": 2 if quick else 5,
+                        "target_ms": 10.0,
+                    },
+                )
+            )
             if have_lightning:
                 jobs.append(("lightning", "lightning", {"n_keys": 32, "steps": 25, "warmup": 5}))
         t0 = perf()
@@ -821,17 +831,30 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
     for w, rows in sorted(table.items()):
         ks = sorted(int(k) for k in rows)
         c = colors.get(w, None)
-        ax.plot(ks, [rows[str(k)]["distlog_flush_s"] * 1e3 for k in ks], "-o", color=c,
-                label=f"distlog flush, {w} rank{'s' if w != '1' else ''}")
-        ax.plot(ks, [rows[str(k)]["perkey_s"] * 1e3 for k in ks], "--s", color=c, alpha=0.8,
-                label=f"all_reduce + .item() per key, {w} rank{'s' if w != '1' else ''}")
+        ax.plot(
+            ks,
+            [rows[str(k)]["distlog_flush_s"] * 1e3 for k in ks],
+            "-o",
+            color=c,
+            label=f"distlog flush, {w} rank{'s' if w != '1' else ''}",
+        )
+        ax.plot(
+            ks,
+            [rows[str(k)]["perkey_s"] * 1e3 for k in ks],
+            "--s",
+            color=c,
+            alpha=0.8,
+            label=f"all_reduce + .item() per key, {w} rank{'s' if w != '1' else ''}",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("keys per flush")
     ax.set_ylabel("latency per flush, ms (median, rank 0)")
     m = res["machine"]
-    ax.set_title(f"Flush latency vs keys, gloo on {m['cpu cores']} CPU cores (torch {m['torch']})",
-                 fontsize=10)
+    ax.set_title(
+        f"Flush latency vs keys, gloo on {m['cpu cores']} CPU cores (torch {m['torch']})",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -846,44 +869,81 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     hp = res.get("hot_path", {})
     f = hp.get("Python float", {}).get("us_per_call") if isinstance(hp, dict) else None
     if f is not None:
-        out.append((f"log_scalar of a Python float <= {TARGET_FLOAT_US:g} us",
-                    f"{f:.2f} us", "", f <= TARGET_FLOAT_US))
+        out.append(
+            (
+                f"log_scalar of a Python float <= {TARGET_FLOAT_US:g} us",
+                f"{f:.2f} us",
+                "",
+                f <= TARGET_FLOAT_US,
+            )
+        )
     cuda = res.get("cuda")
     if isinstance(cuda, dict) and "log_scalar raised on sync" in cuda:
         ok = cuda["log_scalar raised on sync"] is False
-        out.append(("no device sync for a CUDA tensor", "sync-debug 'error' mode: "
-                    + ("nothing raised" if ok else "raised"), "", ok))
+        out.append(
+            (
+                "no device sync for a CUDA tensor",
+                "sync-debug 'error' mode: " + ("nothing raised" if ok else "raised"),
+                "",
+                ok,
+            )
+        )
     else:
-        out.append(("no device sync for a CUDA tensor", "no CUDA on this machine: see "
-                    "scripts/gpu_check.py", "", None))
+        out.append(
+            (
+                "no device sync for a CUDA tensor",
+                "no CUDA on this machine: see scripts/gpu_check.py",
+                "",
+                None,
+            )
+        )
     table = flush_table(res)
     for w, rows in sorted(table.items()):
         ks = sorted(int(k) for k in rows)
         if len(ks) >= 2:
             lo, hi = rows[str(ks[0])]["distlog_flush_s"], rows[str(ks[-1])]["distlog_flush_s"]
             ratio = hi / lo
-            out.append((f"flush cost within {TARGET_FLAT_RATIO:g}x from {ks[0]} to {ks[-1]} keys, "
-                        f"{w} rank{'s' if w != '1' else ''}",
-                        f"{us(lo)} -> {us(hi)} ({ratio:.1f}x)", "", ratio <= TARGET_FLAT_RATIO))
+            out.append(
+                (
+                    f"flush cost within {TARGET_FLAT_RATIO:g}x from {ks[0]} to {ks[-1]} keys, "
+                    f"{w} rank{'s' if w != '1' else ''}",
+                    f"{us(lo)} -> {us(hi)} ({ratio:.1f}x)",
+                    "",
+                    ratio <= TARGET_FLAT_RATIO,
+                )
+            )
     for w in ("4", "2"):
         rows = table.get(w, {})
         if "128" in rows:
             r = rows["128"]
             sp = r["perkey_s"] / r["distlog_flush_s"]
-            out.append((f">= {TARGET_SPEEDUP:g}x faster than one all_reduce per key, 128 keys, "
-                        f"{w} gloo ranks", f"{sp:.1f}x ({us(r['perkey_s'])} vs "
-                        f"{us(r['distlog_flush_s'])})", "" if w == "4" else "(for reference)",
-                        sp >= TARGET_SPEEDUP if w == "4" else None))
+            out.append(
+                (
+                    f">= {TARGET_SPEEDUP:g}x faster than one all_reduce per key, 128 keys, "
+                    f"{w} gloo ranks",
+                    f"{sp:.1f}x ({us(r['perkey_s'])} vs {us(r['distlog_flush_s'])})",
+                    "" if w == "4" else "(for reference)",
+                    sp >= TARGET_SPEEDUP if w == "4" else None,
+                )
+            )
     so = res.get("step_overhead", {}).get("2")
     if isinstance(so, list):
         ov = step_overheads(so)
-        for name in ("distlog, tensors, flush every step", "distlog, tensors, flush every 10 steps"):
+        for name in (
+            "distlog, tensors, flush every step",
+            "distlog, tensors, flush every 10 steps",
+        ):
             if name in ov:
                 o = ov[name]
-                out.append((f"32 keys every step adds <= {TARGET_STEP_OVERHEAD:.0%} to a ~10 ms "
-                            f"step, 2 ranks ({name.split(', ', 2)[2]})",
-                            f"+{o['overhead']:.1%} ({o['bare_ms']:.1f} -> {o['ms']:.1f} ms)",
-                            "", o["overhead"] <= TARGET_STEP_OVERHEAD))
+                out.append(
+                    (
+                        f"32 keys every step adds <= {TARGET_STEP_OVERHEAD:.0%} to a ~10 ms "
+                        f"step, 2 ranks ({name.split(', ', 2)[2]})",
+                        f"+{o['overhead']:.1%} ({o['bare_ms']:.1f} -> {o['ms']:.1f} ms)",
+                        "",
+                        o["overhead"] <= TARGET_STEP_OVERHEAD,
+                    )
+                )
     return out
 
 
@@ -912,14 +972,18 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     add = L.append
     add("# Benchmarks")
     add("")
-    add("Generated by `python scripts/bench.py` (do not edit by hand; edit the script). "
-        "Raw figures: `benchmarks.json`." + (" **Quick mode: small sizes, smoke test only.**"
-                                              if res.get("quick") else ""))
+    add(
+        "Generated by `python scripts/bench.py` (do not edit by hand; edit the script). "
+        "Raw figures: `benchmarks.json`."
+        + (" **Quick mode: small sizes, smoke test only.**" if res.get("quick") else "")
+    )
     add("")
-    add("Every multi-rank figure is timed inside the ranks (rank 0, the writer, unless said), "
+    add(
+        "Every multi-rank figure is timed inside the ranks (rank 0, the writer, unless said), "
         "as the median over many flushes after warm-up. distlog and the per-key pattern run in "
         "the same processes, interleaved flush by flush, so machine load hits both alike: "
-        "read the ratios, not the absolute times.")
+        "read the ratios, not the absolute times."
+    )
     add("")
     add("## Machine")
     add("")
@@ -928,8 +992,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     for k, v in m.items():
         add(f"| {k} | {v} |")
     add("")
-    add("The machine is shared with other jobs (see the load average): absolute times are "
-        "inflated and noisy; each comparison was measured in one run, side by side.")
+    add(
+        "The machine is shared with other jobs (see the load average): absolute times are "
+        "inflated and noisy; each comparison was measured in one run, side by side."
+    )
     add("")
 
     # targets
@@ -956,10 +1022,12 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         for k, v in hp.items():
             add(f"| {k} | {v['us_per_call']:.2f} us | {v['min_us']:.2f} us |")
     add("")
-    add("Tensors are buffered as they are (no `.item()`, no device sync); their cost is "
+    add(
+        "Tensors are buffered as they are (no `.item()`, no device sync); their cost is "
         "`detach()` + `reshape(())` + a storage-size check and a list append. For comparison, "
         "Lightning's `self.log` costs about 0.5-1.2 ms a call (peers.md, and the Lightning "
-        "section below).")
+        "section below)."
+    )
     add("")
 
     # flush
@@ -968,34 +1036,42 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     if have_plot:
         add("![flush latency against keys](benchmarks.png)")
         add("")
-    add("Each rank logs K keys (0-d float32 CPU tensors, reduce=mean), then every rank flushes. "
+    add(
+        "Each rank logs K keys (0-d float32 CPU tensors, reduce=mean), then every rank flushes. "
         "*per key* is the pattern of Lightning's `sync_dist`, Accelerate's `reduce` and "
         "Composer: for each key `x = v.clone(); all_reduce(x); x.item()` (Lightning also adds a "
         "barrier per key, not counted here). *log* is the time of the K `log_scalar` calls "
         "before the flush, which the per-key pattern does not need. *max rank* is the slowest "
-        "rank's median.")
+        "rank's median."
+    )
     add("")
     for w, rows in sorted(flush_table(res).items()):
         add(f"### {w} rank{'s' if w != '1' else ''} (gloo)")
         add("")
-        add("| keys | distlog flush | (max rank) | + log K tensors | flush of K floats "
+        add(
+            "| keys | distlog flush | (max rank) | + log K tensors | flush of K floats "
             "| per key all_reduce + .item() | (max rank) | per key / distlog flush "
-            "| per key / (log + flush) |")
+            "| per key / (log + flush) |"
+        )
         add("|---|---|---|---|---|---|---|---|---|")
         for n in sorted(rows, key=int):
             r = rows[n]
             ratio = r["perkey_s"] / r["distlog_flush_s"]
             ratio2 = r["perkey_s"] / (r["distlog_flush_s"] + r["distlog_log_s"])
-            add(f"| {n} | {us(r['distlog_flush_s'])} | {us(r['distlog_flush_max_rank_s'])} "
+            add(
+                f"| {n} | {us(r['distlog_flush_s'])} | {us(r['distlog_flush_max_rank_s'])} "
                 f"| {us(r['distlog_log_s'])} | {us(r['distlog_float_flush_s'])} "
                 f"| {us(r['perkey_s'])} | {us(r['perkey_max_rank_s'])} | {ratio:.1f}x "
-                f"| {ratio2:.1f}x |")
+                f"| {ratio2:.1f}x |"
+            )
         fl = res["flush"][w]
         if isinstance(fl, list) and "idle_layout" in fl[0]:
             il = fl[0]["idle_layout"]
             add("")
-            add(f"A flush that logs 1 key while {il['known_keys']} keys are in the agreed layout "
-                f"(keys logged earlier, e.g. validation keys): {us(il['distlog_flush_s'])}.")
+            add(
+                f"A flush that logs 1 key while {il['known_keys']} keys are in the agreed layout "
+                f"(keys logged earlier, e.g. validation keys): {us(il['distlog_flush_s'])}."
+            )
         add("")
     for w, v in res.get("flush", {}).items():
         if isinstance(v, dict) and "error" in v:
@@ -1009,16 +1085,21 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         add("")
         ks = list(bd[0])
         labels = list(bd[0][ks[0]])
-        add("| part | " + " | ".join(f"{k} keys, rank {r}" for k in ks for r in range(len(bd)))
-            + " |")
+        add(
+            "| part | "
+            + " | ".join(f"{k} keys, rank {r}" for k in ks for r in range(len(bd)))
+            + " |"
+        )
         add("|---|" + "---|" * (len(ks) * len(bd)))
         for label in labels:
             cells = [us(bd[r][k].get(label)) for k in ks for r in range(len(bd))]
             add(f"| {label} | " + " | ".join(cells) + " |")
         add("")
-        add("Timed by wrapping the logger's own steps from the benchmark; the control exchange "
+        add(
+            "Timed by wrapping the logger's own steps from the benchmark; the control exchange "
             "includes its all_gather, *collectives (all)* every collective (the control "
-            "all_gather and the payload reduce), so the parts overlap.")
+            "all_gather and the payload reduce), so the parts overlap."
+        )
         add("")
 
     # collectives
@@ -1026,8 +1107,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     if cc:
         add("## Collectives per flush, counted from torch.profiler")
         add("")
-        add("`c10d::` ops in a `torch.profiler` trace of one flush on rank 0 (not distlog's own "
-            "counter, shown for comparison).")
+        add(
+            "`c10d::` ops in a `torch.profiler` trace of one flush on rank 0 (not distlog's own "
+            "counter, shown for comparison)."
+        )
         add("")
         add("| ranks | scenario | c10d ops in the trace | total | distlog's counter |")
         add("|---|---|---|---|---|")
@@ -1048,12 +1131,14 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         info = so[0]
         add("## Step-time overhead, 32 keys every step, 2 ranks")
         add("")
-        add(f"A bare step is {info['matmuls_per_step']} 160x160 matmuls + tanh and one "
+        add(
+            f"A bare step is {info['matmuls_per_step']} 160x160 matmuls + tanh and one "
             "16k-float all_reduce (a DDP gradient bucket), calibrated to about 10 ms. Each "
             f"variant runs {info['steps_per_round']} steps per round, the variants take turns, "
             f"{len(info['per_round_s']['bare step'])} rounds; figures are the slowest rank's "
             "mean step time (median over rounds) and the overhead against the bare round "
-            "next to it. Values logged are 0-d CPU tensors (or floats where said).")
+            "next to it. Values logged are 0-d CPU tensors (or floats where said)."
+        )
         add("")
         add("| variant | step time | overhead over bare |")
         add("|---|---|---|")
@@ -1068,25 +1153,31 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     if "2" in lt and isinstance(lt["2"], list):
         r0 = lt["2"][0]
         r1 = lt["2"][1]
-        add(f"Lightning {r0['lightning']}, `Trainer(accelerator='cpu', devices=2, "
+        add(
+            f"Lightning {r0['lightning']}, `Trainer(accelerator='cpu', devices=2, "
             "strategy=DDPStrategy(process_group_backend='gloo'), logger=CSVLogger, "
             "log_every_n_steps=1)`, a small MLP; the module logs the same 32 0-d tensors each "
             "step through `self.log(on_step=True)` or through `distlog.Logger.log_scalar` + "
-            "`flush()` every step. Median step time (time between `on_train_batch_end` calls).")
+            "`flush()` every step. Median step time (time between `on_train_batch_end` calls)."
+        )
         add("")
         base = max(r0["no logging"]["step_s"], r1["no logging"]["step_s"])
         add("| loop | step time rank 0 | rank 1 | added over no logging (slowest rank) |")
         add("|---|---|---|---|")
         for mode in ("no logging", "self.log", "self.log(sync_dist=True)", "distlog"):
             a, b = r0[mode]["step_s"], r1[mode]["step_s"]
-            add(f"| {mode} | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | "
-                f"{(max(a, b) - base) * 1e3:+.2f} ms |")
+            add(
+                f"| {mode} | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | "
+                f"{(max(a, b) - base) * 1e3:+.2f} ms |"
+            )
         sd = max(r0["self.log(sync_dist=True)"]["step_s"], r1["self.log(sync_dist=True)"]["step_s"])
         dl = max(r0["distlog"]["step_s"], r1["distlog"]["step_s"])
         if dl > base:
             add("")
-            add(f"Logging cost, `self.log(sync_dist=True)` / distlog: "
-                f"{(sd - base) / (dl - base):.0f}x.")
+            add(
+                f"Logging cost, `self.log(sync_dist=True)` / distlog: "
+                f"{(sd - base) / (dl - base):.0f}x."
+            )
     elif "2" in lt:
         add(f"failed: `{str(lt['2'])[-800:]}`")
     else:
@@ -1106,8 +1197,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             if k != "keys":
                 add(f"| {k} | {v:,} | {v / mem['keys']:.0f} |")
         add("")
-        add("tracemalloc sees the Python heap only: the storage of buffered tensors (4 bytes "
-            "each, plus the allocator's rounding) lives in torch's allocator and is not counted.")
+        add(
+            "tracemalloc sees the Python heap only: the storage of buffered tensors (4 bytes "
+            "each, plus the allocator's rounding) lives in torch's allocator and is not counted."
+        )
     add("")
     (out_dir / "benchmarks.md").write_text("\n".join(L) + "\n")
 
@@ -1120,8 +1213,12 @@ See *Where a flush's time goes* below for the breakdown behind these verdicts.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output folder (default docs/, or a temp folder with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default docs/, or a temp folder with --quick)",
+    )
     args = ap.parse_args()
     out = args.out or (ROOT / "docs" if not args.quick else Path(_tmpdir()))
     t0 = perf()

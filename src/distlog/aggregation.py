@@ -95,6 +95,15 @@ class Layout:
         self.sum_size = s
         self.max_size = m
         self.max_init = torch.tensor(max_init, dtype=torch.float64)
+        # For vectorised decoding: per reduction, positions in ``specs`` and payload offsets.
+        self.keys = [spec.key for spec in self.specs]
+        self.positions: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, np.ndarray] = {}
+        for red in REDUCTIONS:
+            pos = [i for i, spec in enumerate(self.specs) if spec.reduce == red]
+            offs = self.max_off if red in ("min", "max") else self.sum_off
+            self.positions[red] = np.array(pos, dtype=np.int64)
+            self.offsets[red] = np.array([offs[self.keys[i]] for i in pos], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -132,43 +141,50 @@ class PendingRow:
     def resolve(self) -> dict[str, float]:
         if self.ready is not None:
             self.ready.synchronize()
-        sums = self.sum_payload.tolist()
-        maxs = self.max_payload.tolist() if self.max_payload is not None else []
+        sums = self.sum_payload.numpy()
+        maxs = self.max_payload.numpy() if self.max_payload is not None else np.zeros(0)
         return decode_row(self.layout, sums, maxs, self.group_ranks)
 
 
 def decode_row(
-    layout: Layout, sums: list[float], maxs: list[float], group_ranks: tuple[int, ...]
+    layout: Layout, sums: np.ndarray, maxs: np.ndarray, group_ranks: tuple[int, ...]
 ) -> dict[str, float]:
-    """Final values from reduced payloads. Keys that no rank logged this flush are left out."""
-    row: dict[str, float] = {}
-    size = len(group_ranks)
-    for spec in layout.specs:
-        key, red = spec.key, spec.reduce
-        if red in ("min", "max"):
-            o = layout.max_off[key]
-            if maxs[o + 1] <= 0:
+    """Final values from reduced payloads. Keys that no rank logged this flush are left out.
+
+    Vectorised per reduction with numpy, so decoding costs about the same for 1 or 1000 keys.
+    """
+    n = len(layout)
+    values = np.full(n, np.nan)
+    present = np.zeros(n, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for red in REDUCTIONS:
+            pos, o = layout.positions[red], layout.offsets[red]
+            if not len(pos):
                 continue
-            value = math.nan if maxs[o + 2] > 0 else maxs[o]
-            row[key] = -value if red == "min" else value
-        else:
-            o = layout.sum_off[key]
             if red == "mean":
-                if sums[o + 2] <= 0:
-                    continue
-                row[key] = sums[o] / sums[o + 1] if sums[o + 1] != 0 else math.nan
+                present[pos] = sums[o + 2] > 0
+                den = sums[o + 1]
+                values[pos] = np.where(den != 0, sums[o] / np.where(den != 0, den, 1.0), np.nan)
             elif red == "sum":
-                if sums[o + 1] <= 0:
-                    continue
-                row[key] = sums[o]
-            else:  # last: each rank's latest value, averaged over the ranks that logged it
-                if sums[o + 1] <= 0:
-                    continue
-                row[key] = sums[o] / sums[o + 1]
-        if spec.spread:
-            o = layout.spread_off[key]
+                present[pos] = sums[o + 1] > 0
+                values[pos] = sums[o]
+            elif red == "last":  # each rank's latest value, averaged over the ranks that logged it
+                present[pos] = sums[o + 1] > 0
+                values[pos] = sums[o] / np.maximum(sums[o + 1], 1.0)
+            else:
+                present[pos] = maxs[o + 1] > 0
+                best = maxs[o] if red == "max" else -maxs[o]
+                values[pos] = np.where(maxs[o + 2] > 0, np.nan, best)
+    row = {
+        k: v for k, v, ok in zip(layout.keys, values.tolist(), present.tolist(), strict=True) if ok
+    }
+    size = len(group_ranks)
+    for key, start in layout.spread_off.items():
+        if key in row:
             per_rank = [
-                (group_ranks[r], sums[o + r]) for r in range(size) if sums[o + size + r] > 0
+                (group_ranks[r], float(sums[start + r]))
+                for r in range(size)
+                if sums[start + size + r] > 0
             ]
             row.update(_spread(key, per_rank))
     return row
@@ -223,6 +239,8 @@ class Aggregator:
         self.collectives_last_flush = 0
         self._known: dict[str, KeySpec] = {}  # every spec this rank may log: layout + local
         self._accs: dict[str, _Acc] = {}  # keys logged since the last flush
+        self._by_reduce: dict[str, list[_Acc]] = {red: [] for red in REDUCTIONS}
+        self._spread_accs: list[_Acc] = []
         self._t_vals: list[torch.Tensor] = []
         self._t_accs: list[_Acc] = []
         self._t_weights: list[float | torch.Tensor] = []
@@ -343,6 +361,9 @@ class Aggregator:
         acc = self._accs.get(key)
         if acc is None:
             acc = self._accs[key] = _Acc(spec)
+            self._by_reduce[reduce].append(acc)
+            if spec.spread:
+                self._spread_accs.append(acc)
             self._known.setdefault(key, spec)
         acc.n += 1
         if reduce == "last":
@@ -355,7 +376,7 @@ class Aggregator:
         if tensor is not None or w_tensor is not None:
             if tensor is None:
                 assert w_tensor is not None
-                tensor = torch.tensor(v, dtype=torch.float64).to(w_tensor.device, non_blocking=True)
+                tensor = _to_device(torch.tensor(v, dtype=torch.float64), w_tensor.device)
             self._t_vals.append(tensor)
             self._t_accs.append(acc)
             self._t_weights.append(w_tensor if w_tensor is not None else w)
@@ -377,6 +398,9 @@ class Aggregator:
     def clear(self) -> None:
         """Drop everything buffered since the last flush."""
         self._accs.clear()
+        for accs in self._by_reduce.values():
+            accs.clear()
+        self._spread_accs.clear()
         self._t_vals.clear()
         self._t_accs.clear()
         self._t_weights.clear()
@@ -414,8 +438,9 @@ class Aggregator:
                 step, lambda: dist.reduce(sum_p, dst=0, op=dist.ReduceOp.SUM, group=group)
             )
             if max_p is not None:
+                maxes = max_p
                 self._collective(
-                    step, lambda: dist.reduce(max_p, dst=0, op=dist.ReduceOp.MAX, group=group)
+                    step, lambda: dist.reduce(maxes, dst=0, op=dist.ReduceOp.MAX, group=group)
                 )
         if not w.is_global_zero:
             return None
@@ -509,7 +534,11 @@ class Aggregator:
             )
 
     def _drop_key(self, key: str) -> None:
-        self._accs.pop(key, None)
+        acc = self._accs.pop(key, None)
+        if acc is not None:
+            self._by_reduce[acc.spec.reduce].remove(acc)
+            if acc in self._spread_accs:
+                self._spread_accs.remove(acc)
         self._last_tensors.pop(key, None)
         keep = [i for i, a in enumerate(self._t_accs) if a.spec.key != key]
         self._t_vals = [self._t_vals[i] for i in keep]
@@ -556,41 +585,38 @@ class Aggregator:
         lay = self.layout
         sum_host = torch.zeros(lay.sum_size, dtype=torch.float64)
         max_host = lay.max_init.clone() if lay.max_size else None
-        s_idx: list[int] = []
-        s_val: list[float] = []
-        m_idx: list[int] = []
-        m_val: list[float] = []
-        for key, acc in self._accs.items():
-            red = acc.spec.reduce
-            if red in ("min", "max"):
-                o = lay.max_off[key]
-                sign = -1.0 if red == "min" else 1.0
-                m_idx += [o, o + 1, o + 2]
-                m_val += [sign * acc.a, 1.0, 1.0 if acc.nan else 0.0]
+        by_reduce = self._by_reduce
+        # One vectorised write per reduction and slot (list comprehensions, tensor indices:
+        # indexing with Python lists costs microseconds per element).
+        for red, accs in by_reduce.items():
+            if not accs:
                 continue
-            o = lay.sum_off[key]
+            if red in ("min", "max"):
+                assert max_host is not None
+                o = _i64([lay.max_off[a.spec.key] for a in accs])
+                sign = -1.0 if red == "min" else 1.0
+                max_host[o] = _f64([sign * a.a for a in accs])
+                max_host[o + 1] = 1.0
+                max_host[o + 2] = _f64([float(a.nan) for a in accs])
+                continue
+            o = _i64([lay.sum_off[a.spec.key] for a in accs])
             if red == "mean":
-                s_idx += [o, o + 1, o + 2]
-                s_val += [acc.a, acc.b, float(acc.n)]
+                sum_host[o] = _f64([a.a for a in accs])
+                sum_host[o + 1] = _f64([a.b for a in accs])
+                sum_host[o + 2] = _f64([float(a.n) for a in accs])
             elif red == "sum":
-                s_idx += [o, o + 1]
-                s_val += [acc.a, float(acc.n)]
-            else:
-                s_idx += [o, o + 1]
-                s_val += [acc.last if key not in self._last_tensors else 0.0, 1.0]  # type: ignore[list-item]
-        if s_idx:
-            sum_host[s_idx] = torch.tensor(s_val, dtype=torch.float64)
-        if m_idx and max_host is not None:
-            max_host[m_idx] = torch.tensor(m_val, dtype=torch.float64)
+                sum_host[o] = _f64([a.a for a in accs])
+                sum_host[o + 1] = _f64([float(a.n) for a in accs])
+            else:  # last; tensor "last" values are written on the device below
+                sum_host[o] = _f64([a.last for a in accs])  # type: ignore[misc]
+                sum_host[o + 1] = 1.0
 
         dev = self.world.comm_device
         if dev.type == "cpu":
             sum_p, max_p = sum_host, max_host
         else:
-            sum_p = sum_host.pin_memory().to(dev, non_blocking=True)
-            max_p = (
-                max_host.pin_memory().to(dev, non_blocking=True) if max_host is not None else None
-            )
+            sum_p = _to_device(sum_host, dev)
+            max_p = _to_device(max_host, dev) if max_host is not None else None
         self._add_tensor_samples(sum_p, max_p)
         self._add_spread(sum_p, max_p)
         return sum_p, max_p
@@ -625,21 +651,19 @@ class Aggregator:
             if max_p is not None and any(r in ("min", "max") for r in reds):
                 sel = [j for j, r in enumerate(reds) if r in ("min", "max")]
                 v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
-                sign = torch.tensor(
-                    [-1.0 if reds[j] == "min" else 1.0 for j in sel], dtype=torch.float64
-                ).to(dev, non_blocking=True)
+                sign = _to_device(_f64([-1.0 if reds[j] == "min" else 1.0 for j in sel]), dev)
                 v = v * sign
                 nan = torch.isnan(v)
-                offs = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
-                max_p.scatter_reduce_(0, offs, torch.where(nan, -math.inf, v), "amax")
-                max_p.scatter_reduce_(0, offs + 2, nan.to(torch.float64), "amax")
+                slots = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
+                max_p.scatter_reduce_(0, slots, torch.where(nan, -math.inf, v), "amax")
+                max_p.scatter_reduce_(0, slots + 2, nan.to(torch.float64), "amax")
 
     def _add_spread(self, sum_p: torch.Tensor, max_p: torch.Tensor | None) -> None:
         """Each rank's own reduced value of every spread key, in its per-rank slot."""
         lay, dev, me, size = self.layout, sum_p.device, self.world.group_rank, self.world.group_size
-        specs = [a.spec for a in self._accs.values() if a.spec.spread]
-        if not specs:
+        if not self._spread_accs:
             return
+        specs = [a.spec for a in self._spread_accs]
         locals_: list[torch.Tensor] = []
         for spec in specs:
             if spec.reduce in ("min", "max"):
@@ -655,20 +679,36 @@ class Aggregator:
         sum_p.index_fill_(0, _index([o + size for o in offs], dev), 1.0)
 
 
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``dev`` without making the host wait (pinned, non-blocking)."""
+    if dev.type == "cpu":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def _f64(values: list[float]) -> torch.Tensor:
+    """A float64 CPU tensor from a list, through numpy (torch.tensor(list) is ~10x slower)."""
+    return torch.from_numpy(np.array(values, dtype=np.float64))
+
+
+def _i64(values: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.array(values, dtype=np.int64))
+
+
 def _index(idx: list[int], dev: torch.device) -> torch.Tensor:
-    t = torch.tensor(idx, dtype=torch.int64)
-    return t if dev.type == "cpu" else t.pin_memory().to(dev, non_blocking=True)
+    t = _i64(idx)
+    return _to_device(t, dev)
 
 
 def _weights(ws: list[float | torch.Tensor], dev: torch.device) -> torch.Tensor:
     if all(isinstance(w, float) for w in ws):
         t = torch.tensor(ws, dtype=torch.float64)
-        return t if dev.type == "cpu" else t.pin_memory().to(dev, non_blocking=True)
+        return _to_device(t, dev)
     return torch.stack(
         [
             w.to(dev, torch.float64)
             if isinstance(w, torch.Tensor)
-            else torch.tensor(w, dtype=torch.float64).to(dev, non_blocking=True)
+            else _to_device(torch.tensor(w, dtype=torch.float64), dev)
             for w in ws
         ]
     )

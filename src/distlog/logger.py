@@ -368,7 +368,11 @@ class Logger:
             if row:
                 self._each_sink("log_scalars", lambda s: s.log_scalars(step, row))
             for key, item in media:
-                self._each_sink("log_media", lambda s, k=key, it=item: s.log_media(step, k, it))
+
+                def write(sink: Sink, key: str = key, item: Any = item) -> None:
+                    sink.log_media(step, key, item)
+
+                self._each_sink("log_media", write)
 
         return job
 

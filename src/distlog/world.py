@@ -120,7 +120,8 @@ class World:
                     "before creating the logger"
                 )
             rank, world_size, backend = 0, 1, None
-            group_rank, group_size, group_ranks = 0, 1, (0,)
+            group_rank, group_size = 0, 1
+            group_ranks: tuple[int, ...] = (0,)
         else:
             rank, world_size = dist.get_rank(), dist.get_world_size()
             backend = str(dist.get_backend(group))

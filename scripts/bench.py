@@ -1124,10 +1124,12 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             add(f"| {k} | {v['us_per_call']:.2f} us | {v['min_us']:.2f} us |")
     add("")
     add(
-        "Tensors are buffered as they are (no `.item()`, no device sync); their cost is "
-        "`detach()` + `reshape(())` + a storage-size check and a list append. For comparison, "
-        "Lightning's `self.log` costs about 0.5-1.2 ms a call (peers.md, and the Lightning "
-        "section below)."
+        "CPU tensors are read with `.item()` (no device is involved) and folded like numbers; "
+        "device tensors are buffered as they are (no `.item()`, no device sync) and reduced "
+        "on the device at the flush: the *buffered* row is that path, timed on a CPU tensor. "
+        "Medians over repeats on a loaded host; *best repeat* is closer to the cost of the "
+        "code itself. For comparison, Lightning's `self.log` costs about 0.5-1.2 ms a call "
+        "(peers.md, and the Lightning section below)."
     )
     add("")
 
@@ -1310,6 +1312,9 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         add(f"skipped: {lt.get('skipped', 'not run')}.")
     add("")
 
+    if "gpu_check" in res:
+        L.extend(gpu_section(res["gpu_check"]))
+
     # memory
     mem = res.get("memory", {})
     add(f"## Memory of the buffers, {mem.get('keys', '?')} keys (tracemalloc, Python heap)")
@@ -1428,6 +1433,98 @@ def analysis(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def gpu_section(g: dict[str, Any]) -> list[str]:
+    """The figures of scripts/gpu_check.py (run by hand on a GPU machine), with the card."""
+
+    def j(v: Any) -> str:
+        return f"`{json.dumps(v, default=str)[:400]}`" if not isinstance(v, str) else v
+
+    out = [f"## GPU check: {g.get('device')} (torch {g.get('torch')}, CUDA {g.get('cuda')})", ""]
+    out.append(
+        f"From `scripts/gpu_check.py`, run {g.get('date')} in {g.get('seconds')} s"
+        + (" (**CPU dry run**, not a GPU)" if g.get("dry_run") else "")
+        + '. Sync checks run under `torch.cuda.set_sync_debug_mode("error")`.'
+    )
+    out.append("")
+    out.append("| check | result |")
+    out.append("|---|---|")
+    sd, nc, gl = (
+        g.get("sync_debug", {}),
+        g.get("nccl_world_of_one", {}),
+        g.get("gloo_shared_gpu", {}),
+    )
+    rows = [
+        (
+            "no process group: log_scalar of CUDA tensors (5 dtypes, CUDA weight, spread)",
+            next((v for k, v in sd.items() if k.startswith("log_scalar")), sd.get("error")),
+        ),
+        (
+            "no process group: flush (payload on the host)",
+            sd.get("flush (world of one, no process group)"),
+        ),
+        (
+            "NCCL world of one: log_scalar",
+            nc.get("log_scalar under sync-debug error", nc.get("error")),
+        ),
+        (
+            "NCCL world of one: flush on the training thread",
+            nc.get("flush under sync-debug error (training thread)"),
+        ),
+        ("NCCL world of one: row matches the reference", nc.get("values match the reference")),
+        (
+            f"gloo, {gl.get('ranks')} ranks on the one GPU, CUDA tensors: rows match the reference",
+            gl.get("values match the reference", gl.get("error")),
+        ),
+        (
+            "gloo ranks: log_scalar under sync-debug",
+            gl.get("log_scalar under sync-debug error, per rank"),
+        ),
+        (
+            "gloo ranks, 128 keys: distlog flush / per-key all_reduce + .item() (slowest rank, us)",
+            [
+                gl.get("128 keys: distlog flush us (slowest rank)"),
+                gl.get("128 keys: all_reduce + .item() per key us (slowest rank)"),
+            ],
+        ),
+    ]
+    for name, v in rows:
+        out.append(f"| {name} | {j(v)} |")
+    lat = nc.get("latency", {})
+    if lat:
+        out += [
+            "",
+            "NCCL world of one, flush latency (training thread / until the row is written):",
+            "",
+            "| keys | flush | until written |",
+            "|---|---|---|",
+        ]
+        for n, v in lat.items():
+            out.append(f"| {n} | {v['flush_us']:.0f} us | {v['until_written_us']:.0f} us |")
+    pc = g.get("per_call", {})
+    if isinstance(pc.get("log_scalar us per call"), dict):
+        out += ["", "| log_scalar | us per call |", "|---|---|"]
+        for k, v in pc["log_scalar us per call"].items():
+            out.append(f"| {k} | {v:.2f} |")
+    lt = pc.get("lightning")
+    if isinstance(lt, dict):
+        out += [
+            "",
+            f"Lightning {lt.get('lightning')} on the same card, 32 keys a step:",
+            "",
+            "| loop | step time | added per key |",
+            "|---|---|---|",
+        ]
+        for mode in ("no logging", "self.log", "self.log(sync_dist=True)", "distlog"):
+            if mode in lt:
+                added = lt[mode].get("added_us_per_key")
+                out.append(
+                    f"| {mode} | {lt[mode]['step_ms']:.2f} ms | "
+                    + (f"{added:.1f} us |" if added is not None else "- |")
+                )
+    out.append("")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -1437,10 +1534,25 @@ def main() -> None:
         default=None,
         help="output folder (default docs/, or a temp folder with --quick)",
     )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the report from a benchmarks.json instead of measuring again",
+    )
+    ap.add_argument(
+        "--gpu-json",
+        type=Path,
+        default=None,
+        help="gpu.json written by scripts/gpu_check.py on a GPU machine: adds a GPU section "
+        "(kept in benchmarks.json, so later --from-json renders keep it)",
+    )
     args = ap.parse_args()
     out = args.out or (ROOT / "docs" if not args.quick else Path(_tmpdir()))
     t0 = perf()
-    res = run_all(args.quick)
+    res = json.loads(args.from_json.read_text()) if args.from_json else run_all(args.quick)
+    if args.gpu_json:
+        res["gpu_check"] = json.loads(args.gpu_json.read_text())
     write_report(res, out)
     log(f"wrote {out / 'benchmarks.md'}, .png, .json in {perf() - t0:.0f}s")
     for name, measured, note, ok in targets(res):

@@ -271,6 +271,11 @@ class Aggregator:
         )
 
     @property
+    def control_group(self) -> Any:
+        """The logger's gloo group (own timeout), or None where nothing is communicated."""
+        return self._ctrl
+
+    @property
     def communicates(self) -> bool:
         """False where a flush moves nothing: a world of one, or a group without the writer."""
         return self._ctrl is not None

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     data = synthetic_classification()
-    sampler = DistributedSampler(data, shuffle=True, seed=0) if world.is_distributed else None
+    sampler: DistributedSampler | None = (
+        DistributedSampler(data, shuffle=True, seed=0) if world.is_distributed else None
+    )
     loader = DataLoader(
         data, batch_size=args.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=True
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import fault_job
 from dist_harness import free_port, subprocess_env
+from wandb_helpers import wandb_env
 
 import distlog
 from distlog import runlog
@@ -36,6 +37,7 @@ class Job:
     procs: list[subprocess.Popen[bytes]]
     agent: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
+    wandb_dir: str | None = None
 
     def all(self) -> list[subprocess.Popen[bytes]]:
         return [self.agent] if self.agent is not None else self.procs
@@ -113,6 +115,15 @@ def job_args(run_dir: Path, log_every: int, timeout: float, extra: list[str]) ->
     ]
 
 
+def with_wandb(run_dir: Path, extra: list[str] | None, env: dict[str, str] | None, wandb: bool):
+    """Job arguments and environment for an offline wandb run next to ``run_dir``."""
+    extra, env = list(extra or []), dict(env or {})
+    if not wandb:
+        return extra, env, None
+    env.update(wandb_env(run_dir.parent / f"{run_dir.name}-wandb"))
+    return [*extra, "--wandb-dir", env["WANDB_DIR"]], env, env["WANDB_DIR"]
+
+
 def start_plain(
     run_dir: Path,
     world: int = 2,
@@ -121,8 +132,10 @@ def start_plain(
     timeout: float = 5.0,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
+    wandb: bool = False,
 ) -> Job:
     """One process per rank, with the environment torchrun would give it (no agent)."""
+    extra, env, wandb_dir = with_wandb(run_dir, extra, env, wandb)
     port = free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
@@ -148,7 +161,7 @@ def start_plain(
                     stderr=subprocess.STDOUT,
                 )
             )
-    return Job(run_dir, world, log_every, procs, logs=logs)
+    return Job(run_dir, world, log_every, procs, logs=logs, wandb_dir=wandb_dir)
 
 
 def start_torchrun(
@@ -160,8 +173,10 @@ def start_torchrun(
     extra: list[str] | None = None,
     torchrun_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    wandb: bool = False,
 ) -> Job:
     """A real torchrun agent in its own session (so a test can signal the whole group)."""
+    extra, env, wandb_dir = with_wandb(run_dir, extra, env, wandb)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.torchrun.log"
     cmd = [
@@ -183,7 +198,7 @@ def start_torchrun(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Job(run_dir, nproc, log_every, [], agent=agent, logs=[log])
+    return Job(run_dir, nproc, log_every, [], agent=agent, logs=[log], wandb_dir=wandb_dir)
 
 
 def _reject_constant(name: str) -> float:
@@ -227,3 +242,31 @@ def check_run_dir(job: Job, *, allow_torn_tail: bool = False) -> RunCheck:
     lost = sorted(set(progress) - set(steps))
     assert not lost, f"flushed steps missing from metrics.jsonl: {lost}"
     return RunCheck(rows, progress, runlog.read_run_info(run_dir), torn)
+
+
+def check_wandb(job: Job, result: RunCheck) -> list:
+    """The offline wandb run(s) of the job hold exactly the run log's rows, and its exit code.
+
+    A restarted job continues the same wandb id in one folder per start (offline); together
+    they must hold every step once. Each folder's exit record is that start's exit code.
+    """
+    from distlog import wandb_offline
+
+    assert job.wandb_dir is not None and result.info is not None
+    runs = wandb_offline.read_runs(job.wandb_dir, result.info["id"])
+    assert runs, f"no offline wandb run with id {result.info['id']} under {job.wandb_dir}"
+    by_step: dict[int, dict] = {}
+    for run in runs:
+        for step, values in run.rows_by_step().items():
+            assert step not in by_step, f"step {step} written to wandb twice"
+            by_step[step] = values
+    for row in result.rows:
+        want = {k: v for k, v in row.items() if k not in ("step", "time")}
+        assert by_step.get(row["step"]) == want, (row["step"], by_step.get(row["step"]), want)
+    assert sorted(by_step) == [r["step"] for r in result.rows]
+    starts = result.info["starts"]
+    assert [run.exit_code for run in runs] == [s.get("exit_code") for s in starts], (
+        [run.exit_code for run in runs],
+        starts,
+    )
+    return runs

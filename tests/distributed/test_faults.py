@@ -4,7 +4,8 @@ Each case starts ``fault_job.py`` (2 ranks, a flush every step), lets it write a
 rows, injects one fault at a random moment, and checks with ``check_run_dir``: every step whose
 flush returned on rank 0 is in ``metrics.jsonl``, complete and equal to the reference computed
 from every rank's inputs; steps strictly increase; the file is strict JSON lines; ``run.json``
-records the non-zero exit code; every process exits within seconds (no hang).
+records the non-zero exit code; the offline wandb run (``wandb_offline`` reads it back) holds the
+same rows and the same exit code; every process exits within seconds (no hang).
 
 The seed is printed; ``DISTLOG_FAULT_SEED`` replays a run and ``DISTLOG_FAULT_TRIALS=N`` adds N
 random (launcher, target, signal) trials to ``test_random_kill_soak``.
@@ -18,7 +19,7 @@ import signal
 import time
 
 import pytest
-from fault_harness import Job, check_run_dir, start_plain, start_torchrun
+from fault_harness import Job, check_run_dir, check_wandb, start_plain, start_torchrun
 
 SEED = int(os.environ.get("DISTLOG_FAULT_SEED", time.time_ns() % 2**31))
 TIMEOUT = 4.0  # the logger's collective timeout in these jobs
@@ -62,12 +63,18 @@ SIGNAL_CASES = [
 
 
 def run_signal_case(
-    tmp_path, launcher: str, target: str, signum: int, codes: set[int], trial: str = ""
+    tmp_path,
+    launcher: str,
+    target: str,
+    signum: int,
+    codes: set[int],
+    trial: str = "",
+    wandb: bool = True,
 ):
     name = f"{launcher}-{target}-{signal.Signals(signum).name}"
     rng = rng_for(name + trial)
     start = start_plain if launcher == "plain" else start_torchrun
-    job = start(tmp_path / name, timeout=TIMEOUT)
+    job = start(tmp_path / name, timeout=TIMEOUT, wandb=wandb)
     try:
         t_fault = kill_at_random_point(job, rng, target, signum)
         job.wait(EXIT_BOUND)
@@ -80,6 +87,8 @@ def run_signal_case(
         job.output(),
     )
     assert result.info["last_step"] == result.rows[-1]["step"]
+    if wandb:  # the offline wandb run holds the same rows and the same non-zero exit code
+        check_wandb(job, result)
     return took, len(result.progress)
 
 
@@ -128,6 +137,7 @@ def test_an_exception_or_sys_exit_on_any_rank_loses_no_flushed_row(
         tmp_path / "run",
         timeout=TIMEOUT,
         extra=["--fail-at", str(at), "--fail-rank", str(rank), "--fail-how", how, *extra],
+        wandb=True,
     )
     try:
         exit_codes = job.wait(120)

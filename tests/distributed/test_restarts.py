@@ -3,12 +3,13 @@
 A worker fails; torchrun stops the others (SIGTERM) and restarts all of them; they load the last
 checkpoint, which is older than the last logged step, and replay a few steps. The run directory
 must read as one run: ``metrics.jsonl`` appended, every step exactly once and in order, values
-right, ``run.json`` one id with one start per attempt and the final exit code.
+right, ``run.json`` one id with one start per attempt and the final exit code; the offline wandb
+run continues under the same id (a folder per start), every step once.
 """
 
 from __future__ import annotations
 
-from fault_harness import check_run_dir, start_torchrun
+from fault_harness import check_run_dir, check_wandb, start_torchrun
 
 STEPS = 24
 FAIL_AT = 13  # rank 1 fails at the start of this step, on the first attempt only
@@ -38,6 +39,7 @@ def test_a_restarted_job_resumes_the_run_without_duplicating_steps(tmp_path):
         # restarted group fails to connect (pytorch/pytorch#135712, #167288); the documented
         # opt-out gives each attempt a fresh store. Unrelated to distlog: see reliability.md.
         env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+        wandb=True,
     )
     try:
         codes = job.wait(240)
@@ -57,3 +59,6 @@ def test_a_restarted_job_resumes_the_run_without_duplicating_steps(tmp_path):
     assert starts[0]["exit_code"] in (143, 1) and starts[1]["exit_code"] == 0
     assert "resuming run " + info["id"] in job.output()
     assert "are already written and will not be written again" in job.output()
+    # wandb: the same run id continued in a second offline folder, every step once
+    runs = check_wandb(job, result)
+    assert len(runs) == 2 and {run.run_id for run in runs} == {info["id"]}

@@ -367,13 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo job under torchrun")
     demo.add_argument("--nproc", type=int, default=2, help="processes (default: %(default)s)")
     demo.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="passed on to distlog.demo")
+    demo.epilog = "Other arguments (--steps 50, --run-dir DIR, ...) are passed on to distlog.demo."
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distlog`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "show":
             print(format_summary(_load_and_note(args.run_dir)))
@@ -383,8 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drawn = plot_run(summary, output, args.keys)
             print(f"wrote {output} ({len(drawn)} keys)")
         elif args.command == "demo":
-            extra = [a for a in args.demo_args if a != "--"] if args.demo_args else []
-            return _run_demo(args.nproc, extra, args.dry_run)
+            return _run_demo(args.nproc, [a for a in unknown if a != "--"], args.dry_run)
     except CliError as exc:
         print(f"distlog {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
 
-__all__ = ["is_metric", "metric_values"]
+__all__ = ["is_metric", "metric_values", "metric_values_under"]
 
 _NOT_UPDATED = "was called before the ``update`` method"
 
@@ -318,3 +318,12 @@ def _flatten_collection(
             full = prefix + collection._set_name(name)
             out.update(_flatten(full, item, shown, max_elements))
     return out
+
+
+def metric_values_under(key: str, metric: Any) -> dict[str, float]:
+    """:func:`metric_values` for ``log_dict({key: metric})``: a metric's value is written as
+    ``key`` itself, a collection's values as ``key/<name>``."""
+    tm = _torchmetrics()
+    if isinstance(metric, tm.MetricCollection):
+        return metric_values(metric, f"{key}/")
+    return metric_values(metric, name=key)

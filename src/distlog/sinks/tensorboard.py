@@ -34,12 +34,12 @@ from distlog.media import Histogram, Images, Table, Video, Videos
 if TYPE_CHECKING:
     from distlog.media import MediaItem
 
-__all__ = ["TensorBoardSink"]
+__all__ = ["TensorBoardSink", "require_tensorboard"]
 
 _INSTALL_HINT = "pip install 'distlog[tensorboard]'"
 
 
-def _import_summary_writer() -> Any:
+def require_tensorboard() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -150,7 +150,7 @@ class TensorBoardSink:
         max_queue: int = 100,
         filename_suffix: str = "",
     ) -> None:
-        summary_writer = _import_summary_writer()
+        summary_writer = require_tensorboard()
         self.log_dir = Path(log_dir)
         self.flush_every_row = flush_every_row
         self._writer: Any = summary_writer(

@@ -1,0 +1,422 @@
+"""The seed's logger mixins (``LoggerMixin``, ``WandBLoggerMixin`` and their configs), thin over
+:class:`distlog.Logger`.
+
+A trainer mixes them in (``class MyTrainer(BaseTrainer, WandBLoggerMixin)``) and logs with
+``self.log_scalar``, ``self.log_images`` and friends on every rank. Scalars go through the fused
+cross-rank aggregation; the harness (:mod:`distlog.trainer`) flushes every
+``logging_parameters.log_every_n_steps``. Only global rank 0 writes: the local run log always,
+and Weights & Biases with :class:`WandBLoggerMixin`. Without wandb installed, :class:`LoggerMixin`
+alone writes the local run log, so the same trainer runs anywhere.
+
+The classes are cooperative: each ``__init__`` takes the config and calls ``super().__init__``,
+so they combine in either order with :class:`distlog.trainer.BaseTrainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distlog.logger import Logger
+from distlog.world import World, init_distributed
+
+__all__ = [
+    "AbstractTrainer",
+    "AbstractTrainerConfig",
+    "LoggerConfigMixin",
+    "LoggerMixin",
+    "LoggingParameters",
+    "WandBLoggerConfigMixin",
+    "WandBLoggerMixin",
+    "WandbLoggingParameters",
+]
+
+
+# ------------------------------------------------------------------------------ configs
+@dataclass(kw_only=True)
+class AbstractTrainerConfig:
+    """What every trainer and mixin knows: names of the run, and the process group backend."""
+
+    project: str = "distlog"
+    group: str | None = None
+    experiment: str = "run"
+    backend: str | None = None
+    """``torch.distributed`` backend when distlog starts the process group (default: nccl with
+    CUDA, else gloo). Ignored when the group already exists."""
+
+
+@dataclass(kw_only=True)
+class LoggingParameters:
+    """How and where a trainer logs.
+
+    ``enabled=False`` makes every ``log_*`` call a no-op (no run directory, no collective).
+    ``run_dir`` defaults to ``runs/<project>/<experiment>``, so a restarted job appends to the
+    same run log.
+    """
+
+    enabled: bool = True
+    log_every_n_steps: int = 10
+    run_dir: str | None = None
+    console: bool = False
+    async_write: bool = True
+    timeout: float = 300.0
+    nonfinite: str = "warn"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.log_every_n_steps, bool) or not isinstance(self.log_every_n_steps, int):
+            raise TypeError(
+                "logging_parameters.log_every_n_steps must be an int, got "
+                f"{type(self.log_every_n_steps).__name__} {self.log_every_n_steps!r}"
+            )
+        if self.log_every_n_steps < 1:
+            raise ValueError(
+                f"logging_parameters.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"
+            )
+
+
+@dataclass(kw_only=True)
+class WandbLoggingParameters(LoggingParameters):
+    """Weights & Biases settings. ``None`` means: the trainer's ``project`` / ``group`` /
+    ``experiment`` for ``project`` / ``group`` / ``name``; ``mode=None`` lets ``WANDB_MODE``
+    decide; ``id=None`` lets wandb pick one (or ``WANDB_RUN_ID``), except that a torchrun restart
+    (``--max-restarts``) reuses the id of the first attempt so the same run continues.
+    """
+
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None
+    dir: str | None = None
+    resume: str = "allow"
+    init_timeout: float = 90.0
+    step_metric: str = "trainer/global_step"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class LoggerConfigMixin(AbstractTrainerConfig):
+    logging_parameters: LoggingParameters = field(default_factory=LoggingParameters)
+
+
+@dataclass(kw_only=True)
+class WandBLoggerConfigMixin(LoggerConfigMixin):
+    logging_parameters: WandbLoggingParameters = field(default_factory=WandbLoggingParameters)
+
+
+# ------------------------------------------------------------------------------ trainers
+class AbstractTrainer:
+    """The state every mixin relies on: ``config``, ``world``, run names and counters.
+
+    Sets itself up once, however many cooperating classes call it.
+    """
+
+    config: AbstractTrainerConfig
+    world: World
+    global_step: int
+    current_epoch: int
+
+    def __init__(self, config: AbstractTrainerConfig) -> None:
+        super().__init__()
+        if getattr(self, "_abstract_trainer_ready", False):
+            return
+        if not isinstance(config, AbstractTrainerConfig):
+            raise TypeError(
+                f"{type(self).__name__} expects a config dataclass derived from "
+                f"AbstractTrainerConfig (e.g. BaseTrainerConfig), got {type(config).__name__}"
+            )
+        self.config = config
+        self.world = init_distributed(config.backend)
+        self.global_step = 0
+        self.current_epoch = 0
+        self._abstract_trainer_ready = True
+
+    @property
+    def project(self) -> str:
+        return self.config.project
+
+    @property
+    def group(self) -> str | None:
+        return self.config.group
+
+    @property
+    def experiment(self) -> str:
+        return self.config.experiment
+
+
+class LoggerMixin(AbstractTrainer):
+    """Backend-neutral logging for a trainer, over one :class:`distlog.Logger`.
+
+    Every rank calls the ``log_*`` methods (they are cheap and never communicate); values are
+    reduced across ranks at each flush and written by global rank 0 to the local run log and
+    any tracker a subclass adds with :meth:`make_sinks`.
+    """
+
+    config: LoggerConfigMixin
+
+    def __init__(self, config: LoggerConfigMixin) -> None:
+        super().__init__(config)
+        if not isinstance(getattr(config, "logging_parameters", None), LoggingParameters):
+            raise TypeError(
+                f"{type(self).__name__} needs a config with logging_parameters "
+                "(derive it from LoggerConfigMixin)"
+            )
+        _ = self.logger  # every rank builds it here, at the same point (it creates a group)
+
+    # -- set-up ---------------------------------------------------------------------------
+    @property
+    def logging_parameters(self) -> LoggingParameters:
+        return self.config.logging_parameters
+
+    @property
+    def run_dir(self) -> Path:
+        """The local run directory (written on global rank 0 only)."""
+        configured = self.logging_parameters.run_dir
+        if configured is not None:
+            return Path(configured)
+        return Path("runs") / self.project / self.experiment
+
+    @property
+    def logger(self) -> Logger | None:
+        """The :class:`distlog.Logger` (None when logging is disabled). Built on first use."""
+        if not hasattr(self, "_distlog_logger"):
+            self._distlog_logger: Logger | None = None
+            params = self.logging_parameters
+            if params.enabled:
+                sinks = self.make_sinks() if self.world.is_global_zero else []
+                self._distlog_logger = Logger(
+                    run_dir=self.run_dir,
+                    sinks=sinks,
+                    world=self.world,
+                    console=params.console,
+                    async_write=params.async_write,
+                    timeout=params.timeout,
+                    nonfinite=params.nonfinite,
+                )
+        return self._distlog_logger
+
+    def make_sinks(self) -> list[Any]:
+        """Extra sinks besides the local run log; called on global rank 0 only."""
+        return []
+
+    # -- scalars and config ---------------------------------------------------------------
+    def log_config(self, config: dict[str, Any] | Any) -> dict[str, Any] | None:
+        """Record a dataclass or nested dict as the run's configuration (every sink)."""
+        logger = self.logger
+        return logger.log_config(config) if logger is not None else None
+
+    def log_dict(self, logs: dict[str, Any], reduce: str = "mean", **kwargs: Any) -> None:
+        """Log several scalars with one reduction (``mean``, ``sum``, ``min``, ``max``, ``last``).
+
+        ``weight=`` and ``spread=`` are passed on to :meth:`distlog.Logger.log_dict`.
+        """
+        logger = self.logger
+        if logger is not None:
+            logger.log_dict(logs, reduce, **kwargs)
+
+    def log_scalar(self, name: str, value: Any, reduce: str = "mean", **kwargs: Any) -> None:
+        """Log one scalar (a number or a one-element tensor, on any device)."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_scalar(name, value, reduce, **kwargs)
+
+    def flush_logs(self, step: int | None = None) -> dict[str, float] | None:
+        """Reduce and write what was logged, at ``step`` (default: ``global_step``).
+
+        Collective: every rank calls it. The harness calls it every ``log_every_n_steps``.
+        """
+        logger = self.logger
+        if logger is None:
+            return None
+        return logger.flush(step=self.global_step if step is None else step)
+
+    # -- media (converted and gathered by distlog.Logger; rank 0's media by default) ------
+    def log_images(
+        self,
+        images: Any,
+        caption: list[str] | str | None = None,
+        desc: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Images: a (B, C, H, W) or (C, H, W) tensor or a list of (C, H, W).
+
+        uint8 as is; floats in [0, 1] or [-1, 1] scaled to uint8 (or ``value_range=``).
+        ``ranks=`` picks whose images are written (default rank 0).
+        """
+        logger = self.logger
+        if logger is not None:
+            logger.log_images(images, caption=caption, desc=desc or "images", **kwargs)
+
+    def log_videos(
+        self,
+        videos: Any,
+        caption: list[str] | str | None = None,
+        desc: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Videos: a (B, C, T, H, W) tensor; ``fps=`` and ``format=`` ("gif" or "mp4")."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_videos(videos, caption=caption, desc=desc or "videos", **kwargs)
+
+    def log_plot(self, plot: Any, desc: str | None = None, **kwargs: Any) -> None:
+        """A matplotlib figure, rendered to an image (and closed afterwards)."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_plot(plot, desc=desc or "plot", **kwargs)
+
+    def log_histogram(self, values: Any, desc: str, bins: int = 64, **kwargs: Any) -> None:
+        """Histogram of a tensor; rank 0's values by default, ``ranks="all"`` for all ranks."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_histogram(values, desc=desc, bins=bins, **kwargs)
+
+    def log_table(
+        self, columns: list[str], data: list[list[Any]], desc: str, **kwargs: Any
+    ) -> None:
+        """Rows of cells (numbers, strings, image tensors) under ``columns``."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_table(columns, data, desc=desc, **kwargs)
+
+    # -- tracker extras: offered by sinks that have them (wandb), a no-op elsewhere -------
+    def log_model(
+        self,
+        models: list[Any] | None = None,
+        log: str | None = "gradients",
+        log_freq: int = 1000,
+    ) -> None:
+        """Track gradients and/or parameters of ``models`` (default ``[self.model]``).
+
+        Done by trackers that can (wandb's ``watch``), on global rank 0 only; DDP wrappers are
+        fine. Without such a tracker this does nothing.
+        """
+        if models is None:
+            model = getattr(self, "model", None)
+            if model is None:
+                raise ValueError("log_model(models=None) needs self.model, or pass models=[...]")
+            models = [model]
+        if log not in ("gradients", "parameters", "all", None):
+            raise ValueError(
+                f"log_model(log={log!r}): choose 'gradients', 'parameters', 'all' or None"
+            )
+        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
+            raise ValueError(f"log_model(log_freq={log_freq!r}) must be a positive int")
+        for sink in self._sinks_with("watch"):
+            sink.watch(models, log=log, log_freq=log_freq)
+
+    def log_code(self, directory: str | os.PathLike[str] = "./", **kwargs: Any) -> None:
+        """Save the source files under ``directory`` with trackers that keep code (wandb)."""
+        for sink in self._sinks_with("log_code"):
+            sink.log_code(directory, **kwargs)
+
+    def _sinks_with(self, method: str) -> list[Any]:
+        logger = self.logger
+        if logger is None:
+            return []
+        if logger.closed:
+            logger._raise_closed()
+        return [s for s in logger.sinks if callable(getattr(s, method, None))]
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Flush what is left and close every sink. Idempotent.
+
+        With a non-zero ``exit_code`` (a crash) no collective is attempted.
+        """
+        logger = self.logger
+        if logger is not None:
+            logger.finish(exit_code=exit_code, step=self.global_step if exit_code == 0 else None)
+
+
+class WandBLoggerMixin(LoggerMixin):
+    """:class:`LoggerMixin` that also writes to Weights & Biases from global rank 0.
+
+    Only global rank 0 calls ``wandb.init``: a multi-rank job makes exactly one run. If wandb
+    is missing, every rank raises ImportError at construction (naming ``distlog[wandb]``). If
+    ``wandb.init`` fails or exceeds ``init_timeout``, rank 0 warns and the job goes on with the
+    local run log only; the other ranks wait at most ``init_timeout`` at their first flush.
+    """
+
+    config: WandBLoggerConfigMixin
+
+    def __init__(self, config: WandBLoggerConfigMixin) -> None:
+        params = getattr(config, "logging_parameters", None)
+        if params is not None and getattr(params, "enabled", False):
+            from distlog.sinks.wandb import import_wandb
+
+            import_wandb()  # on every rank, before any collective
+        self.wandb_sink: Any = None
+        super().__init__(config)
+
+    @property
+    def wandb_run(self) -> Any:
+        """The ``wandb`` Run on global rank 0 (None elsewhere, or when init failed)."""
+        return self.wandb_sink.run if self.wandb_sink is not None else None
+
+    def make_sinks(self) -> list[Any]:
+        from distlog.sinks.wandb import WandbInitError, WandbSink
+
+        params = self.logging_parameters
+        if not isinstance(params, WandbLoggingParameters):
+            raise TypeError(
+                "WandBLoggerMixin needs logging_parameters=WandbLoggingParameters(...) "
+                "(derive the config from WandBLoggerConfigMixin)"
+            )
+        run_id = params.id or _restarted_run_id(self.run_dir)
+        try:
+            sink = WandbSink(
+                project=params.project or self.project,
+                entity=params.entity,
+                group=params.group or self.group,
+                name=params.name or self.experiment,
+                id=run_id,
+                tags=params.tags,
+                mode=params.mode,
+                dir=params.dir,
+                resume=params.resume,
+                init_timeout=params.init_timeout,
+                step_metric=params.step_metric,
+                settings=params.settings or None,
+            )
+        except WandbInitError as exc:
+            warnings.warn(
+                f"distlog: {exc}. Logging goes on to the local run log {self.run_dir} only.",
+                stacklevel=2,
+            )
+            return [*super().make_sinks()]
+        self.wandb_sink = sink
+        _remember_run_id(self.run_dir, sink.run_id)
+        return [*super().make_sinks(), sink]
+
+
+_RUN_ID_FILE = "wandb-run.json"
+
+
+def _restarted_run_id(run_dir: Path) -> str | None:
+    """The wandb id of the first attempt when torchrun restarted this job (``--max-restarts``)."""
+    try:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        restarts = 0
+    if restarts <= 0:
+        return None
+    try:
+        value = json.loads((run_dir / _RUN_ID_FILE).read_text()).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _remember_run_id(run_dir: Path, run_id: str) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / _RUN_ID_FILE).write_text(json.dumps({"id": run_id}) + "\n")
+    except OSError as exc:
+        warnings.warn(f"distlog: could not record the wandb run id in {run_dir}: {exc}",
+                      stacklevel=2)

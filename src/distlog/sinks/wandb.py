@@ -1,0 +1,360 @@
+"""Weights & Biases: one run per job, written by the writer rank only.
+
+Only global rank 0 ever constructs a :class:`WandbSink`, so a multi-rank job makes exactly one
+wandb run and one run directory. Every metric is keyed to the trainer's global step
+(``define_metric("*", step_metric=...)``) and each call commits its row at once, so a job killed
+between flushes loses nothing already flushed. wandb's own ``step=`` is never passed: a step
+that goes backwards (a restart from an older checkpoint) is kept and warned about here, instead
+of being dropped by wandb with a warning few people read.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distlog.errors import DistlogError
+from distlog.media import Histogram, Images, Table, Videos
+
+if TYPE_CHECKING:
+    from distlog.media import MediaItem
+
+__all__ = ["WandbInitError", "WandbSink", "import_wandb", "MAX_HISTOGRAM_BINS"]
+
+MAX_HISTOGRAM_BINS = 512
+"""wandb refuses histograms with more bins; larger ones are merged down to fit."""
+
+
+class WandbInitError(DistlogError, RuntimeError):
+    """``wandb.init`` failed or did not finish in time. The caller can go on without wandb."""
+
+
+def import_wandb() -> Any:
+    """``import wandb``, or an ImportError that says which extra to install."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ImportError(
+            "the Weights & Biases backend needs the wandb package: "
+            "pip install 'distlog[wandb]'"
+        ) from exc
+    return wandb
+
+
+def _settings(
+    wandb: Any, init_timeout: float, user: Any
+) -> Any:
+    """Quiet defaults (no system-stats thread, no console capture) that the user may override."""
+    values: dict[str, Any] = {
+        "x_disable_stats": True,
+        "console": "off",
+        "init_timeout": float(init_timeout),
+    }
+    if user is None:
+        pass
+    elif isinstance(user, Mapping):
+        values.update(user)
+    elif isinstance(user, wandb.Settings):
+        values.update(user.model_dump(exclude_unset=True))
+    else:
+        raise TypeError(
+            f"WandbSink(settings=...) takes a dict or wandb.Settings, not {type(user).__name__}"
+        )
+    return wandb.Settings(**values)
+
+
+def _init_with_timeout(wandb: Any, kwargs: dict[str, Any], timeout: float) -> Any:
+    """``wandb.init(**kwargs)``, given up on after ``timeout`` seconds.
+
+    wandb's own ``init_timeout`` does not cover every way init can hang, and a hung init on the
+    writer holds every other rank in its next collective. init runs on a helper thread; if it
+    is abandoned and later succeeds, that run is finished at once so it does not linger.
+    """
+    result: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def target() -> None:
+        try:
+            run = wandb.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            result["error"] = exc
+            return
+        result["run"] = run
+        if abandoned.is_set():
+            try:
+                run.finish(exit_code=1)
+            except Exception:
+                pass
+
+    thread = threading.Thread(target=target, name="distlog-wandb-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        abandoned.set()
+        if "run" in result:  # finished between join's timeout and the flag
+            return result["run"]
+        raise WandbInitError(
+            f"wandb.init did not finish within {timeout:g}s (init_timeout); "
+            "continuing without wandb"
+        )
+    if "error" in result:
+        exc = result["error"]
+        raise WandbInitError(f"wandb.init failed: {type(exc).__name__}: {exc}") from exc
+    return result["run"]
+
+
+def _rebin(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge adjacent bins so at most ``max_bins`` remain; totals and outer edges are kept."""
+    n = len(counts)
+    if n <= max_bins:
+        return counts, edges
+    group = math.ceil(n / max_bins)
+    starts = np.arange(0, n, group)
+    merged = np.add.reduceat(counts, starts)
+    new_edges = np.append(edges[starts], edges[-1])
+    return merged, new_edges
+
+
+def _image_array(image: np.ndarray) -> np.ndarray:
+    """HWC uint8 as wandb wants it: a single channel becomes a 2-D grayscale image."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    return image
+
+
+class WandbSink:
+    """Writes the aggregated rows, media and config of one job to one wandb run.
+
+    Args:
+        project, entity, group, name, id, tags, dir, config: passed to ``wandb.init``.
+        mode: ``"online"``, ``"offline"`` or ``"disabled"``; None lets ``WANDB_MODE`` decide
+            (an explicit mode would override the user's environment).
+        resume: ``wandb.init``'s resume policy; with the same ``id`` a restarted job continues
+            the same run (offline: a new folder with the same id, uploaded in order by
+            ``wandb sync``).
+        init_timeout: seconds to wait for ``wandb.init`` before raising :class:`WandbInitError`.
+        step_metric: the metric every other metric is plotted against.
+        finish_timeout: seconds ``close`` waits for wandb to finish writing the ``.wandb`` file.
+        settings: extra ``wandb.Settings`` (a dict or a Settings object).
+
+    Raises:
+        ImportError: wandb is not installed (names the ``distlog[wandb]`` extra).
+        WandbInitError: ``wandb.init`` failed or timed out.
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        id: str | None = None,  # noqa: A002 - wandb's name for it
+        tags: Iterable[str] | None = None,
+        mode: str | None = None,
+        dir: str | Path | None = None,  # noqa: A002 - wandb's name for it
+        config: Mapping[str, Any] | None = None,
+        *,
+        resume: str | bool | None = "allow",
+        init_timeout: float = 90.0,
+        step_metric: str = "trainer/global_step",
+        finish_timeout: float = 30.0,
+        settings: Any = None,
+    ) -> None:
+        wandb = import_wandb()
+        self._wandb = wandb
+        self.step_metric = step_metric
+        self.finish_timeout = finish_timeout
+        if init_timeout <= 0:
+            raise ValueError(f"WandbSink(init_timeout={init_timeout!r}) must be positive")
+        kwargs: dict[str, Any] = {
+            "project": project,
+            "entity": entity,
+            "group": group,
+            "name": name,
+            "id": id,
+            "tags": list(tags) if tags is not None else None,
+            "config": dict(config) if config is not None else None,
+            "resume": resume if id is not None else None,
+            "settings": _settings(wandb, init_timeout, settings),
+        }
+        if mode is not None:
+            kwargs["mode"] = mode
+        if dir is not None:
+            Path(dir).mkdir(parents=True, exist_ok=True)
+            kwargs["dir"] = str(dir)
+        self.run: Any = _init_with_timeout(wandb, kwargs, init_timeout)
+        self._closed = False
+        self.run.define_metric(step_metric)
+        self.run.define_metric("*", step_metric=step_metric, step_sync=True)
+        self._last_step: int | None = self._previous_last_step()
+
+    # -- where things are ------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run.id)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder (``.../wandb/offline-run-<time>-<id>``); None when disabled."""
+        sync_dir = getattr(self.run.settings, "sync_dir", None)
+        return Path(sync_dir) if sync_dir else None
+
+    def _previous_last_step(self) -> int | None:
+        """The last step a previous start of this run logged, to catch a step going backwards.
+
+        Online, wandb restores the summary of a resumed run; offline, earlier starts are earlier
+        folders with the same id next to this one, read with :mod:`distlog.wandb_offline`.
+        """
+        try:
+            value = self.run.summary.get(self.step_metric)
+        except Exception:
+            value = None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return int(value)
+        run_dir = self.run_dir
+        if run_dir is None or not self.run.settings._offline:
+            return None
+        from distlog.wandb_offline import find_run_dirs, last_logged_step, read_run
+
+        earlier = [
+            d for d in find_run_dirs(run_dir.parent, self.run_id) if d.resolve() != run_dir.resolve()
+        ]
+        if not earlier:
+            return None
+        try:
+            return last_logged_step([read_run(d) for d in earlier], self.step_metric)
+        except Exception as exc:  # an unreadable old folder must not stop a new run
+            warnings.warn(
+                f"wandb run {self.run_id}: could not read earlier offline folders ({exc})",
+                stacklevel=2,
+            )
+            return None
+
+    # -- the Sink protocol -------------------------------------------------------------------
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"WandbSink.{what} called after close (run {self.run_id})")
+
+    def _note_step(self, step: int) -> None:
+        last = self._last_step
+        if last is not None and step < last:
+            warnings.warn(
+                f"wandb run {self.run_id}: {self.step_metric} went back from {last} to {step} "
+                f"(a restart from an older checkpoint?). The rows are kept; steps {step}..{last} "
+                f"now appear twice when plotted against {self.step_metric}.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._last_step = step
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        self._check_open("log_scalars")
+        self._note_step(step)
+        row: dict[str, Any] = {key: float(value) for key, value in values.items()}
+        row[self.step_metric] = int(step)
+        self.run.log(row, commit=True)
+
+    def log_media(self, step: int, key: str, item: MediaItem) -> None:
+        self._check_open("log_media")
+        self._note_step(step)
+        self.run.log({key: self.to_wandb(item), self.step_metric: int(step)}, commit=True)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        self._check_open("log_config")
+        self.run.config.update(dict(config), allow_val_change=True)
+
+    def close(self, exit_code: int = 0) -> None:
+        """Finish the run and wait until wandb has written its exit record (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        run_dir = self.run_dir
+        self.run.finish(exit_code=int(exit_code))
+        if run_dir is None or self.run.settings.mode == "disabled":
+            return
+        self._wait_for_exit_record(run_dir)
+
+    def _wait_for_exit_record(self, run_dir: Path) -> None:
+        """``finish`` may return before the ``.wandb`` file holds the exit record; wait for it."""
+        from distlog.wandb_offline import has_exit_record
+
+        deadline = time.monotonic() + self.finish_timeout
+        delay = 0.01
+        while time.monotonic() < deadline:
+            try:
+                if has_exit_record(run_dir):
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        warnings.warn(
+            f"wandb run {self.run_id}: the exit record did not reach {run_dir} within "
+            f"{self.finish_timeout:g}s; the run may show as crashed after sync",
+            stacklevel=3,
+        )
+
+    # -- beyond the protocol -----------------------------------------------------------------
+
+    def watch(self, models: Any, log: str | None = "gradients", log_freq: int = 1000) -> None:
+        """Log gradients and/or parameters of ``models`` every ``log_freq`` backward passes.
+
+        DDP/FSDP wrappers are unwrapped so parameter names match the plain model.
+        """
+        self._check_open("watch")
+        items = list(models) if isinstance(models, (list, tuple)) else [models]
+        plain = [getattr(m, "module", m) for m in items]
+        self.run.watch(plain, log=log, log_freq=log_freq)
+
+    def log_code(self, root: str | Path = ".", name: str | None = None) -> Any:
+        """Save the ``.py`` files under ``root`` as the run's code artifact."""
+        self._check_open("log_code")
+        return self.run.log_code(root=str(root), name=name)
+
+    def to_wandb(self, item: MediaItem) -> Any:
+        """A distlog media item as the wandb object (or list of objects) that displays it."""
+        wandb = self._wandb
+        if isinstance(item, Images):
+            captions: list[str | None] = list(item.captions or [])
+            captions += [None] * (len(item.images) - len(captions))
+            return [
+                wandb.Image(_image_array(img), caption=cap)
+                for img, cap in zip(item.images, captions, strict=False)
+            ]
+        if isinstance(item, Videos):
+            out = []
+            for video in item.videos:
+                frames = video.frames
+                if frames.shape[-1] == 1:
+                    frames = np.repeat(frames, 3, axis=-1)
+                out.append(
+                    wandb.Video(
+                        np.ascontiguousarray(frames.transpose(0, 3, 1, 2)),  # THWC -> TCHW
+                        caption=video.caption,
+                        fps=max(1, round(video.fps)),
+                        format=video.format,
+                    )
+                )
+            return out
+        if isinstance(item, Histogram):
+            counts, edges = _rebin(
+                np.asarray(item.counts), np.asarray(item.edges, dtype=np.float64),
+                MAX_HISTOGRAM_BINS,
+            )
+            return wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))
+        if isinstance(item, Table):
+            rows = [
+                [wandb.Image(_image_array(c)) if isinstance(c, np.ndarray) else c for c in row]
+                for row in item.rows
+            ]
+            return wandb.Table(columns=list(item.columns), data=rows)
+        raise TypeError(f"WandbSink cannot log a {type(item).__name__}")

@@ -1,0 +1,238 @@
+"""WandbSink on its own (one process): real wandb offline, read back from the .wandb file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from wandb_helpers import apply_wandb_env, reset_wandb
+
+from distlog.media import Histogram, Images, Table, Video, Videos
+from distlog.wandb_offline import find_run_dirs, has_exit_record, read_run, read_runs
+
+wandb = pytest.importorskip("wandb")
+from distlog.sinks.wandb import WandbInitError, WandbSink, _rebin  # noqa: E402
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    yield apply_wandb_env(monkeypatch, tmp_path)
+    reset_wandb()
+
+
+def test_rows_config_and_exit_code_read_back(env):
+    rng = np.random.default_rng(1)
+    sink = WandbSink(project="p", group="g", name="n", tags=["a", "b"], config={"lr": 0.5})
+    assert isinstance(sink, __import__("distlog").Sink)
+    written = {}
+    for step in (5, 10, 15, 20):
+        row = {"train/loss": float(rng.normal()), "data/tokens": float(rng.integers(1, 1000))}
+        sink.log_scalars(step, row)
+        written[step] = row
+    sink.log_config({"model": {"layers": 3}, "lr": 0.25})
+    run_dir = sink.run_dir
+    sink.close(exit_code=3)
+    sink.close(exit_code=0)  # idempotent: the first exit code stands
+
+    assert find_run_dirs(env["WANDB_DIR"]) == [run_dir]
+    run = read_run(run_dir)  # read at once: close waited for the exit record
+    assert run.exit_code == 3
+    assert (run.project, run.group, run.name, run.tags) == ("p", "g", "n", ["a", "b"])
+    assert run.config == {"lr": 0.25, "model": {"layers": 3}}
+    assert run.rows_by_step() == written
+    assert run.metrics["*"]["step_metric"] == "trainer/global_step"
+    with pytest.raises(RuntimeError, match="after close"):
+        sink.log_scalars(25, {"x": 1.0})
+
+
+def test_close_leaves_a_complete_file_every_time(env):
+    """wandb's finish can return before the exit record is written; close must not."""
+    for i in range(4):
+        sink = WandbSink(project="p")
+        sink.log_scalars(i, {"v": float(i)})
+        run_dir = sink.run_dir
+        sink.close(exit_code=i)
+        assert has_exit_record(run_dir)
+        assert read_run(run_dir).exit_code == i
+
+
+def test_media_conversion(env):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)
+    frames = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    values = rng.normal(size=5000)
+    counts, edges = np.histogram(values, bins=2000)  # more than wandb's 512
+
+    sink = WandbSink(project="media")
+    sink.log_scalars(7, {"x": 1.0})
+    sink.log_media(7, "val/images", Images([rgb, gray], captions=["rgb", "gray"]))
+    sink.log_media(7, "val/videos", Videos([Video(frames, fps=3, format="gif", caption="v0")]))
+    sink.log_media(7, "w/hist", Histogram(counts, edges))
+    sink.log_media(8, "val/table", Table(["image", "label", "p"], [[rgb, "cat", 0.9],
+                                                                   [gray, "dog", 0.1]]))
+    run_dir = sink.run_dir
+    sink.close()
+
+    row = read_run(run_dir).rows_by_step()
+    images = row[7]["val/images"]
+    assert images["_type"] == "images/separated" and images["count"] == 2
+    assert images["captions"] == ["rgb", "gray"]
+    for entry in images["filenames"]:
+        assert (run_dir / "files" / entry).is_file()
+    from PIL import Image
+
+    first = np.asarray(Image.open(run_dir / "files" / images["filenames"][0]))
+    np.testing.assert_array_equal(first, rgb)  # uint8 pixels unchanged (png is lossless)
+
+    video = row[7]["val/videos"]["videos"][0]
+    assert video["caption"] == "v0" and video["path"].endswith(".gif")
+    assert (run_dir / "files" / video["path"]).is_file()
+
+    hist = row[7]["w/hist"]
+    assert hist["_type"] == "histogram"
+    assert len(hist["values"]) <= 512
+    assert sum(hist["values"]) == counts.sum()
+    assert hist["bins"][0] == pytest.approx(edges[0]) and hist["bins"][-1] == pytest.approx(edges[-1])
+
+    table = row[8]["val/table"]
+    assert table["_type"] == "table-file" and table["ncols"] == 3 and table["nrows"] == 2
+
+
+def test_rebin_keeps_totals_and_outer_edges():
+    rng = np.random.default_rng(3)
+    for bins in (1, 511, 512, 513, 1024, 2000, 4097):
+        counts = rng.integers(0, 50, bins)
+        edges = np.sort(rng.normal(size=bins + 1))
+        merged, new_edges = _rebin(counts, edges, 512)
+        assert len(merged) <= 512 and len(new_edges) == len(merged) + 1
+        assert merged.sum() == counts.sum()
+        assert new_edges[0] == edges[0] and new_edges[-1] == edges[-1]
+        assert set(new_edges.tolist()) <= set(edges.tolist())
+
+
+def test_mode_none_lets_wandb_mode_decide(env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sink = WandbSink(project="p")
+    sink.log_scalars(1, {"x": 1.0})
+    sink.close()
+    assert find_run_dirs(env["WANDB_DIR"]) == []
+    # an explicit mode beats the environment
+    sink = WandbSink(project="p", mode="offline")
+    sink.log_scalars(1, {"x": 2.0})
+    run_dir = sink.run_dir
+    sink.close()
+    assert read_run(run_dir).values("x") == {1: 2.0}
+
+
+def test_init_failure_is_a_wandb_init_error(env):
+    # online with no API key and no network: wandb refuses at once
+    with pytest.raises(WandbInitError, match="wandb.init failed"):
+        WandbSink(project="p", mode="online", init_timeout=30)
+
+
+def test_init_timeout_is_a_wandb_init_error_and_leaves_no_open_run(env):
+    # An offline init takes ~1 s here: a 1 ms budget is a real init that is too slow.
+    start = time.monotonic()
+    with pytest.raises(WandbInitError, match="did not finish within"):
+        WandbSink(project="slow", init_timeout=0.001)
+    assert time.monotonic() - start < 1.0
+    # the abandoned init finishes its run in the background, with a failure exit code
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        dirs = find_run_dirs(env["WANDB_DIR"])
+        if dirs and has_exit_record(dirs[0]):
+            break
+        time.sleep(0.1)
+    [abandoned] = find_run_dirs(env["WANDB_DIR"])
+    assert read_run(abandoned).exit_code == 1
+    # and a new sink works afterwards
+    sink = WandbSink(project="p")
+    sink.log_scalars(1, {"x": 1.0})
+    sink.close()
+
+
+def test_missing_wandb_names_the_extra(tmp_path):
+    code = (
+        "import sys; sys.modules['wandb'] = None\n"
+        "from distlog.sinks.wandb import WandbSink\n"
+        "try:\n    WandbSink(project='p')\n"
+        "except ImportError as e:\n    print('IMPORT-ERROR:', e)\n"
+    )
+    from dist_harness import subprocess_env
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=60)
+    assert "IMPORT-ERROR:" in out.stdout, out.stderr
+    assert "distlog[wandb]" in out.stdout
+
+
+def test_resume_same_id_continues_and_warns_when_step_goes_back(env):
+    first = WandbSink(project="p", id="resume1")
+    for step in (10, 20, 30):
+        first.log_scalars(step, {"loss": step / 10})
+    first.close()
+
+    # restart from a checkpoint taken at step 20: the next flush is at 25 < 30
+    second = WandbSink(project="p", id="resume1")
+    with pytest.warns(UserWarning, match=r"went back from 30 to 25"):
+        second.log_scalars(25, {"loss": 9.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # going forward again: no more warnings
+        second.log_scalars(35, {"loss": 8.0})
+    second.close()
+
+    # a restart from the last step logged: no warning
+    third = WandbSink(project="p", id="resume1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third.log_scalars(40, {"loss": 7.0})
+    third.close()
+
+    runs = read_runs(env["WANDB_DIR"], "resume1")
+    assert [r.run_id for r in runs] == ["resume1"] * 3
+    assert [r.values("loss") for r in runs] == [
+        {10: 1.0, 20: 2.0, 30: 3.0}, {25: 9.0, 35: 8.0}, {40: 7.0}
+    ]  # every row kept, nothing dropped
+
+
+def test_watch_and_log_code(env, tmp_path):
+    import torch
+
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "train.py").write_text("print('hello')\n")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    sink = WandbSink(project="p")
+    sink.watch([model], log="all", log_freq=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sink.log_scalars(step, {"loss": loss.item()})
+    artifact = sink.log_code(code_dir)
+    run_dir = sink.run_dir
+    sink.close()
+    assert artifact is not None
+    keys = set().union(*(row.keys() for row in read_run(run_dir).history))
+    assert any(k.startswith("gradients/0.weight") for k in keys), sorted(keys)
+    assert any(k.startswith("parameters/0.weight") for k in keys), sorted(keys)
+
+
+def test_bad_arguments(env):
+    with pytest.raises(ValueError, match="init_timeout"):
+        WandbSink(project="p", init_timeout=0)
+    with pytest.raises(TypeError, match="settings"):
+        WandbSink(project="p", settings=42)
+    sink = WandbSink(project="p", settings={"x_disable_stats": True})
+    with pytest.raises(TypeError, match="cannot log a str"):
+        sink.log_media(1, "k", "not media")  # type: ignore[arg-type]
+    sink.close()
+    assert Path(sink.run_dir).is_dir()

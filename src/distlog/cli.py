@@ -301,7 +301,7 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
         title = key if not ks.non_finite else f"{key}  ({ks.non_finite} non-finite)"
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=8, labelbottom=True)  # sharex would hide them above
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(chosen) :]:
         ax.set_visible(False)

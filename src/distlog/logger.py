@@ -115,8 +115,9 @@ class Logger:
         sinks: backends to write to (on global rank 0 only). A JSONL sink for ``run_dir`` is
             added unless one is already in the list or ``run_dir`` is None and sinks are given.
         group: process group to aggregate over (default: the whole world).
-        mesh, mesh_dim: aggregate over one dimension of a ``DeviceMesh`` instead, e.g. the
-            data-parallel one, so tensor-parallel replicas are not counted twice.
+        mesh: aggregate over one dimension of this ``DeviceMesh`` instead of ``group``, e.g.
+            the data-parallel one, so tensor-parallel replicas are not counted twice.
+        mesh_dim: that dimension of ``mesh``, by name or index.
         console: also print a compact line per flush on rank 0.
         async_write: run sink calls on a writer thread (default). Off, they run inline.
         timeout: seconds a flush waits for the other ranks before raising

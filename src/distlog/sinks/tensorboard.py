@@ -137,7 +137,9 @@ class TensorBoardSink:
             written row (the writer thread pays for it, not the training loop).
         purge_step: when resuming a run at this step, TensorBoard hides events with a step at or
             after it that the interrupted run wrote, so curves do not double back.
-        flush_secs, max_queue, filename_suffix: passed to ``SummaryWriter``.
+        flush_secs: passed to ``SummaryWriter``: how often its thread flushes by itself.
+        max_queue: passed to ``SummaryWriter``: events held before a flush is forced.
+        filename_suffix: passed to ``SummaryWriter``.
     """
 
     def __init__(

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorboard")
-pytest.importorskip("distlog.mixins", reason="distlog.mixins (LoggerMixin) has not landed")
 from dist_harness import run_ranks  # noqa: E402
-from distlog.mixins import LoggerConfigMixin, LoggingParameters  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
     EventAccumulator,
 )
 
 import distlog  # noqa: E402
 from distlog.media import Images  # noqa: E402
+from distlog.mixins import LoggerConfigMixin, LoggingParameters  # noqa: E402
 from distlog.tensorboard_mixin import TensorBoardLoggerMixin  # noqa: E402
 
 STEPS = 6

@@ -140,8 +140,9 @@ def load_run(run_dir: str | Path) -> RunSummary:
         summary.rows += 1
         summary.first_step = step if summary.first_step is None else min(summary.first_step, step)
         summary.last_step = step if summary.last_step is None else max(summary.last_step, step)
-        stamp = row.get("time")
-        if _is_number(stamp):
+        raw_time = row.get("time")
+        if isinstance(raw_time, int | float) and not isinstance(raw_time, bool):
+            stamp = float(raw_time)
             first, last = summary.first_time, summary.last_time
             summary.first_time = stamp if first is None else min(first, stamp)
             summary.last_time = stamp if last is None else max(last, stamp)

@@ -257,3 +257,36 @@ def test_demo_then_show_and_plot(tmp_path, capsys):
     assert float(table["train/loss"][0]) == pytest.approx(rows[-1]["train/loss"], rel=1e-5)
     assert table["train/samples"][3] == "4"
     assert main(["plot", str(run_dir), "-o", str(tmp_path / "c.png"), "--keys", "train/*"]) == 0
+
+
+def test_long_series_are_drawn_as_an_envelope_that_keeps_spikes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distlog.cli import PLOT_MAX_POINTS, _draw_envelope
+
+    n = 3 * PLOT_MAX_POINTS
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=n)
+    values[1234] = 50.0  # one spike
+    values[5000] = -40.0
+    values[777] = math.nan
+    fig, ax = plt.subplots()
+    _draw_envelope(ax, np.arange(n, dtype=float), values)
+    drawn = [line.get_ydata() for line in ax.get_lines()]
+    assert max(np.nanmax(y) for y in drawn) == 50.0
+    assert min(np.nanmin(y) for y in drawn) == -40.0
+    mean_line = drawn[-1]
+    assert len(mean_line) < n and np.nanmean(mean_line) == pytest.approx(
+        np.nanmean(values), abs=0.05
+    )
+    plt.close(fig)
+
+    sink = JsonlSink(tmp_path / "long")
+    for step in range(n):
+        sink.log_scalars(step, {"loss": float(values[step])})
+    sink.close()
+    assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "long.png")]) == 0
+    assert (tmp_path / "long.png").stat().st_size > 1000

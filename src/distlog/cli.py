@@ -19,10 +19,13 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from distlog import runlog
 
@@ -38,23 +41,33 @@ class KeySummary:
     """What one key did over the run. ``min``/``max`` ignore non-finite values."""
 
     key: str
+    steps_logged: list[int] = field(default_factory=list, repr=False)
+    values: list[float] = field(default_factory=list, repr=False)
     last: float = math.nan
     last_step: int = 0
     min: float = math.inf
     max: float = -math.inf
     steps: int = 0
     non_finite: int = 0
-    series: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
-    def add(self, step: int, value: float) -> None:
-        self.series.append((step, value))
-        self.steps += 1
-        self.last, self.last_step = value, step
-        if math.isfinite(value):
-            self.min = min(self.min, value)
-            self.max = max(self.max, value)
-        else:
-            self.non_finite += 1
+    @property
+    def series(self) -> list[tuple[int, float]]:
+        return list(zip(self.steps_logged, self.values, strict=True))
+
+    def finalise(self) -> None:
+        """Compute the statistics from the collected values (vectorised: runs can be long)."""
+        import numpy as np
+
+        values = np.asarray(self.values, dtype=np.float64)
+        self.steps = int(values.size)
+        if not values.size:
+            return
+        self.last, self.last_step = float(values[-1]), self.steps_logged[-1]
+        finite = np.isfinite(values)
+        self.non_finite = int(values.size - finite.sum())
+        if finite.any():
+            self.min = float(values[finite].min())
+            self.max = float(values[finite].max())
 
 
 @dataclass
@@ -133,6 +146,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
     if not rows:
         raise CliError(f"{metrics} holds no complete row (cut short while the first was written)")
 
+    keys = summary.keys
     for number, row in enumerate(rows, start=1):
         step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
@@ -152,9 +166,15 @@ def load_run(run_dir: str | Path) -> RunSummary:
                 summary.media[key] = summary.media.get(key, 0) + 1
             continue
         for key, value in row.items():
-            if key in ("step", "time") or not _is_number(value):
-                continue
-            summary.keys.setdefault(key, KeySummary(key)).add(step, float(value))
+            kind = type(value)
+            if (kind is float or kind is int) and key != "step" and key != "time":
+                ks = keys.get(key)
+                if ks is None:
+                    ks = keys[key] = KeySummary(key)
+                ks.steps_logged.append(step)
+                ks.values.append(value)
+    for ks in keys.values():
+        ks.finalise()
 
     meta_path = path / runlog.RUN_FILE
     if meta_path.is_file():
@@ -259,6 +279,30 @@ def _select_keys(summary: RunSummary, patterns: Sequence[str] | None) -> list[st
     return chosen
 
 
+PLOT_MAX_POINTS = 4000
+"""Longer series are drawn as a band (min to max per bucket) around the bucket means."""
+
+
+def _draw_envelope(ax: Any, steps: Any, values: Any, buckets: int = 1000) -> None:
+    """Every point of a long series in ``buckets`` columns: spikes stay visible, drawing is fast."""
+    edges = np.linspace(0, len(steps), buckets + 1).astype(int)
+    starts = edges[:-1]
+    x = steps[np.minimum(starts + (edges[1:] - starts) // 2, len(steps) - 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN buckets stay holes
+        finite = np.isfinite(values)
+        totals = np.add.reduceat(np.where(finite, values, 0.0), starts)
+        counts = np.add.reduceat(finite.astype(np.float64), starts)
+        mean = np.where(counts > 0, totals / np.maximum(counts, 1.0), np.nan)
+        low = np.fmin.reduceat(values, starts)
+        high = np.fmax.reduceat(values, starts)
+    ax.fill_between(x, low, high, color="tab:blue", alpha=0.25, linewidth=0, label="min-max")
+    for edge in (low, high):  # thin outlines keep single-point spikes visible
+        ax.plot(x, edge, "-", linewidth=0.6, color="tab:blue", alpha=0.5)
+    ax.plot(x, mean, "-", linewidth=1.2, color="tab:blue", label=f"mean of {len(steps)} points")
+    ax.legend(fontsize=7, loc="best")
+
+
 def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = None) -> list[str]:
     """Draw one panel per key (step on x) into ``output``; returns the keys drawn."""
     chosen = _select_keys(summary, keys)
@@ -283,15 +327,19 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
     )
     for ax, key in zip(axes.flat, chosen, strict=False):
         ks = summary.keys[key]
-        steps = [s for s, _ in ks.series]
-        values = [v if math.isfinite(v) else math.nan for _, v in ks.series]
-        style = "o-" if len(steps) <= 30 else "-"
-        ax.plot(steps, values, style, markersize=3, linewidth=1.4, color="tab:blue")
-        bad = [s for s, v in ks.series if not math.isfinite(v)]
-        if bad:  # mark where the curve has holes: NaN or infinite values
+        steps = np.asarray(ks.steps_logged, dtype=np.float64)
+        values = np.asarray(ks.values, dtype=np.float64)
+        finite = np.isfinite(values)
+        shown = np.where(finite, values, np.nan)  # holes where values are NaN or infinite
+        if len(steps) > PLOT_MAX_POINTS:
+            _draw_envelope(ax, steps, shown)
+        else:
+            style = "o-" if len(steps) <= 30 else "-"
+            ax.plot(steps, shown, style, markersize=3, linewidth=1.4, color="tab:blue")
+        if not finite.all():  # mark where the curve has holes
             ax.plot(
-                bad,
-                [0.02] * len(bad),
+                steps[~finite],
+                np.full(int((~finite).sum()), 0.02),
                 "x",
                 color="tab:red",
                 markersize=6,

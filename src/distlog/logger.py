@@ -82,6 +82,7 @@ class _WriterThread:
 
     def __init__(self, maxsize: int) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=maxsize)
+        self.errors: list[Exception] = []
         self._thread = threading.Thread(target=self._run, name="distlog-writer", daemon=True)
         self._thread.start()
 
@@ -92,6 +93,16 @@ class _WriterThread:
                 if job is None:
                     return
                 job()
+            except Exception as exc:
+                # A failed job (a decode error, a warning turned into an error by -W error) must
+                # not end the thread: every later wait() and finish() would block forever.
+                self.errors.append(exc)
+                try:
+                    warnings.warn(
+                        f"distlog: writing a row failed: {type(exc).__name__}: {exc}", stacklevel=1
+                    )
+                except Exception:
+                    print(f"distlog: writing a row failed: {exc!r}", file=sys.stderr)
             finally:
                 self._queue.task_done()
 

@@ -322,7 +322,7 @@ class Logger:
     def _media_comm(self) -> dict[str, Any]:
         if self._closed:
             self._raise_closed()
-        return {"group": getattr(self._agg, "_ctrl", None), "timeout": self._agg.timeout}
+        return {"group": self._agg.control_group, "timeout": self._agg.timeout}
 
     def log_images(
         self,

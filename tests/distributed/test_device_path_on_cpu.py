@@ -3,7 +3,9 @@
 CPU tensors are folded into the host accumulators at the call (``Aggregator.fold_host_tensors``),
 so the random scenarios of test_aggregation_dist.py no longer reach ``_add_tensor_samples`` on
 CPU. Here the same scenarios run with the fold turned off, so every tensor kind is buffered as a
-device tensor would be, and the rows must still match the reference built from raw inputs.
+device tensor would be, and the flush uses the protocol of device payloads (a control
+all_gather, then reduces to rank 0) instead of the fused all_reduce of host payloads. The rows
+must still match the reference built from raw inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import distlog
 def play_buffered(rank: int, scenario, run_root: str, fold: bool):
     logger = distlog.Logger(run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore")
     logger._agg.fold_host_tensors = fold
+    if not fold:  # and the protocol device payloads use: control all_gather, then reduce
+        logger._agg.protocol = "control"
     rows, buffered = [], 0
     for step, per_rank in enumerate(scenario):
         for key, value, red, weight, kind in per_rank[rank]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distlog.errors import LoggerClosedError
 from distlog.logger import Logger
 from distlog.world import World, init_distributed
 
@@ -321,7 +322,9 @@ class LoggerMixin(AbstractTrainer):
         if logger is None:
             return []
         if logger.closed:
-            logger._raise_closed()
+            raise LoggerClosedError(
+                "this trainer's logger is finished; log_model/log_code need an open one"
+            )
         return [s for s in logger.sinks if callable(getattr(s, method, None))]
 
     def finish(self, exit_code: int = 0) -> None:

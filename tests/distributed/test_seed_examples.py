@@ -138,6 +138,17 @@ def test_image_video_histogram_plot_and_model_tracking(job):
     assert {"parameters/embeddings.weight", "gradients/embeddings.weight"} <= keys  # watch
 
 
+def test_media_also_reach_the_local_run_log(job):
+    root, _ = job
+    from distlog.runlog import iter_rows
+
+    media = {}
+    for row in iter_rows(root / "local" / "examples"):
+        media.update(row.get("media", {}))
+    assert {"val/predictions", "val/attention_maps", "val/generated_videos",
+            "weights/embeddings.weight", "training/loss_curve"} <= set(media)
+
+
 def test_best_practices_and_table(job):
     root, runs = job
     run = runs["best"]

@@ -269,6 +269,123 @@ class Logger:
         if self.world.is_global_zero:
             self._media.append((key, item))
 
+    # ------------------------------------------------------------------------ media (distlog.media)
+    # ranks=0 (default): rank 0's media, no communication. Any other ranks= is a gathering call
+    # that every rank of the group must make; it runs over the logger's gloo control group (so
+    # pixels stay on the host) with the logger's timeout. Encoding happens in the sinks.
+    def _media_comm(self) -> dict[str, Any]:
+        if self._closed:
+            self._raise_closed()
+        return {"group": getattr(self._agg, "_ctrl", None), "timeout": self._agg.timeout}
+
+    def log_images(
+        self,
+        images: Any,
+        caption: Any = None,
+        desc: str | None = None,
+        *,
+        ranks: Any = 0,
+        value_range: tuple[float, float] | None = None,
+        captions: Any = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Log a (B, C, H, W) / (C, H, W) tensor, HWC arrays, or a list of images under ``desc``.
+
+        Floats in [0, 1] or [-1, 1] are scaled to uint8 (or pass ``value_range=(lo, hi)``);
+        see :mod:`distlog.media` for the rule and for ``ranks=``.
+        """
+        from distlog import media
+
+        comm = self._media_comm()
+        key = desc or "images"
+        item = media.collect_images(
+            self.world, images, caption, desc=key, ranks=ranks, value_range=value_range,
+            captions=captions, max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            **comm,
+        )
+        if item is not None:
+            self.log_media(key, item)
+
+    def log_videos(
+        self,
+        videos: Any,
+        caption: Any = None,
+        desc: str | None = None,
+        *,
+        fps: float = 4,
+        format: str = "gif",
+        ranks: Any = 0,
+        value_range: tuple[float, float] | None = None,
+        captions: Any = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Log a (B, C, T, H, W) / (C, T, H, W) tensor of videos as GIF or MP4."""
+        from distlog import media
+
+        comm = self._media_comm()
+        key = desc or "videos"
+        item = media.collect_videos(
+            self.world, videos, caption, desc=key, fps=fps, format=format,  # type: ignore[arg-type]
+            ranks=ranks, value_range=value_range, captions=captions,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+        )
+        if item is not None:
+            self.log_media(key, item)
+
+    def log_plot(
+        self, figure: Any, desc: str | None = None, *, ranks: Any = 0,
+        caption: str | None = None, max_bytes: int | None = None,
+    ) -> None:
+        """Log a matplotlib figure as an image (rendered with Agg); the figure is closed."""
+        from distlog import media
+
+        comm = self._media_comm()
+        key = desc or "plot"
+        item = media.collect_plot(
+            self.world, figure, desc=key, caption=caption, ranks=ranks,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+        )
+        if item is not None:
+            self.log_media(key, item)
+
+    def log_histogram(
+        self, values: Any, desc: str | None = None, *, bins: int = 64, ranks: Any = 0
+    ) -> None:
+        """Log the histogram of ``values``: rank 0's (default), the chosen ranks' together, or a
+        sharded DTensor's (each element once). Communication grows with ``bins`` only."""
+        from distlog import media
+
+        comm = self._media_comm()
+        key = desc or "histogram"
+        item = media.collect_histogram(self.world, values, desc=key, bins=bins, ranks=ranks, **comm)
+        if item is not None:
+            self.log_media(key, item)
+
+    def log_table(
+        self,
+        columns: Any,
+        data: Any,
+        desc: str | None = None,
+        *,
+        ranks: Any = 0,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Log a table; cells are numbers, strings, None or images. Gathered rows come in rank
+        order with a leading ``rank`` column."""
+        from distlog import media
+
+        comm = self._media_comm()
+        key = desc or "table"
+        item = media.collect_table(
+            self.world, columns, data, desc=key, ranks=ranks,
+            max_rows=media.DEFAULT_MAX_ROWS if max_rows is None else max_rows,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+        )
+        if item is not None:
+            self.log_media(key, item)
+    # ------------------------------------------------------------------------ end of media
+
     def log_config(self, config: Any, *, redact: bool = True) -> dict[str, Any]:
         """Record the run's configuration (a dataclass or nested mapping) in every sink.
 

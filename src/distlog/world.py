@@ -77,8 +77,13 @@ class World:
 
     @property
     def comm_device(self) -> torch.device:
-        """Where the fused payload lives: the GPU for NCCL, the host for gloo and worlds of one."""
-        if self.backend is not None and "nccl" in self.backend and self.device.type == "cuda":
+        """Where the fused payload lives.
+
+        The GPU with NCCL, and in a world of one on a GPU (no communication, so nothing forces
+        the host): the training thread then never waits for the device. The host with gloo,
+        whose collectives run on host memory.
+        """
+        if self.device.type == "cuda" and (self.backend is None or "nccl" in self.backend):
             return self.device
         return torch.device("cpu")
 

@@ -1,0 +1,256 @@
+"""The distlog command: show, plot, demo; bad input gives one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dist_harness import subprocess_env
+
+from distlog import runlog
+from distlog.cli import load_run, main
+from distlog.sinks.jsonl import JsonlSink
+
+
+def write_run(run_dir: Path, seed: int = 0) -> dict[str, list[tuple[int, float]]]:
+    """A run written by the real JsonlSink; returns what was written, by key."""
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[tuple[int, float]]] = {"train/loss": [], "train/lr": [], "val/acc": []}
+    sink = JsonlSink(run_dir)
+    sink.log_config({"lr": 0.1, "model": {"layers": 2}})
+    for step in range(0, 200, 10):
+        row = {
+            "train/loss": float(2.0 * math.exp(-step / 60) + rng.normal(0, 0.05)),
+            "train/lr": 0.1 * (1 - step / 200),
+        }
+        if step % 50 == 0:
+            row["val/acc"] = float(1 - math.exp(-step / 80) + rng.normal(0, 0.01))
+        if step == 120:
+            row["train/loss"] = math.nan
+        sink.log_scalars(step, row)
+        for key, value in row.items():
+            written[key].append((step, value))
+    sink.close()
+    # a media row as JsonlSink writes them: it is counted, not summarised as a scalar
+    with (run_dir / runlog.METRICS_FILE).open("a") as fh:
+        fh.write(runlog.encode_row({"step": 190, "time": 1.0, "media": {"val/img": {}}}) + "\n")
+    return written
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distlog.cli", *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("key "))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_show_summarises_every_key(tmp_path, capsys):
+    written = write_run(tmp_path / "run")
+    assert main(["show", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    rows = table_rows(out.out)
+    assert set(rows) == set(written)
+    for key, series in written.items():
+        finite = [v for _, v in series if math.isfinite(v)]
+        last, low, high, steps = rows[key][:4]
+        assert float(last) == pytest.approx(series[-1][1], rel=1e-5)
+        assert float(low) == pytest.approx(min(finite), rel=1e-5)
+        assert float(high) == pytest.approx(max(finite), rel=1e-5)
+        assert int(steps) == len(series)
+        assert int(rows[key][4]) == series[-1][0]  # last step
+    assert rows["train/loss"][5] == "1"  # the NaN row is counted as non-finite
+    assert "rows: 21" in out.out and "steps: 0 .. 190" in out.out
+    assert "val/img" in out.out and "config:" in out.out and "time:" in out.out
+
+
+def test_load_run_matches_what_was_written(tmp_path):
+    written = write_run(tmp_path)
+    summary = load_run(tmp_path)
+    for key, series in written.items():
+        got = summary.keys[key].series
+        assert [s for s, _ in got] == [s for s, _ in series]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in series])
+    assert summary.media == {"val/img": 1}
+
+
+def test_show_as_a_command(tmp_path):
+    write_run(tmp_path)
+    done = run_cli("show", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "train/loss" in done.stdout and done.stderr == ""
+
+
+def bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing"] = (tmp_path / "nope", "no such directory")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("hi")
+    cases["file"] = (a_file, "not a directory")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("x")
+    cases["foreign"] = (foreign, "not a distlog run directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    cases["empty"] = (empty, "is empty")
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "metrics.jsonl").write_text('{"step": 0, "time": 1.0, "a"')
+    cases["truncated"] = (torn, "no complete row")
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "metrics.jsonl").write_bytes(bytes(range(256)) * 4 + b"\n")
+    cases["binary"] = (binary, "is not text")
+    other_json = tmp_path / "other"
+    other_json.mkdir()
+    (other_json / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n')
+    cases["foreign_json"] = (other_json, "no integer 'step'")
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "metrics.jsonl").write_text('{"step": 0, "a": 1}\nnot json\n{"step": 1, "a": 2}\n')
+    cases["garbled"] = (garbled, ":2: not a JSON line")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "file", "foreign", "empty", "truncated", "binary", "foreign_json", "garbled"],
+)
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_bad_directories(tmp_path, capsys, case, command):
+    path, message = bad_dirs(tmp_path)[case]
+    extra = ["-o", str(tmp_path / "out.png")] if command == "plot" else []
+    assert main([command, str(path), *extra]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert message in out.err and str(path) in out.err
+    assert "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_bad_directory_as_a_command_has_no_traceback(tmp_path):
+    foreign = tmp_path / "logs"
+    (foreign / "exp1").mkdir(parents=True)
+    write_run(foreign / "exp1")
+    done = run_cli("show", str(foreign))
+    assert done.returncode == 1 and done.stdout == ""
+    assert "not a distlog run directory" in done.stderr and "exp1" in done.stderr  # a hint
+    assert "Traceback" not in done.stderr
+    done = run_cli("show")
+    assert done.returncode == 2 and "RUN_DIR" in done.stderr
+
+
+def test_torn_last_line_is_skipped_with_a_note(tmp_path, capsys):
+    written = write_run(tmp_path)
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 200, "time": 5.0, "train/lo')
+    assert main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "cut short" in out.err
+    assert table_rows(out.out)["train/loss"][3] == str(len(written["train/loss"]))
+
+
+def test_plot_writes_a_png_of_the_chosen_keys(tmp_path, capsys):
+    from PIL import Image
+
+    write_run(tmp_path / "run")
+    output = tmp_path / "plots" / "curves.png"
+    assert main(["plot", str(tmp_path / "run"), "-o", str(output), "--keys", "train/*"]) == 0
+    assert "2 keys" in capsys.readouterr().out
+    with Image.open(output) as image:
+        assert image.format == "PNG"
+        two_panels = image.size
+    assert main(["plot", str(tmp_path / "run"), "-o", str(output)]) == 0
+    with Image.open(output) as image:
+        assert image.size[0] > two_panels[0]  # a third panel
+    assert main(["plot", str(tmp_path / "run"), "-o", str(output), "--keys", "nope/*"]) == 1
+    err = capsys.readouterr().err
+    assert "no key matches" in err and "train/loss" in err
+
+
+def test_plot_as_a_command(tmp_path):
+    write_run(tmp_path / "run")
+    output = tmp_path / "c.png"
+    done = run_cli("plot", str(tmp_path / "run"), "-o", str(output), "--keys", "val/acc")
+    assert done.returncode == 0, done.stderr
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+HAVE_DEMO = importlib.util.find_spec("distlog.demo") is not None
+
+
+def test_demo_command_line(capsys):
+    code = main(["demo", "--nproc", "3", "--dry-run", "--", "--steps", "5"])
+    out = capsys.readouterr()
+    if not HAVE_DEMO:
+        assert code == 1 and "no demo module" in out.err
+        return
+    assert code == 0
+    assert (
+        "torch.distributed.run --standalone --nproc_per_node=3 -m distlog.demo --steps 5" in out.out
+    )
+
+
+def test_demo_rejects_bad_nproc(capsys):
+    assert main(["demo", "--nproc", "0"]) == 1
+    assert "--nproc" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_DEMO, reason="distlog.demo has not landed")
+def test_demo_runs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "distlog.cli", "demo", "--nproc", "2"],
+        env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_installed_console_script(tmp_path):
+    script = Path(sys.executable).parent / "distlog"
+    if not script.exists():
+        pytest.skip("the distlog console script is not installed in this environment")
+    write_run(tmp_path)
+    done = subprocess.run(
+        [str(script), "show", str(tmp_path)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "val/acc" in done.stdout
+    done = subprocess.run(
+        [str(script), "show", str(tmp_path / "missing")],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "no such directory" in done.stderr

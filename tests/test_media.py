@@ -1,0 +1,323 @@
+"""Media conversion, validation and files, in one process (the distributed parts: tests/distributed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distlog import LogTypeError, LogValueError, World
+from distlog.media import (
+    Histogram,
+    Images,
+    Table,
+    Video,
+    Videos,
+    collect_histogram,
+    collect_images,
+    collect_plot,
+    collect_table,
+    collect_videos,
+    figure_to_images,
+    histogram,
+    to_images,
+    to_table,
+    to_videos,
+)
+from distlog.media_files import safe_relative_key, save_media
+from distlog.runlog import iter_rows
+from distlog.sinks import JsonlSink
+
+WORLD = World()  # a world of one: rank 0, no process group
+
+
+def ref_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The documented rule, written independently: map [lo, hi] to [0, 255], round, clip."""
+    x = x.astype(np.float64)
+    return np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- scaling rule ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_float_in_unit_interval_scales_by_255(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 5, generator=g).to(dtype)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0.0, 1.0
+    out = to_images(x, desc="val/img")
+    want = ref_uint8(x.float().permute(0, 2, 3, 1).numpy(), 0.0, 1.0)
+    got = np.stack(out.images)
+    # bf16/f16 are widened to float32 first; the rule itself is exact
+    assert got.dtype == np.uint8 and got.shape == (3, 8, 5, 3)
+    assert np.array_equal(got, want)
+    assert got.max() == 255 and got.min() == 0
+
+
+def test_float_in_symmetric_interval_uses_x_plus_1_times_127_5() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    x[0, 0, 0, 0] = -1.0
+    out = to_images(x, desc="gen/samples")
+    want = np.clip(np.rint((x.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.stack(out.images), want)
+    assert np.stack(out.images).min() == 0
+
+
+def test_value_range_maps_lo_hi_and_clips() -> None:
+    x = torch.tensor([[[-10.0, 0.0, 5.0, 10.0, 99.0]]])  # (1, 1, 5) CHW
+    out = to_images(x, desc="depth", value_range=(0.0, 10.0))
+    assert out.images[0][0, :, 0].tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds to even 128
+
+
+def test_out_of_range_floats_need_value_range() -> None:
+    with pytest.raises(LogValueError, match="'depth'.*value_range"):
+        to_images(torch.full((1, 4, 4), 3.0), desc="depth")
+
+
+def test_uint8_passes_unchanged_and_is_copied() -> None:
+    x = torch.randint(0, 256, (2, 4, 5, 6), dtype=torch.uint8)
+    out = to_images(x, desc="u8")
+    assert np.array_equal(np.stack(out.images), x.permute(0, 2, 3, 1).numpy())
+    single_channel = torch.randint(0, 256, (1, 1, 3, 3), dtype=torch.uint8)
+    img = to_images(single_channel, desc="u8").images[0]
+    single_channel.fill_(7)  # the caller reuses its buffer: the logged item must not change
+    assert not (img == 7).all()
+
+
+def test_bool_and_small_ints() -> None:
+    mask = torch.zeros(1, 3, 3, dtype=torch.bool)
+    mask[0, 1, 1] = True
+    assert to_images(mask, desc="mask").images[0][1, 1, 0] == 255
+    ints = torch.tensor([[[0, 17, 255]]], dtype=torch.int64)
+    assert to_images(ints, desc="ints").images[0][0, :, 0].tolist() == [0, 17, 255]
+    with pytest.raises(LogValueError, match="'ints'.*\\[0, 255\\]"):
+        to_images(ints * 2, desc="ints")
+
+
+def test_layouts_numpy_channel_last_lists_and_captions() -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (2, 7, 9, 3), dtype=np.uint8)
+    out = to_images(arr, captions=["a", "b"], desc="np")
+    assert out.captions == ["a", "b"]
+    assert np.array_equal(out.images[1], arr[1])
+    tensors = [torch.rand(3, 4, 4), torch.rand(3, 6, 2)]  # different sizes in a list
+    out = to_images(tensors, caption="same", desc="list")
+    assert [i.shape for i in out.images] == [(4, 4, 3), (6, 2, 3)]
+    assert out.captions == ["same", "same"]
+    assert np.array_equal(out.images[1], ref_uint8(tensors[1].permute(1, 2, 0).numpy(), 0, 1))
+    assert to_images(torch.rand(5, 6), desc="gray").images[0].shape == (5, 6, 1)
+
+
+def test_pil_and_wandb_images_are_read_without_a_run(tmp_path: Path) -> None:
+    from PIL import Image
+
+    arr = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    assert np.array_equal(to_images(Image.fromarray(arr), desc="pil").images[0], arr)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    wandb = pytest.importorskip("wandb")
+    table = to_table(["img", "label"], [[wandb.Image(arr), "cat"]], desc="t")
+    assert np.array_equal(table.rows[0][0], arr)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "match"),
+    [
+        (torch.rand(2, 3, 4, 4, 4), {}, "shape"),  # 5 dims
+        (torch.rand(4), {}, "shape"),  # 1 dim
+        (torch.rand(2, 5, 4, 4), {}, "5 channels"),
+        (torch.rand(3, 4, 4).to(torch.complex64), {}, "complex"),
+        (np.array([["a"]], dtype=object), {}, "dtype"),
+        (torch.rand(2, 3, 4, 4), {"caption": ["only one"]}, "1 captions for 2"),
+        (torch.rand(0, 3, 4, 4), {}, "empty"),
+        ([], {}, "empty"),
+        (torch.full((3, 2, 2), float("nan")), {}, "NaN"),
+        (torch.full((3, 2, 2), float("inf")), {}, "infinite"),
+        ("not an image", {}, "str"),
+        (torch.rand(3, 2, 2), {"caption": "a", "captions": "b"}, "not both"),
+        (torch.rand(3, 2, 2), {"value_range": (1, 1)}, "lo < hi"),
+    ],
+)
+def test_bad_images_name_desc(images: object, kwargs: dict, match: str) -> None:
+    with pytest.raises((LogValueError, LogTypeError), match=match) as info:
+        collect_images(WORLD, images, desc="val/bad", **kwargs)
+    assert "'val/bad'" in str(info.value)
+
+
+# --- videos, plots, tables, histograms -----------------------------------------------------------
+
+
+def test_videos_bcthw_scaled_and_laid_out_thwc() -> None:
+    x = torch.rand(2, 3, 5, 6, 4) * 2 - 1  # (B, C, T, H, W) in [-1, 1]
+    x[0, 0, 0, 0, 0] = -1
+    out = to_videos(x, ["v0", "v1"], desc="gen/video", fps=12, format="mp4")
+    want = np.clip(np.rint((x.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5), 0, 255)
+    assert [v.frames.shape for v in out.videos] == [(5, 6, 4, 3)] * 2
+    assert np.array_equal(np.stack([v.frames for v in out.videos]), want.astype(np.uint8))
+    assert [(v.fps, v.format, v.caption) for v in out.videos] == [(12.0, "mp4", "v0"), (12.0, "mp4", "v1")]
+
+
+@pytest.mark.parametrize(
+    ("videos", "kwargs", "match"),
+    [
+        (torch.rand(3, 4, 4), {}, "shape"),
+        (torch.rand(1, 2, 3, 4, 4), {}, "2 channels"),
+        (torch.rand(1, 3, 2, 4, 4), {"fps": 0}, "fps"),
+        (torch.rand(1, 3, 2, 4, 4), {"format": "avi"}, "format"),
+        (torch.rand(2, 3, 2, 4, 4), {"caption": ["x", "y", "z"]}, "3 captions for 2"),
+    ],
+)
+def test_bad_videos_name_desc(videos: object, kwargs: dict, match: str) -> None:
+    with pytest.raises((LogValueError, LogTypeError), match=match) as info:
+        collect_videos(WORLD, videos, desc="val/vid", **kwargs)
+    assert "'val/vid'" in str(info.value)
+
+
+def test_plot_renders_with_agg_and_closes_the_figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
+    ax.imshow(np.zeros((2, 2)), cmap="gray")
+    fig.patch.set_facecolor("red")
+    out = collect_plot(WORLD, fig, desc="val/plot")
+    assert isinstance(out, Images) and out.images[0].shape == (75, 100, 3)
+    assert tuple(out.images[0][0, 0]) == (255, 0, 0)  # the red background corner
+    assert set(plt.get_fignums()) == before
+    with pytest.raises(LogTypeError, match="'val/plot'.*Figure"):
+        figure_to_images("nope", desc="val/plot")
+
+
+def test_table_cells_and_errors() -> None:
+    img = torch.rand(3, 4, 5)
+    t = collect_table(WORLD, ["img", "pred", "conf", "note"],
+                      [[img, "cat", np.float32(0.5), None], [np.zeros((2, 2, 1), np.uint8), "dog", 1, "x"]],
+                      desc="val/table")
+    assert isinstance(t, Table) and t.columns == ["img", "pred", "conf", "note"]
+    assert np.array_equal(t.rows[0][0], ref_uint8(img.permute(1, 2, 0).numpy(), 0, 1))
+    assert t.rows[0][1:] == ["cat", 0.5, None] and type(t.rows[0][2]) is float
+    with pytest.raises(LogValueError, match="'val/table': row 1 has 1 cells for 2 columns"):
+        to_table(["a", "b"], [[1, 2], [3]], desc="val/table")
+    with pytest.raises(LogTypeError, match="'val/table': row 0, column 'b'.*dict"):
+        to_table(["a", "b"], [[1, {"x": 1}]], desc="val/table")
+    with pytest.raises(LogValueError, match="'val/table'.*NaN.*row 0, column 'a'"):
+        to_table(["a"], [[torch.full((3, 2, 2), float("nan"))]], desc="val/table")
+
+
+def test_table_row_cap_warns() -> None:
+    with pytest.warns(UserWarning, match="'t'.*cap.*kept 3 of 5"):
+        t = collect_table(WORLD, ["i"], [[i] for i in range(5)], desc="t", max_rows=3)
+    assert t is not None and [r[0] for r in t.rows] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.float16])
+def test_local_histogram_equals_numpy(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(5000) * 4).astype(dtype)
+    values[:50] = np.round(values[:50])  # values on bin edges
+    h = histogram(torch.from_numpy(values), desc="w", bins=17)
+    as_np = values.astype(np.float32) if dtype == np.float16 else values
+    counts, edges = np.histogram(as_np, bins=17)
+    assert np.array_equal(h.edges, edges) and h.edges.dtype == edges.dtype
+    assert np.array_equal(h.counts, counts)
+
+
+def test_histogram_of_a_constant_leaves_nonfinite_out() -> None:
+    values = np.array([2.0, 2.0, np.nan, np.inf, 2.0])
+    h = collect_histogram(WORLD, values, desc="g", bins=4)
+    counts, edges = np.histogram(values[np.isfinite(values)], bins=4)
+    assert np.array_equal(h.counts, counts) and np.array_equal(h.edges, edges)
+    assert h.nonfinite == 2
+    with pytest.raises(LogValueError, match="'g'.*bins"):
+        collect_histogram(WORLD, values, desc="g", bins=0)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def test_save_media_png_gif_mp4_read_back(tmp_path: Path) -> None:
+    import imageio.v2 as iio2
+    import imageio.v3 as iio
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    imgs = Images(images=[rng.integers(0, 256, (5, 7, c), dtype=np.uint8) for c in (1, 3, 4)],
+                  captions=["g", "rgb", "rgba"])
+    rec = save_media(imgs, tmp_path / "media", "val/images", 12)
+    assert rec["type"] == "images" and [i["caption"] for i in rec["items"]] == ["g", "rgb", "rgba"]
+    for item, arr in zip(rec["items"], imgs.images, strict=True):
+        back = np.asarray(Image.open(tmp_path / item["path"]))
+        assert np.array_equal(back.reshape(arr.shape), arr)  # PNG is lossless
+
+    frames = np.zeros((6, 10, 12, 3), np.uint8)
+    for t in range(6):
+        frames[t, :, : 2 * (t + 1)] = 255  # a bar that grows each frame
+    vids = Videos(videos=[Video(frames, fps=5, format="gif", caption="bar"),
+                          Video(frames[:, :9, :11], fps=5, format="mp4")])
+    rec = save_media(vids, tmp_path / "media", "val/videos", 12)
+    gif_path = tmp_path / rec["items"][0]["path"]
+    assert gif_path.suffix == ".gif"
+    gif = iio.imread(gif_path, index=None)
+    assert gif.shape[:3] == (6, 10, 12)
+    assert np.array_equal(gif[..., 0] > 127, frames[..., 0] > 127)
+    assert iio.immeta(gif_path)["duration"] == 200
+    mp4_path = tmp_path / rec["items"][1]["path"]
+    assert mp4_path.suffix == ".mp4"
+    reader = iio2.get_reader(mp4_path, format="FFMPEG")
+    decoded = np.stack(list(reader.iter_data()))
+    assert reader.get_meta_data()["fps"] == 5.0
+    reader.close()
+    assert decoded.shape == (6, 10, 12, 3)  # odd 9x11 padded to even
+    # lossy, but the bar is where it was
+    assert np.abs(decoded[:, :9, :11].astype(int) - frames[:, :9, :11]).mean() < 20
+
+
+def test_save_media_histogram_and_table(tmp_path: Path) -> None:
+    counts, edges = np.histogram(np.arange(10.0), bins=3)
+    rec = save_media(Histogram(counts, edges, nonfinite=1), tmp_path / "media", "h", 0)
+    assert rec == {"type": "histogram", "counts": counts.tolist(), "edges": edges.tolist(),
+                   "nonfinite": 1}
+    img = np.full((2, 3, 3), 9, np.uint8)
+    rec = save_media(Table(["img", "x"], [[img, float("nan")], [None, "s"]]), tmp_path / "media",
+                     "val/t", 4)
+    doc = json.loads((tmp_path / rec["path"]).read_text())
+    assert doc["columns"] == ["img", "x"] and doc["data"][0][1] == "NaN"
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / doc["data"][0][0]["path"])), img)
+    assert doc["data"][1] == [None, "s"]
+
+
+@pytest.mark.parametrize("key", ["../../etc/x", "/etc/passwd", "..", "a/../../b", "C:\\x\\..\\..", ""])
+def test_keys_never_write_outside_the_run_dir(tmp_path: Path, key: str) -> None:
+    run_dir = tmp_path / "run"
+    rec = save_media(Images([np.zeros((1, 1, 3), np.uint8)]), run_dir / "media", key, 1)
+    written = (run_dir / rec["items"][0]["path"]).resolve()
+    assert written.is_file()
+    assert written.is_relative_to((run_dir / "media").resolve())
+    assert ".." not in safe_relative_key(key).parts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_same_key_twice_at_one_step_keeps_both(tmp_path: Path) -> None:
+    one = Images([np.zeros((1, 1, 3), np.uint8)])
+    a = save_media(one, tmp_path / "media", "k", 1)["items"][0]["path"]
+    b = save_media(one, tmp_path / "media", "k", 1)["items"][0]["path"]
+    assert a != b and (tmp_path / a).is_file() and (tmp_path / b).is_file()
+
+
+def test_jsonl_sink_writes_a_media_row(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path)
+    item = to_images(torch.rand(1, 3, 4, 4), "c", desc="val/img")
+    sink.log_media(7, "val/img", item)
+    sink.close()
+    rows = list(iter_rows(tmp_path))
+    assert rows[0]["step"] == 7
+    record = rows[0]["media"]["val/img"]
+    assert (tmp_path / record["items"][0]["path"]).is_file()

@@ -232,8 +232,9 @@ def test_watch_and_log_code(env, tmp_path):
     sink.close()
     assert artifact is not None
     keys = set().union(*(row.keys() for row in read_run(run_dir).history))
-    assert any(k.startswith("gradients/0.weight") for k in keys), sorted(keys)
-    assert any(k.startswith("parameters/0.weight") for k in keys), sorted(keys)
+    # wandb prefixes "graph_N" once a process has watched several models: match the tail
+    assert any(k.startswith("gradients/") and k.endswith("0.weight") for k in keys), sorted(keys)
+    assert any(k.startswith("parameters/") and k.endswith("0.weight") for k in keys), sorted(keys)
 
 
 def test_bad_arguments(env):

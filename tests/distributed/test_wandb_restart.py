@@ -3,13 +3,11 @@ step; the crash is recorded; steps logged twice are warned about; no row is drop
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dist_harness import subprocess_env
-from wandb_helpers import wandb_env
+from wandb_helpers import run_torchrun, wandb_env
 
 import distlog
 
@@ -21,11 +19,8 @@ pytestmark = pytest.mark.slow
 
 def test_torchrun_restart_continues_the_same_wandb_run(tmp_path):
     script = Path(__file__).with_name("restart_job.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--max-restarts=1", str(script), "--root", str(tmp_path),
-           "--max-steps", "10", "--crash-at", "7", "--ckpt-every", "4"]
-    proc = subprocess.run(cmd, env=subprocess_env(**wandb_env(tmp_path)), capture_output=True,
-                          text=True, timeout=300)
+    args = ["--root", str(tmp_path), "--max-steps", "10", "--crash-at", "7", "--ckpt-every", "4"]
+    proc = run_torchrun(script, args, subprocess_env(**wandb_env(tmp_path)), max_restarts=1)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "simulated crash at step 7" in proc.stderr
 

@@ -228,6 +228,23 @@ def test_local_histogram_equals_numpy(dtype: type) -> None:
     assert np.array_equal(h.counts, counts)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_device_binning_matches_numpy(dtype: torch.dtype) -> None:
+    """The binary-search path used for GPU tensors, run on the host against numpy."""
+    from distlog.media import _bin_counts, _edges
+
+    g = torch.Generator().manual_seed(5)
+    for values in (torch.randn(20000, generator=g, dtype=dtype) * 3,
+                   torch.round(torch.randn(5000, generator=g, dtype=dtype) * 4),
+                   torch.full((7,), 1.25, dtype=dtype)):
+        lo, hi = float(values.min()), float(values.max())
+        edges = _edges(lo, hi, 23, 32 if dtype == torch.float32 else 64)
+        counts, want_edges = np.histogram(values.numpy(), bins=23)
+        assert np.array_equal(edges, want_edges)
+        assert np.array_equal(_bin_counts(values, edges, on_device=True).numpy(), counts)
+        assert np.array_equal(_bin_counts(values, edges, on_device=False).numpy(), counts)
+
+
 def test_histogram_of_a_constant_leaves_nonfinite_out() -> None:
     values = np.array([2.0, 2.0, np.nan, np.inf, 2.0])
     h = collect_histogram(WORLD, values, desc="g", bins=4)
@@ -321,3 +338,87 @@ def test_jsonl_sink_writes_a_media_row(tmp_path: Path) -> None:
     assert rows[0]["step"] == 7
     record = rows[0]["media"]["val/img"]
     assert (tmp_path / record["items"][0]["path"]).is_file()
+
+
+def test_closing_never_touches_other_figures() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = plt.figure()
+    try:
+        for not_a_figure in (None, "x"):
+            with pytest.raises(LogTypeError, match="'p'"):
+                collect_plot(WORLD, not_a_figure, desc="p")
+        assert plt.fignum_exists(mine.number)  # plt.close(None) would have closed it
+        fig, ax = plt.subplots()
+        collect_plot(WORLD, ax, desc="p")  # an Axes: its figure is rendered and closed
+        assert not plt.fignum_exists(fig.number) and plt.fignum_exists(mine.number)
+    finally:
+        plt.close(mine)
+
+
+def test_logger_encodes_media_on_its_writer_thread(tmp_path: Path) -> None:
+    import threading
+
+    import distlog
+
+    class RecordingJsonl(JsonlSink):
+        threads: list[str] = []
+
+        def log_media(self, step: int, key: str, item: object) -> None:
+            self.threads.append(threading.current_thread().name)
+            super().log_media(step, key, item)  # type: ignore[arg-type]
+
+    with distlog.Logger(sinks=[RecordingJsonl(tmp_path)]) as logger:
+        logger.log_images(torch.rand(2, 3, 4, 4), ["a", "b"], desc="val/img", ranks="all")
+        logger.log_videos(torch.rand(1, 3, 2, 4, 4), desc="val/vid")
+        logger.log_histogram(torch.arange(10.0), desc="val/hist", bins=5)
+        logger.log_table(["x"], [[1], [2]], desc="val/table")
+        logger.flush(step=1)
+    assert RecordingJsonl.threads and threading.main_thread().name not in RecordingJsonl.threads
+    media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
+    assert [i["caption"] for i in media["val/img"]["items"]] == ["rank 0: a", "rank 0: b"]
+    assert media["val/hist"]["counts"] == np.histogram(np.arange(10.0), bins=5)[0].tolist()
+    assert sorted(media) == ["val/hist", "val/img", "val/table", "val/vid"]
+    with distlog.Logger(sinks=[]) as logger2:
+        with pytest.raises(LogValueError, match="'val/img'.*NaN"):
+            logger2.log_images(torch.full((3, 2, 2), float("nan")), desc="val/img")
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) -> None:
+    """What every rank computes (local min/max, counts over the shared edges), summed over
+    arbitrary shards, equals numpy.histogram of the concatenation, for many random inputs."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from distlog.media import _bin_counts, _edges, _local_stats
+
+    finite32 = st.floats(-1e6, 1e6, width=32, allow_nan=False)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        values=arrays(np.float32, st.integers(1, 60), elements=finite32),
+        cuts=st.lists(st.integers(0, 60), max_size=3),
+        bins=st.integers(1, 40),
+    )
+    def check(values: np.ndarray, cuts: list[int], bins: int) -> None:
+        shards = np.split(values, sorted(c % (len(values) + 1) for c in cuts))
+        stats = [_local_stats(torch.from_numpy(s)) for s in shards]
+        lo = min(s.lo for s in stats)
+        hi = max(s.hi for s in stats)
+        edges = _edges(lo, hi, bins, 32)
+        counts = sum(_bin_counts(s.finite, edges, on_device=on_device).numpy() for s in stats)
+        try:
+            want_counts, want_edges = np.histogram(values, bins=bins)
+        except ValueError:  # numpy cannot bin a large float32 constant finely; distlog can
+            assert edges.dtype == np.float64 and counts.sum() == len(values)
+            assert edges[0] < lo <= hi < edges[-1]
+            return
+        assert np.array_equal(edges, want_edges)
+        assert np.array_equal(counts, want_counts)
+
+    check()

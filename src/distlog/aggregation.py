@@ -1,24 +1,26 @@
 """The heart of distlog: per-rank scalar buffers and the fused cross-rank exchange.
 
-How a flush works, in order:
+Every rank folds Python numbers (and host tensors) into per-key accumulators at the call, and
+appends device tensors untouched (no ``.item()``, no host sync). A *layout* (the sorted specs of
+every key any rank has logged, with their slots) is agreed by all ranks; at a flush each rank
+writes its partial results into two flat float64 payloads laid out by it: a SUM payload for
+every mean, weighted mean, sum, "last" and per-rank spread slot, and a MAX payload for every max
+and min (negated), used only when such keys exist. Keys a rank did not log contribute nothing, so
+keys only some ranks log are reduced over exactly those ranks and never paired with another key.
 
-1. Every rank looks at what it buffered since the last flush. Python numbers were already folded
-   into per-key accumulators at the call; device tensors were appended untouched (no host sync).
-2. **Control exchange** (one tiny ``all_gather`` of four integers per rank on a dedicated gloo
-   group with its own timeout): every rank learns the flush sequence number and step of every
-   other rank, and whether any rank logged a key that the agreed *layout* does not have yet.
-   Ranks that flush at different steps, or not at all, are reported here as
-   :class:`~distlog.errors.RankDivergenceError` instead of hanging.
-3. **Key exchange**, only on flushes where some rank has new keys: one ``all_gather`` of the new
-   key specs as JSON bytes (never pickle). Every rank merges them into the same sorted layout.
-4. **Payload exchange**: each rank writes its local partial results into two flat float64 vectors
-   laid out by the agreed layout, and they are reduced to the writer: one SUM collective carries
-   every mean, weighted mean, sum, "last" and per-rank spread slot; one MAX collective carries
-   every max and min (negated), only when such keys exist.
+Two protocols move the payloads; both run on a dedicated gloo group with its own timeout, so a
+missing rank becomes a :class:`~distlog.errors.RankDivergenceError`, not a hang.
 
-Steady state: 2 collectives per flush (3 with min/max keys), whatever the number of keys; one
-more on a flush that introduces keys. Keys a rank did not log contribute nothing, so keys only
-some ranks log are reduced over exactly those ranks and never paired with another key.
+* **Fused** (host payloads: gloo, the default on CPU). The SUM payload is all-reduced together
+  with a few control slots (flush number, step and layout version as 8-bit chunks and their
+  squares, a "new keys" flag). Every rank reads the sums at no cost and checks that all ranks
+  flush the same step with the same layout. Steady state: **1 collective** (2 with min/max).
+  A flush on which some rank has keys the layout lacks costs one key exchange (JSON bytes,
+  never pickle) and the payload is sent again: 3 collectives (4 with min/max).
+* **Control + payload** (device payloads: NCCL). Reading control slots from a GPU payload would
+  make every rank wait for the device, so a tiny control ``all_gather`` runs on the host group
+  first, then the payloads are reduced to rank 0 on the device; other ranks never wait.
+  Steady state: 2 collectives (3 with min/max); +1 on a flush that brings new keys.
 
 This module knows no sink: :meth:`Aggregator.flush` returns plain dicts.
 """
@@ -230,6 +232,14 @@ class Aggregator:
     and call :meth:`flush` the same number of times, with the same steps.
     """
 
+    #: Fold CPU tensors into the host accumulators at the call (``.item()`` of a CPU tensor is
+    #: not a device sync). Tests set it to False on an instance to run the device path on CPU.
+    fold_host_tensors: bool = True
+
+    #: ``"auto"``: the fused protocol for host payloads (gloo), control + payload for device
+    #: payloads (NCCL). Tests set ``"control"`` on an instance to run the device protocol on CPU.
+    protocol: str = "auto"
+
     def __init__(self, world: World, *, timeout: float = 300.0) -> None:
         self.world = world
         self.timeout = timeout
@@ -259,6 +269,11 @@ class Aggregator:
         return dist.new_group(
             ranks=list(w.group_ranks), backend="gloo", timeout=tmo, use_local_synchronization=True
         )
+
+    @property
+    def control_group(self) -> Any:
+        """The logger's gloo group (own timeout), or None where nothing is communicated."""
+        return self._ctrl
 
     @property
     def communicates(self) -> bool:
@@ -327,11 +342,19 @@ class Aggregator:
                 )
             if value.is_complex():
                 raise LogTypeError(f"value for key {key!r} is a complex tensor; log a real number")
-            # Buffered as is, on any device: no .item(), so no host-device sync. CPU tensors
-            # take the same path, which keeps one code path (and CI tests it).
-            tensor = value.detach().reshape(())
-            if tensor.untyped_storage().nbytes() > tensor.element_size():
-                tensor = tensor.clone()  # don't keep a large tensor alive until the flush
+            if self.fold_host_tensors and value.is_cpu and type(value) is torch.Tensor:
+                # A host tensor is read without any device sync: fold it like a Python number
+                # (~0.5 us). Buffering it would cost ~3 us here and a stack, a cast and a free
+                # per sample at the flush (7 ms for 1024 keys, scripts/bench.py).
+                v = float(value.item())
+            else:
+                # Buffered as is on its device: no .item(), so no host-device sync. detach()
+                # and reshape() cost ~1-2 us each, so only when they change something.
+                tensor = value.detach() if value.requires_grad else value
+                if tensor.dim():
+                    tensor = tensor.reshape(())
+                if tensor.untyped_storage().nbytes() > tensor.element_size():
+                    tensor = tensor.clone()  # don't keep a large tensor alive until the flush
         else:
             v = _as_float(key, value)
         w = 1.0
@@ -423,6 +446,8 @@ class Aggregator:
                 self.flush_count += 1
                 return None
             self._adopt_local_keys()
+        elif self.fused:
+            return self._flush_fused(step)
         else:
             self._agree_on_keys(step)
         try:
@@ -451,6 +476,93 @@ class Aggregator:
             ready.record()
         return PendingRow(step, self.layout, sum_p, max_p, w.group_ranks, ready)
 
+    @property
+    def fused(self) -> bool:
+        """True when flushes use the fused protocol (host payloads: every rank reads results)."""
+        if self.protocol == "auto":
+            return self.world.comm_device.type == "cpu"
+        return self.protocol == "fused"
+
+    def _flush_fused(self, step: int) -> PendingRow | None:
+        """One all_reduce carries the control check and every mean/sum/last key.
+
+        The payload is all-reduced (not reduced), so every rank reads the control slots for
+        free: their sums prove that all ranks flush the same step with the same layout. A rank
+        with keys the layout lacks sends an empty payload and sets a flag; every rank then sees
+        the flag, the key specs are exchanged once and the payload is sent again with the new
+        layout (3 collectives, 4 with min/max keys, on such a flush; 1 or 2 otherwise).
+        """
+        new = self._new_specs()
+        blob = _encode_specs(new)
+        if new:
+            # This round is redone with the new layout: send nothing but the control slots.
+            sum_p = torch.zeros(self.layout.sum_size, dtype=torch.float64)
+            max_p = None
+        else:
+            sum_p, max_p = self._local_payloads()
+        header = _control_slots(self.flush_count, step, self.layout_version, bool(new), len(blob))
+        buf = torch.cat([header, sum_p])
+        self._collective(step, lambda: dist.all_reduce(buf, group=self._ctrl))
+        head = buf[: len(header)].tolist()
+        if not _control_agrees(header.tolist(), head, self.world.group_size):
+            self._raise_divergence(step)  # every rank sees the mismatch and raises alike
+        n_new, total_len = int(head[1]), int(head[2])
+        if n_new == 0:
+            sums = buf[len(header) :]
+            if self.layout.max_size:
+                maxes = max_p if max_p is not None else self.layout.max_init.clone()
+                self._collective(
+                    step, lambda: dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=self._ctrl)
+                )
+                max_p = maxes
+        else:
+            padded = torch.full((total_len,), ord(" "), dtype=torch.uint8)
+            if blob:
+                padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+            blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
+            self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
+            self._merge_specs([bytes(b.tolist()) for b in blobs])
+            sums, max_p = self._local_payloads()
+            self._collective(step, lambda: dist.all_reduce(sums, group=self._ctrl))
+            if max_p is not None:
+                maxes = max_p
+                self._collective(
+                    step, lambda: dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=self._ctrl)
+                )
+        self.clear()
+        self.flush_count += 1
+        if not self.world.is_global_zero:
+            return None
+        return PendingRow(step, self.layout, sums, max_p, self.world.group_ranks, None)
+
+    def _new_specs(self) -> list[KeySpec]:
+        return sorted(a.spec for k, a in self._accs.items() if k not in self.layout.by_key)
+
+    def _raise_divergence(self, step: int) -> None:
+        """Explain a control mismatch: one all_gather of (flush #, step, layout version)."""
+        mine = torch.tensor([self.flush_count, step, self.layout_version], dtype=torch.int64)
+        table = [torch.empty_like(mine) for _ in range(self.world.group_size)]
+        self._collective(step, lambda: dist.all_gather(table, mine, group=self._ctrl))
+        self._check_rows(step, [t.tolist() for t in table])
+        raise RankDivergenceError(f"ranks disagree on the flush at log step {step}")
+
+    def _check_rows(self, step: int, rows: list[list[int]]) -> None:
+        """Raise if the ranks' (flush #, step, layout version) rows differ."""
+        ranks = self.world.group_ranks
+        if len({r[0] for r in rows}) > 1 or len({r[1] for r in rows}) > 1:
+            detail = ", ".join(
+                f"rank {ranks[i]}: flush #{r[0]} at step {r[1]}" for i, r in enumerate(rows)
+            )
+            raise RankDivergenceError(
+                f"ranks flushed out of step at log step {step}: {detail}. Every rank must call "
+                "flush() at the same steps."
+            )
+        if len({r[2] for r in rows}) > 1:
+            raise RankDivergenceError(
+                f"ranks disagree on the key layout at log step {step} (versions "
+                f"{[r[2] for r in rows]}): a rank restarted without the others?"
+            )
+
     def _payload_group(self) -> Any:
         # CPU payloads ride on the control group (its timeout guards them too); device payloads
         # need the user's group, whose backend (NCCL) can reduce them without a host copy.
@@ -464,10 +576,7 @@ class Aggregator:
 
     def _agree_on_keys(self, step: int) -> None:
         """Control exchange (+ key exchange when needed): same layout on every rank, or raise."""
-        new = sorted(
-            (a.spec for k, a in self._accs.items() if k not in self.layout.by_key),
-        )
-        blob = json.dumps([[s.key, s.reduce, s.spread] for s in new]).encode() if new else b""
+        blob = _encode_specs(self._new_specs())
         mine = torch.tensor(
             [self.flush_count, step, self.layout_version, len(blob)], dtype=torch.int64
         )
@@ -475,38 +584,34 @@ class Aggregator:
         table = [torch.empty_like(mine) for _ in range(size)]
         self._collective(step, lambda: dist.all_gather(table, mine, group=self._ctrl))
         rows = [t.tolist() for t in table]
-        ranks = self.world.group_ranks
-        seqs = {r[0] for r in rows}
-        steps = {r[1] for r in rows}
-        if len(seqs) > 1 or len(steps) > 1:
-            detail = ", ".join(
-                f"rank {ranks[i]}: flush #{r[0]} at step {r[1] if r[1] != _NO_STEP else None}"
-                for i, r in enumerate(rows)
-            )
-            raise RankDivergenceError(
-                f"ranks flushed out of step at log step {step}: {detail}. Every rank must call "
-                "flush() at the same steps."
-            )
-        if len({r[2] for r in rows}) > 1:
-            raise RankDivergenceError(
-                f"ranks disagree on the key layout at log step {step} (versions "
-                f"{[r[2] for r in rows]}): a rank restarted without the others?"
-            )
+        self._check_rows(step, rows)
         longest = max(r[3] for r in rows)
         if longest == 0:
             return
-        padded = torch.zeros(longest, dtype=torch.uint8)
+        padded = torch.full((longest,), ord(" "), dtype=torch.uint8)
         if blob:
             padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
         blobs = [torch.empty_like(padded) for _ in range(size)]
         self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
+        self._merge_specs([bytes(b.tolist()) for b in blobs])
+
+    def _merge_specs(self, blobs: list[bytes]) -> None:
+        """Merge every rank's new key specs (JSON, padded with spaces) into the next layout.
+
+        Every rank merges the same blobs in rank order, so every rank gets the same layout.
+        A key that ranks logged with different specs keeps the first one (the layout's, else
+        the lowest rank's); the other ranks' samples of it are dropped and a KeyConflictError
+        is raised at the end of the flush.
+        """
+        ranks = self.world.group_ranks
         merged: dict[str, KeySpec] = dict(self.layout.by_key)
         origin: dict[str, int] = {}
         conflicts: dict[str, set[str]] = {}
-        for i, (t, r) in enumerate(zip(blobs, rows, strict=True)):
-            if r[3] == 0:
+        for i, raw in enumerate(blobs):
+            text = raw.decode().strip()
+            if not text:
                 continue
-            for key, red, spr in json.loads(bytes(t[: r[3]].tolist()).decode()):
+            for key, red, spr in json.loads(text):
                 spec = KeySpec(key, red, bool(spr))
                 have = merged.get(key)
                 if have is None:
@@ -523,7 +628,7 @@ class Aggregator:
             if acc is not None and acc.spec != spec:
                 self._drop_key(key)
                 self._known[key] = spec
-        self.layout = Layout(list(merged.values()), size)
+        self.layout = Layout(list(merged.values()), self.world.group_size)
         self.layout_version += 1
         self._known.update(merged)
         if conflicts:
@@ -677,6 +782,34 @@ class Aggregator:
         offs = [lay.spread_off[s.key] + me for s in specs]
         sum_p.index_put_((_index(offs, dev),), torch.stack(locals_))
         sum_p.index_fill_(0, _index([o + size for o in offs], dev), 1.0)
+
+
+def _encode_specs(specs: list[KeySpec]) -> bytes:
+    """Key specs as JSON bytes for the key exchange (JSON, never pickle: safe to decode)."""
+    return json.dumps([[s.key, s.reduce, s.spread] for s in specs]).encode() if specs else b""
+
+
+_CHUNKS = 6  # 8-bit chunks of each control number: 48 bits
+
+
+def _control_slots(seq: int, step: int, version: int, has_new: bool, blob_len: int) -> torch.Tensor:
+    """The fused protocol's control slots: [1, has_new, blob_len, then per 8-bit chunk c of
+    seq, step and layout version: c and c*c]. Summed over W ranks, every rank can check that
+    all ranks sent the same numbers: sum(c) == W*c and sum(c*c) == W*c*c for every chunk holds
+    only if all are equal (sum((c_i - c)^2) = 0), and stays exact in float64 for any W < 10^5.
+    """
+    slots = [1.0, float(has_new), float(blob_len)]
+    for number in (seq, step, version):
+        for i in range(_CHUNKS):
+            c = float((number >> (8 * i)) & 0xFF)
+            slots += [c, c * c]
+    return torch.tensor(slots, dtype=torch.float64)
+
+
+def _control_agrees(mine: list[float], summed: list[float], size: int) -> bool:
+    if summed[0] != size:
+        return False
+    return all(summed[i] == size * mine[i] for i in range(3, len(mine)))
 
 
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:

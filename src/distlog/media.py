@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -449,6 +450,10 @@ def to_videos(
 
 def _close_figure(fig: Any) -> None:
     """Drop a figure from pyplot's registry (if pyplot is in use) so long runs don't leak."""
+    if fig is not None and not hasattr(fig, "savefig"):
+        fig = getattr(fig, "figure", None)  # an Axes
+    if fig is None or not hasattr(fig, "savefig"):
+        return  # never plt.close(None): that would close the user's current figure
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         try:
@@ -581,19 +586,48 @@ def _local_stats(x: torch.Tensor) -> _LocalStats:
     return _LocalStats(finite, n_finite, x.numel() - n_finite, lo, hi, bits)
 
 
-def _edges(lo: float, hi: float, bins: int, dtype_bits: int) -> np.ndarray:
+def _edges(lo: float, hi: float, bins: int, dtype_bits: int, desc: str = "histogram") -> np.ndarray:
     """The bin edges numpy.histogram gives an array of this dtype with min lo and max hi."""
     dt = np.float32 if dtype_bits == 32 else np.float64
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo, hi = 0.0, 1.0  # numpy's range for an empty array
-    return np.histogram_bin_edges(np.empty(0, dtype=dt), bins=bins, range=(dt(lo), dt(hi)))
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.histogram_bin_edges(np.empty(0, dtype=dt), bins=bins, range=(dt(lo), dt(hi)))
+    except ValueError:
+        pass
+    # float32 cannot hold that many distinct edges in so narrow a range (a large constant):
+    # numpy gives up; distlog bins in float64 instead
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.histogram_bin_edges(np.empty(0), bins=bins, range=(lo, hi))
+    except ValueError:
+        raise LogValueError(
+            f"{_name(desc)}: cannot make {bins} finite bins over [{lo:.6g}, {hi:.6g}] (the "
+            "range overflows float64)"
+        ) from None
 
 
-def _bin_counts(finite: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
-    """numpy.histogram's counts (last bin closed) for values known to lie within the edges."""
+def _bin_counts(
+    finite: torch.Tensor, edges: np.ndarray, *, on_device: bool | None = None
+) -> torch.Tensor:
+    """numpy.histogram's counts (last bin closed) for values known to lie within the edges.
+
+    Host tensors go through numpy's equal-width fast path; device tensors (or ``on_device``)
+    are binned by binary search against the same edges, so they never leave the device.
+    """
     bins = len(edges) - 1
     if finite.numel() == 0:
         return torch.zeros(bins, dtype=torch.int64, device=finite.device)
+    if on_device is None:
+        on_device = finite.device.type != "cpu"
+    if edges.dtype == np.float64 and finite.dtype != torch.float64:
+        finite = finite.to(torch.float64)  # the float64 fallback of _edges
+    if not on_device:
+        arr = finite.numpy()
+        counts, _ = np.histogram(arr, bins=bins, range=(edges.dtype.type(edges[0]),
+                                                        edges.dtype.type(edges[-1])))
+        return torch.from_numpy(counts.astype(np.int64))
     e = torch.from_numpy(edges).to(device=finite.device, dtype=finite.dtype)
     idx = torch.bucketize(finite, e, right=True) - 1
     idx.clamp_(0, bins - 1)
@@ -611,7 +645,7 @@ def histogram(values: Any, *, desc: str, bins: int = 64) -> Histogram:
     desc = _check_desc(desc)
     bins = _check_bins(bins, desc)
     st = _local_stats(_histogram_values(values, desc))
-    edges = _edges(st.lo, st.hi, bins, st.dtype_bits)
+    edges = _edges(st.lo, st.hi, bins, st.dtype_bits, desc)
     counts = _bin_counts(st.finite, edges).cpu().numpy()
     return Histogram(counts=counts, edges=edges, nonfinite=st.n_nonfinite)
 
@@ -633,7 +667,9 @@ _IDLE, _OK, _ERROR = 0, 1, 2
 _H_MAGIC, _H_VERSION, _H_KIND, _H_FP, _H_COUNTER, _H_STATUS, _H_ITEMS, _H_BYTES, _H_AUX = range(9)
 _H_LO, _H_HI, _H_FINITE, _H_NONFINITE, _H_DTYPE = 9, 10, 11, 12, 13
 
-_CALL_COUNTERS: dict[tuple[int, tuple[int, ...]], int] = {}
+# gathering calls made so far per process group (weak: a group that is destroyed and another
+# created at the same address must not inherit the count on some ranks only)
+_CALL_COUNTERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _stable_hash(text: str) -> int:
@@ -680,12 +716,9 @@ def _wait(work: Any, timeout: float | None, desc: str, what: str) -> None:
         raise
 
 
-def _counter_key(group: Any, group_ranks: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
-    return (id(group), group_ranks)
-
-
-def _next_counter(group: Any, group_ranks: tuple[int, ...]) -> int:
-    key = _counter_key(group, group_ranks)
+def _next_counter(group: Any) -> int:
+    """This process's count of gathering calls on ``group`` (None: the default group)."""
+    key = group if group is not None else dist.distributed_c10d._get_default_group()
     n = _CALL_COUNTERS.get(key, 0) + 1
     _CALL_COUNTERS[key] = n
     return n
@@ -882,7 +915,7 @@ def _gather_parcels(
     distributed = world.group_size > 1 and world.backend is not None
     pg, dev = _comm(world, group)
     fingerprint = _stable_hash(f"{kind}\0{desc}\0{','.join(map(str, chosen))}")
-    counter = _next_counter(pg, world.group_ranks) if distributed else 0
+    counter = _next_counter(pg) if distributed else 0
     header = _make_header(kind, desc, fingerprint, counter)
 
     parcel: _Parcel | None = None
@@ -1241,7 +1274,7 @@ def collect_table(
                 raise RankDivergenceError(f"{_name(desc)}: rank {r} sent a malformed row")
             rows.append([r, *(_cell_from_json(c, u.arrays, r, desc) for c in cells)])
     if cols is None:
-        cols = list(columns)
+        return None  # no chosen rank had a row, and rank 0 (not chosen) knows no columns
     rank_col = "rank" if "rank" not in cols else "_rank"
     return Table(columns=[rank_col, *cols], rows=rows)
 
@@ -1276,8 +1309,8 @@ def _histogram_from_stats(
     n_nonfinite = st.n_nonfinite if st is not None else 0
     dtype_bits = st.dtype_bits if st is not None else 0
     any_error = error is not None
-    for group, size, granks, device in groups:
-        h = _make_header("histogram", desc, fingerprint, _next_counter(group, granks))
+    for group, size, _, device in groups:
+        h = _make_header("histogram", desc, fingerprint, _next_counter(group) if size > 1 else 0)
         h[_H_STATUS] = _ERROR if any_error else _OK
         h[_H_LO], h[_H_HI] = _float_bits(lo), _float_bits(hi)
         h[_H_FINITE], h[_H_NONFINITE], h[_H_DTYPE] = n_finite, n_nonfinite, dtype_bits
@@ -1299,7 +1332,7 @@ def _histogram_from_stats(
                 MediaWarning, stacklevel=4,
             )
         return None
-    edges = _edges(lo, hi, bins, dtype_bits or 64)
+    edges = _edges(lo, hi, bins, dtype_bits or 64, desc)
     if st is not None:
         counts = _bin_counts(st.finite, edges).to(torch.int64)
     else:

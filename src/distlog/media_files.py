@@ -70,8 +70,20 @@ class _Files:
         return path.relative_to(self.run_dir).as_posix()
 
 
+def _need(module: str, what: str) -> Any:
+    """Import an optional encoder, or say which extra provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"writing {what} needs {module.split('.')[0]}: pip install 'distlog[media]'"
+        ) from exc
+
+
 def _pil_image(arr: np.ndarray) -> Any:
-    from PIL import Image
+    Image = _need("PIL.Image", "PNG images")
 
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.dtype != np.uint8:
         raise LogValueError(f"an image must be (H, W, C) uint8 with C in 1, 3, 4, got {arr.shape}")
@@ -86,8 +98,7 @@ def write_png(arr: np.ndarray, path: Path) -> None:
 
 def write_gif(video: Video, path: Path) -> None:
     """Frames as a looping GIF (pillow); alpha is dropped, GIF has no real alpha channel."""
-    import imageio.v3 as iio
-
+    iio = _need("imageio.v3", "GIF videos")
     frames = video.frames
     frames = frames[..., 0] if frames.shape[-1] == 1 else frames[..., :3]
     duration_ms = 1000.0 / video.fps
@@ -96,8 +107,8 @@ def write_gif(video: Video, path: Path) -> None:
 
 def write_mp4(video: Video, path: Path) -> None:
     """Frames as H.264 MP4 (imageio-ffmpeg), padded to even sizes as yuv420p requires."""
-    import imageio.v2 as iio2
-
+    iio2 = _need("imageio.v2", "MP4 videos")
+    _need("imageio_ffmpeg", "MP4 videos")
     frames = video.frames
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)

@@ -192,8 +192,8 @@ def test_every_reduction_on_four_ranks(tmp_path):
         }
     )
     assert row2 == {"mean": 1.0}
-    assert count == 4  # control, key exchange (new keys), SUM, MAX
-    assert count2 == 3  # steady state: control, SUM, MAX (max/min keys are in the layout)
+    assert count == 4  # fused SUM+control (finds new keys), key exchange, SUM, MAX
+    assert count2 == 2  # steady state: fused SUM+control, MAX (min/max keys are in the layout)
     rows = distlog.read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [7, 8]
 
@@ -207,12 +207,17 @@ def spread_and_subsets(rank: int, tmp: str):
     if rank in (0, 1):
         logger.log_scalar("class/7/acc", 0.5 + rank)
     row = logger.flush(0)
+    logger.log_scalar("time/step", 1.0, spread=True)
+    logger.flush(1)
+    steady = logger.collectives_last_flush
     logger.finish()
-    return row
+    return row, steady
 
 
 def test_spread_and_keys_only_some_ranks_log(tmp_path):
-    row = run_ranks(spread_and_subsets, 3, str(tmp_path))[0]
+    results = run_ranks(spread_and_subsets, 3, str(tmp_path))
+    row = results[0][0]
+    assert all(steady == 1 for _, steady in results)  # no min/max keys: one fused all_reduce
     per_rank = [1.5 + r * 0.5 for r in range(3)]
     mean = sum(per_rank) / 3
     assert row["time/step"] == pytest.approx(mean)

@@ -14,11 +14,29 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from dist_harness import run_ranks
+from dist_harness import RankPool
+from wandb_helpers import wandb_env
 
 from distlog.media import Images, Table, to_images, to_table, to_videos
 
 pytestmark = pytest.mark.slow
+
+GATHER_WORLD = 4
+
+
+@pytest.fixture(scope="module")
+def pool2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Two gloo ranks shared by the tests below (wandb, if used, writes under a temp dir)."""
+    pool = RankPool(2, env=wandb_env(tmp_path_factory.mktemp("wandb")))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def pool4() -> Any:
+    pool = RankPool(GATHER_WORLD)
+    yield pool
+    pool.close()
 
 
 def c10d_ops(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
@@ -147,8 +165,8 @@ def _default_rank0_only(rank: int) -> dict[str, Any]:
             "check": check.item()}
 
 
-def test_default_is_rank0_only_without_communication() -> None:
-    out = run_ranks(_default_rank0_only, 2)
+def test_default_is_rank0_only_without_communication(pool2: RankPool) -> None:
+    out = pool2.run(_default_rank0_only, timeout=120)
     assert [o["ops"] for o in out] == [[], []]
     assert [o["check"] for o in out] == [3.0, 3.0]
     assert [o["open_figures"] for o in out] == [[], []]  # closed on every rank
@@ -169,7 +187,7 @@ def test_default_is_rank0_only_without_communication() -> None:
 
 
 def _gather(rank: int) -> dict[str, Any]:
-    import matplotlib.pyplot as plt
+    import sys
 
     from distlog import World
     from distlog.media import (
@@ -191,30 +209,34 @@ def _gather(rank: int) -> dict[str, Any]:
     def calls() -> list[Any]:
         return [
             collect_images(world, x, captions=captions_of(rank, n), desc="val/images", ranks="all"),
-            collect_videos(world, videos_of(rank), desc="val/videos", fps=2 + rank,
-                           format="gif", ranks=[1, 2]),
-            collect_plot(world, make_figure(rank), desc="val/plot", ranks=[2]),
+            # ranks that are not chosen may pass anything: their input is never looked at
+            collect_videos(world, videos_of(rank) if rank in (1, 2) else None, desc="val/videos",
+                           fps=2 + rank, format="gif", ranks=[1, 2]),
+            collect_plot(world, make_figure(rank) if rank == 2 else "no figure", desc="val/plot",
+                         ranks=[2]),
             collect_table(world, cols, rows, desc="val/table", ranks="all"),
             collect_histogram(world, hist_values(rank, 500 * n), desc="val/hist", bins=20,
                               ranks=[1, 2]),
         ]
 
     results, ops = dist_calls(calls)
-    return {"results": results, "ops": ops, "open_figures": plt.get_fignums()}
+    plt = sys.modules.get("matplotlib.pyplot")
+    return {"results": results, "ops": ops,
+            "open_figures": plt.get_fignums() if plt is not None else []}
 
 
-def test_gathering_from_chosen_ranks_in_rank_order() -> None:
-    out = run_ranks(_gather, 3)
+def test_gathering_from_chosen_ranks_in_rank_order(pool4: RankPool) -> None:
+    out = pool4.run(_gather, timeout=180)
     assert all(o["results"] == [None] * 5 for o in out[1:])
-    assert [o["open_figures"] for o in out] == [[], [], []]
+    assert [o["open_figures"] for o in out] == [[]] * GATHER_WORLD
     images, videos, plot, table, hist = out[0]["results"]
 
     want_imgs, want_caps = [], []
-    for r in range(3):
+    for r in range(GATHER_WORLD):
         want_imgs += to_images(images_of(r), desc="x").images
         want_caps += [f"rank {r}: {c}" for c in captions_of(r, r + 1)]
     assert images.captions == want_caps
-    assert len(images.images) == len(want_imgs) == 6
+    assert len(images.images) == len(want_imgs) == sum(range(1, GATHER_WORLD + 1))
     assert all(np.array_equal(a, b) for a, b in zip(images.images, want_imgs, strict=True))
 
     want_v = [(r, v) for r in (1, 2) for v in to_videos(videos_of(r), desc="x").videos]
@@ -225,8 +247,9 @@ def test_gathering_from_chosen_ranks_in_rank_order() -> None:
     assert plot.captions == ["rank 2"] and plot.images[0].shape == (20, 20, 3)
 
     assert isinstance(table, Table) and table.columns == ["rank", *table_of(0)[0]]
-    want_rows = [[r, *row] for r in range(3) for row in to_table(*table_of(r), desc="x").rows]
-    assert [row[0] for row in table.rows] == [row[0] for row in want_rows] == [1, 2, 2]
+    want_rows = [[r, *row] for r in range(GATHER_WORLD)
+                 for row in to_table(*table_of(r), desc="x").rows]
+    assert [row[0] for row in table.rows] == [row[0] for row in want_rows] == [1, 2, 2, 3, 3, 3]
     for got, want in zip(table.rows, want_rows, strict=True):
         assert np.array_equal(got[1], want[1]) and got[2:] == want[2:]
 
@@ -236,13 +259,14 @@ def test_gathering_from_chosen_ranks_in_rank_order() -> None:
 
     # what moved: one header all_gather per call (+ a count all_reduce for the histogram);
     # pixels travel point to point from the chosen ranks only
-    ops0, ops1, ops2 = (o["ops"] for o in out)
+    ops0, ops1, ops2, ops3 = (o["ops"] for o in out)
     assert sorted(set(ops0)) == ["all_gather", "all_reduce", "irecv"]
     assert ops0.count("all_gather") == 5 and ops0.count("all_reduce") == 1
-    assert ops0.count("irecv") == 2 * (2 + 2 + 1 + 2)  # sizes + payload per sender and call
+    assert ops0.count("irecv") == 2 * (3 + 2 + 1 + 3)  # sizes + payload per sender and call
     assert ops1.count("isend") == 2 * 3  # images, videos, table rows
     assert ops2.count("isend") == 2 * 4  # images, videos, plot, table rows
-    assert "irecv" not in ops1 + ops2
+    assert ops3.count("isend") == 2 * 2  # images, table rows: not chosen for videos and plot
+    assert "irecv" not in ops1 + ops2 + ops3
 
 
 # --- 3. histograms: shared edges, summed counts, DTensors -----------------------------------------
@@ -295,8 +319,8 @@ def _histograms(rank: int) -> dict[str, Any]:
     return out
 
 
-def test_distributed_histograms_equal_numpy_of_all_values() -> None:
-    out = run_ranks(_histograms, 4, timeout=180)
+def test_distributed_histograms_equal_numpy_of_all_values(pool4: RankPool) -> None:
+    out = pool4.run(_histograms, timeout=180)
     for o in out[1:]:
         assert all(o[k] is None for k in o if k.startswith(("all", "some", "dt")))
     res = out[0]
@@ -366,6 +390,9 @@ def _edge_cases(rank: int) -> dict[str, Any]:
     out["after_rejected"] = _outcome(lambda: collect_images(world, imgs[:1], desc="ok", ranks="all"))
     out["columns"] = _outcome(lambda: collect_table(world, ["a", f"b{rank}"], [[1, 2]], desc="t",
                                                     ranks="all"))
+    # only rank 1 is chosen and it has no rows: nothing to write, rank 0's input unused
+    out["empty_table"] = _outcome(lambda: collect_table(
+        world, None if rank == 0 else ["a"], None if rank == 0 else [], desc="t0", ranks=[1]))
     out["bad_ranks"] = _outcome(lambda: collect_images(world, imgs, desc="r", ranks=[0, 5]))
     # rank 1 is late: rank 0 gets a clear error instead of waiting forever
     if rank == 0:
@@ -382,8 +409,8 @@ def _edge_cases(rank: int) -> dict[str, Any]:
     return out
 
 
-def test_caps_mismatches_rejections_and_timeouts() -> None:
-    out = run_ranks(_edge_cases, 2, timeout=120)
+def test_caps_mismatches_rejections_and_timeouts(pool2: RankPool) -> None:
+    out = pool2.run(_edge_cases, timeout=120)
     r0, r1 = out
 
     (status, item), warns = r0["cap_even"]
@@ -407,6 +434,7 @@ def test_caps_mismatches_rejections_and_timeouts() -> None:
         assert r["bad_ranks"][0][:2] == ("raised", "LogValueError")
         assert "[5]" in r["bad_ranks"][0][2]
 
+    assert [r["empty_table"] for r in out] == [(("ok", None), [])] * 2
     assert r1["rejected"][0][:2] == ("raised", "LogValueError")
     assert "'val/nan'" in r1["rejected"][0][2] and "NaN" in r1["rejected"][0][2]
     assert r0["rejected"][0] == ("ok", None)
@@ -440,14 +468,14 @@ def _logger_end_to_end(rank: int, run_dir: str) -> dict[str, Any]:
     return {"ops": logger.collectives_last_flush}
 
 
-def test_logger_writes_gathered_media_to_the_run_dir(tmp_path: Any) -> None:
+def test_logger_writes_gathered_media_to_the_run_dir(pool2: RankPool, tmp_path: Any) -> None:
     import imageio.v2 as iio2
     import imageio.v3 as iio
     from PIL import Image
 
     from distlog.runlog import iter_rows
 
-    run_ranks(_logger_end_to_end, 2, str(tmp_path))
+    pool2.run(_logger_end_to_end, str(tmp_path), timeout=120)
     rows = list(iter_rows(tmp_path))
     media = {k: v for row in rows if "media" in row for k, v in row["media"].items()}
     assert all(row["step"] == 3 for row in rows)
@@ -486,3 +514,73 @@ def test_logger_writes_gathered_media_to_the_run_dir(tmp_path: Any) -> None:
     assert table["data"][0][2:] == ["rank1-row0", 0.0, None]
     assert (tmp_path / table["data"][0][1]["path"]).is_file()
     assert (tmp_path / media["val/plot"]["items"][0]["path"]).is_file()
+
+
+# --- 6. the same media through wandb offline, read back from its files ---------------------------
+
+
+def _wandb_end_to_end(rank: int, run_dir: str) -> str | None:
+    import distlog
+
+    sinks = []
+    if rank == 0:
+        from distlog.sinks.wandb import WandbSink
+
+        sinks = [WandbSink(project="media")]
+    logger = distlog.Logger(run_dir=run_dir, sinks=sinks)
+    logger.log_images(images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images",
+                      ranks="all")
+    logger.log_videos(videos_of(rank), desc="val/gif", fps=5, ranks="all")
+    logger.log_videos(videos_of(rank), desc="val/mp4", fps=5, format="mp4")
+    logger.log_histogram(hist_values(rank, 300), desc="val/hist", bins=12, ranks="all")
+    logger.log_table(*table_of(rank + 1), desc="val/table", ranks="all")
+    logger.log_plot(make_figure(rank), desc="val/plot")
+    logger.flush(step=4)
+    wandb_dir = str(sinks[0].run_dir) if sinks else None
+    logger.finish()
+    return wandb_dir
+
+
+def test_media_through_wandb_offline(pool2: RankPool, tmp_path: Any) -> None:
+    pytest.importorskip("wandb")
+    pytest.importorskip("moviepy")
+    from PIL import Image
+
+    from distlog.wandb_offline import read_run
+
+    wandb_dir = pool2.run(_wandb_end_to_end, str(tmp_path / "run"), timeout=180)[0]
+    from pathlib import Path
+
+    files = Path(wandb_dir) / "files"
+    row = read_run(wandb_dir).rows_by_step()[4]
+
+    images = row["val/images"]
+    assert images["captions"] == [f"rank {r}: r{r}i{i}" for r in (0, 1) for i in range(2)]
+    want = [a for r in (0, 1) for a in to_images(images_of(r, 2), desc="x").images]
+    for name, arr in zip(images["filenames"], want, strict=True):
+        assert np.array_equal(np.asarray(Image.open(files / name)), arr)  # scaled, not black
+
+    gifs = row["val/gif"]["videos"]
+    assert [g["caption"] for g in gifs] == ["rank 0", "rank 0", "rank 1", "rank 1"]
+    assert all((files / g["path"]).is_file() and g["path"].endswith(".gif") for g in gifs)
+    mp4 = row["val/mp4"]["videos"]
+    assert len(mp4) == 2 and all((files / m["path"]).stat().st_size > 0 for m in mp4)
+    assert all(m["path"].endswith(".mp4") for m in mp4)
+
+    allv = np.concatenate([hist_values(r, 300).numpy() for r in (0, 1)])
+    counts, edges = np.histogram(allv, bins=12)
+    assert row["val/hist"]["values"] == counts.tolist()
+    assert np.allclose(row["val/hist"]["bins"], edges)
+
+    table = row["val/table"]
+    assert table["ncols"] == 5 and table["nrows"] == 1 + 2  # rank 0: 1 row, rank 1: 2 rows
+    import json
+
+    doc = json.loads((files / table["path"]).read_text())
+    assert doc["columns"] == ["rank", *table_of(1)[0]]
+    assert [(r[0], r[2]) for r in doc["data"]] == [(0, "rank1-row0"), (1, "rank2-row0"),
+                                                   (1, "rank2-row1")]
+
+    plot = row["val/plot"]
+    assert plot["count"] == 1 and (plot["width"], plot["height"]) == (20, 20)
+    assert (files / plot["filenames"][0]).is_file()

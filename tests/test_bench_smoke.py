@@ -1,0 +1,65 @@
+"""Smoke test of scripts/bench.py --quick: it runs to the end and writes a report that parses.
+
+No timing is asserted: the figures depend on the machine. What must hold is that the benchmark
+still runs against the current code, every section produced figures instead of an error, and
+the markdown, the JSON and the PNG it regenerates are well-formed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_a_parsable_report(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    res = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert res["quick"] is True
+    for section in ("hot_path", "memory"):
+        assert "error" not in res[section], res[section]["error"]
+    for section in ("flush", "count_collectives", "step_overhead", "breakdown"):
+        for world, per_rank in res[section].items():  # a list by rank, or {"error": ...}
+            assert isinstance(per_rank, list), (section, world, str(per_rank)[:3000])
+    # Every world ran its sweep, and distlog's rows matched the reference on rank 0.
+    for world, per_rank in res["flush"].items():
+        assert isinstance(per_rank, list), (world, per_rank)
+        assert len(per_rank) == int(world)
+        for n, row in per_rank[0].items():
+            if n != "idle_layout":
+                assert row["correct"] is True, (world, n)
+                assert row["distlog_flush_s"] > 0 and row["perkey_s"] > 0
+    # The profiler saw the per-key pattern issue one all_reduce per key: the count is real.
+    scen = res["count_collectives"]["2"][0]
+    perkey = next(v for k, v in scen.items() if k.startswith("one all_reduce"))
+    assert perkey["trace"] == {"c10d::allreduce_": 32}
+    steady = next(v for k, v in scen.items() if k.startswith("steady flush") and "mean keys" in k)
+    assert sum(steady["trace"].values()) == steady["counter"]
+
+    md = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Machine", "## Targets (issue 6)", "## Flush latency", "## Collectives"):
+        assert heading in md
+    assert "![flush latency against keys](benchmarks.png)" in md
+    png = (tmp_path / "benchmarks.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(tmp_path / "benchmarks.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200

@@ -499,8 +499,9 @@ class Logger:
             raise LogValueError(f"step must be >= 0, got {step}")
         if step < self._step and self.world.is_global_zero:
             warnings.warn(
-                f"distlog: step went backwards ({self._step} -> {step}); trackers such as wandb "
-                "drop rows whose step is lower than the last one. Pass the restored global step "
+                f"distlog: step went backwards ({self._step} -> {step}); the row is written, "
+                "but its step now repeats earlier ones (a tracker keyed on its own step, such "
+                "as plain wandb.log(step=...), would drop it). Pass the restored global step "
                 "when resuming.",
                 stacklevel=3,
             )

@@ -1338,8 +1338,6 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
 
 ALLREDUCE1 = "all_reduce, 1 float32 (one key of the per-key pattern)"
 ALLREDUCE3 = "all_reduce, 3 float64 (one mean key)"
-REDUCE3 = "reduce to rank 0, 3 float64 (distlog payload, 1 key)"
-ALLGATHER = "all_gather, 4 int64 per rank (distlog control exchange)"
 
 
 def analysis(res: dict[str, Any]) -> list[str]:
@@ -1359,9 +1357,8 @@ def analysis(res: dict[str, Any]) -> list[str]:
         out.append(
             f"- **{w} ranks, fixed cost.** One gloo collective here costs {us(one)} for a single "
             f"float (what each key of the per-key pattern sends), {us(c0[ALLREDUCE3])} for 3 "
-            f"floats, {us(c0[REDUCE3])} for distlog's payload reduce and {us(c0[ALLGATHER])} for "
-            f"its control all_gather. A steady flush makes two of them (control all_gather + "
-            f"payload reduce, see the profiler table), so a 1-key flush costs {us(d1)}, "
+            f"floats. A steady gloo flush makes one collective (the fused all_reduce of the "
+            f"payload and its control slots, see the profiler table), so a 1-key flush costs {us(d1)}, "
             f"{d1 / one:.1f}x one scalar all_reduce"
             + (f"; distlog is ahead from {min(wins)} keys on." if wins else ".")
             + f" From {lo} to {hi} keys the flush grows {rows[hi]['distlog_flush_s'] / d1:.1f}x "
@@ -1384,7 +1381,6 @@ def analysis(res: dict[str, Any]) -> list[str]:
                     "build payload",
                     "decode row",
                     "collectives (all)",
-                    "control exchange (all_gather + checks)",
                 )
             )
             + ". The collectives grow with the payload and with waiting for the slower rank."
@@ -1409,7 +1405,7 @@ def analysis(res: dict[str, Any]) -> list[str]:
         hp = res.get("hot_path", {}).get("CPU tensor float32 (0-d)", {})
         logging = 32 * hp.get("us_per_call", math.nan) * 1e-6
         out.append(
-            f"- **Step overhead.** Flushing every step pays a flush (two collectives) every "
+            f"- **Step overhead.** Flushing every step pays a flush (one fused all_reduce) every "
             f"step: {every.get('overhead', math.nan):+.1%} of the {bare * 1e3:.1f} ms bare step. "
             f"A single scalar all_reduce ({us(one)}) is already {one / bare:.1%} of that step on "
             "this host, so nothing with a collective per step can stay under 5 % here; on a "
@@ -1422,12 +1418,14 @@ def analysis(res: dict[str, Any]) -> list[str]:
             "collectives and for the CPU, which this oversubscribed host inflates."
         )
     out.append(
-        "- **What is left in the design.** The control all_gather is half of the collectives "
-        "of a steady flush. shared/notes/floor.md folds the key-agreement check into the "
-        "payload (fingerprints in reserved slots, an all_reduce instead of a reduce so every "
-        "rank sees a mismatch): one collective per flush with only mean/sum/last keys, the "
-        "control exchange only on the rare flush that brings new keys. That halves the fixed "
-        "cost above and is the one change that moves every multi-rank figure."
+        "- **What is left in the design.** The fused protocol of shared/notes/floor.md is in: "
+        "the key-agreement check rides in the payload's control slots, so a steady gloo flush "
+        "is one all_reduce (two with min/max keys) and the key exchange happens only on a "
+        "flush that brings new keys. What grows with the keys is per-key Python work on the "
+        "writer (building the payload from the accumulators, decoding the row): accumulators "
+        "kept in slot-indexed arrays would remove most of it. On NCCL the control all_gather "
+        "stays separate, since reading control slots from a GPU payload would make every rank "
+        "wait for its device."
     )
     out.append("")
     return out

@@ -43,8 +43,11 @@ def write_run(run_dir: Path, seed: int = 0) -> dict[str, list[tuple[int, float]]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``distlog`` console script (``python -m distlog.cli`` where it is not installed)."""
+    script = Path(sys.executable).parent / "distlog"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "distlog.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "distlog.cli", *args],
+        [*command, *args],
         env=subprocess_env(),
         capture_output=True,
         text=True,
@@ -158,8 +161,15 @@ def test_bad_directory_as_a_command_has_no_traceback(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert "not a distlog run directory" in done.stderr and "exp1" in done.stderr  # a hint
     assert "Traceback" not in done.stderr
-    done = run_cli("show")
-    assert done.returncode == 2 and "RUN_DIR" in done.stderr
+
+
+def test_usage_errors_exit_with_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["show"])
+    assert exc.value.code == 2 and "RUN_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["show", "x", "--bogus"])
+    assert exc.value.code == 2 and "--bogus" in capsys.readouterr().err
 
 
 def test_torn_last_line_is_skipped_with_a_note(tmp_path, capsys):
@@ -190,14 +200,6 @@ def test_plot_writes_a_png_of_the_chosen_keys(tmp_path, capsys):
     assert "no key matches" in err and "train/loss" in err
 
 
-def test_plot_as_a_command(tmp_path):
-    write_run(tmp_path / "run")
-    output = tmp_path / "c.png"
-    done = run_cli("plot", str(tmp_path / "run"), "-o", str(output), "--keys", "val/acc")
-    assert done.returncode == 0, done.stderr
-    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 HAVE_DEMO = importlib.util.find_spec("distlog.demo") is not None
 
 
@@ -220,9 +222,27 @@ def test_demo_rejects_bad_nproc(capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_DEMO, reason="distlog.demo has not landed")
-def test_demo_runs(tmp_path):
+def test_demo_then_show_and_plot(tmp_path, capsys):
+    """The whole tour a new user takes: run the demo, look at it, draw it."""
+    run_dir = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "distlog.cli", "demo", "--nproc", "2"],
+        [
+            sys.executable,
+            "-m",
+            "distlog.cli",
+            "demo",
+            "--nproc",
+            "2",
+            "--steps",
+            "20",
+            "--log-every",
+            "5",
+            "--batch-size",
+            "16",
+            "--quiet",
+            "--run-dir",
+            str(run_dir),
+        ],
         env=subprocess_env(),
         cwd=tmp_path,
         capture_output=True,
@@ -230,27 +250,43 @@ def test_demo_runs(tmp_path):
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    rows = runlog.read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert main(["show", str(run_dir)]) == 0
+    table = table_rows(capsys.readouterr().out)
+    assert float(table["train/loss"][0]) == pytest.approx(rows[-1]["train/loss"], rel=1e-5)
+    assert table["train/samples"][3] == "4"
+    assert main(["plot", str(run_dir), "-o", str(tmp_path / "c.png"), "--keys", "train/*"]) == 0
 
 
-def test_installed_console_script(tmp_path):
-    script = Path(sys.executable).parent / "distlog"
-    if not script.exists():
-        pytest.skip("the distlog console script is not installed in this environment")
-    write_run(tmp_path)
-    done = subprocess.run(
-        [str(script), "show", str(tmp_path)],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_long_series_are_drawn_as_an_envelope_that_keeps_spikes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distlog.cli import PLOT_MAX_POINTS, _draw_envelope
+
+    n = 3 * PLOT_MAX_POINTS
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=n)
+    values[1234] = 50.0  # one spike
+    values[5000] = -40.0
+    values[777] = math.nan
+    fig, ax = plt.subplots()
+    _draw_envelope(ax, np.arange(n, dtype=float), values)
+    drawn = [line.get_ydata() for line in ax.get_lines()]
+    assert max(np.nanmax(y) for y in drawn) == 50.0
+    assert min(np.nanmin(y) for y in drawn) == -40.0
+    mean_line = drawn[-1]
+    assert len(mean_line) < n and np.nanmean(mean_line) == pytest.approx(
+        np.nanmean(values), abs=0.05
     )
-    assert done.returncode == 0, done.stderr
-    assert "val/acc" in done.stdout
-    done = subprocess.run(
-        [str(script), "show", str(tmp_path / "missing")],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 1 and "no such directory" in done.stderr
+    plt.close(fig)
+
+    sink = JsonlSink(tmp_path / "long")
+    for step in range(n):
+        sink.log_scalars(step, {"loss": float(values[step])})
+    sink.close()
+    assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "long.png")]) == 0
+    assert (tmp_path / "long.png").stat().st_size > 1000

@@ -17,6 +17,7 @@ from torchmetrics.classification import (  # noqa: E402
     MulticlassConfusionMatrix,
 )
 
+import distlog  # noqa: E402
 from distlog.errors import LogTypeError, LogValueError  # noqa: E402
 from distlog.metrics import is_metric, metric_values  # noqa: E402
 
@@ -177,7 +178,7 @@ def test_nan_result_passes_through():
 # ---------------------------------------------------------------- real gloo groups
 
 
-def _scenarios(rank: int, world_size: int) -> dict[str, object]:
+def _scenarios(rank: int, world_size: int, run_dir: str) -> dict[str, object]:
     out: dict[str, object] = {}
     mine = [batch(100 * rank + i) for i in range(2)]
 
@@ -243,13 +244,27 @@ def _scenarios(rank: int, world_size: int) -> dict[str, object]:
     total = tm.SumMetric()
     total.update(torch.tensor(float(rank + 1)))
     out["after"] = metric_values(total, name="sum")
+
+    # through the Logger: computed once, written by rank 0 as is (never summed again)
+    logger = distlog.Logger(run_dir=run_dir, async_write=False)
+    total = tm.SumMetric()
+    total.update(torch.tensor(float(rank + 1)))
+    out["log_metrics"] = logger.log_metrics(total, prefix="val/", name="sum")
+    only_rank1 = BinaryAUROC()
+    if rank == 1:
+        preds, target = mine[0]
+        only_rank1.update(preds[:, 0], (target == 0).long())
+    logger.log_dict({"val/auroc": only_rank1, "train/x": float(rank)})
+    out["row"] = logger.flush(7)
+    logger.finish()
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [3])
-def test_distributed_scenarios(world_size):
-    results = run_ranks(_scenarios, world_size, world_size, timeout=120)
+def test_distributed_scenarios(tmp_path, world_size):
+    run_dir = tmp_path / "run"
+    results = run_ranks(_scenarios, world_size, world_size, str(run_dir), timeout=120)
     batches = {r: [batch(100 * r + i) for i in range(2)] for r in range(world_size)}
     everything = [b for r in range(world_size) for b in batches[r]]
 
@@ -275,3 +290,58 @@ def test_distributed_scenarios(world_size):
         assert "'val/bad'" in out["broken"] and "ZeroDivisionError" in out["broken"]
         assert out["after"] == {"sum": world_size * (world_size + 1) / 2}
     assert results[0]["none_warned"]
+
+    total = world_size * (world_size + 1) / 2
+    want_row = {
+        "val/sum": total,
+        "val/auroc": float(
+            reference(BinaryAUROC, [(rank1[0][0][:, 0], (rank1[0][1] == 0).long())])
+        ),
+        "train/x": sum(range(world_size)) / world_size,
+    }
+    assert results[0]["row"] == pytest.approx(want_row)
+    assert all(out["row"] is None for out in results[1:])
+    assert all(out["log_metrics"] == {"val/sum": total} for out in results)
+    (row,) = distlog.read_metrics(run_dir)
+    assert row["step"] == 7 and {k: row[k] for k in want_row} == pytest.approx(want_row)
+
+
+def test_logger_log_metrics_and_log_dict_in_one_process(tmp_path):
+    preds, target = batch(5)
+    collection = tm.MetricCollection(
+        {"acc": MulticlassAccuracy(num_classes=NUM_CLASSES), "n": tm.SumMetric()}
+    )
+    collection["acc"].update(preds, target)
+    collection["n"].update(torch.tensor(float(len(target))))
+    mean = tm.MeanMetric()
+    mean.update(torch.tensor([1.0, 2.0, 3.0]))
+    logger = distlog.Logger(run_dir=tmp_path, async_write=False)
+    assert logger.log_metrics(collection, prefix="val/") == pytest.approx(
+        {"val/acc": float(collection["acc"].compute()), "val/n": 16.0}
+    )
+    logger.log_dict({"eval": collection, "eval/mean": mean, "train/loss": 0.5})
+    row = logger.flush(3)
+    logger.finish()
+    acc = float(collection["acc"].compute())
+    want = {
+        "val/acc": acc,
+        "val/n": 16.0,
+        "eval/acc": acc,
+        "eval/n": 16.0,
+        "eval/mean": 2.0,
+        "train/loss": 0.5,
+    }
+    assert row == pytest.approx(want)
+    (written,) = distlog.read_metrics(tmp_path)
+    assert {k: written[k] for k in want} == pytest.approx(want)
+
+
+def test_log_dict_with_a_failing_metric_logs_nothing(tmp_path):
+    broken = Broken()
+    broken.update(torch.ones(1))
+    logger = distlog.Logger(run_dir=tmp_path, async_write=False)
+    with pytest.raises(LogValueError, match="'val/bad'"):
+        logger.log_dict({"train/loss": 1.0, "val/bad": broken})
+    logger.log_scalar("other", 2.0)
+    assert logger.flush(1) == {"other": 2.0}
+    logger.finish()

@@ -332,3 +332,14 @@ def test_without_wandb_installed(tmp_path):
     assert "ROWS [{'step': 1," in out.stdout and "'loss': 3.0}]" in out.stdout
     assert "IMPORT-ERROR" in out.stdout and "distlog[wandb]" in out.stdout
     assert not (tmp_path / "wandb").exists()
+
+
+def test_bad_logging_parameters_close_the_wandb_run_they_opened(env):
+    pytest.importorskip("wandb")
+    from distlog.wandb_offline import find_run_dirs, read_run
+
+    params = WandbLoggingParameters(run_dir="r", nonfinite="explode")
+    with pytest.raises(distlog.LogValueError, match="nonfinite='explode'"):
+        WandbLast(WandbTrainConfig(max_steps=2, logging_parameters=params))
+    [run_dir] = find_run_dirs(env["WANDB_DIR"])
+    assert read_run(run_dir).exit_code == 1  # not left open

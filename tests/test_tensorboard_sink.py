@@ -141,6 +141,39 @@ def test_videos_are_animated_gifs(tmp_path):
     assert "noise" in text
 
 
+def gif_frames(encoded: bytes) -> list[np.ndarray]:
+    gif = Image.open(io.BytesIO(encoded))
+    frames = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        frames.append(np.asarray(gif.convert("RGB")).astype(int))
+    return frames
+
+
+def test_video_colours_survive_the_gif_palette(tmp_path):
+    """Up to 256 colours come back exactly (grey, RGB, RGBA minus alpha); more, approximately."""
+    x = np.linspace(0, 1, 24)
+    wave = np.stack([np.outer(np.sin(6 * x + t), np.cos(4 * x)) for t in range(6)])
+    gray = (wave * 127 + 128).astype(np.uint8)[..., None]  # (T, H, W, 1)
+    rgb = np.concatenate([gray, 255 - gray, gray // 2], axis=-1)
+    rgba = np.concatenate([rgb, np.full_like(gray, 90)], axis=-1)
+    noise = np.random.default_rng(4).integers(0, 256, size=(4, 24, 24, 3), dtype=np.uint8)
+    sink = TensorBoardSink(tmp_path)
+    for key, frames in [("gray", gray), ("rgb", rgb), ("rgba", rgba), ("noise", noise)]:
+        sink.log_media(1, key, Videos([Video(frames, fps=5)]))
+    sink.close()
+
+    acc = read_back(tmp_path)
+    for key, want in [("gray", np.repeat(gray, 3, -1)), ("rgb", rgb), ("rgba", rgba[..., :3])]:
+        (event,) = acc.Images(key)
+        got = gif_frames(event.encoded_image_string)
+        np.testing.assert_array_equal(np.stack(got), want, err_msg=key)
+    (event,) = acc.Images("noise")
+    got = np.stack(gif_frames(event.encoded_image_string))
+    assert got.shape == noise.shape
+    assert np.abs(got - noise).mean() < 20  # 16.7M colours into 256: close, not exact
+
+
 def test_histogram_counts_and_limits(tmp_path):
     rng = np.random.default_rng(3)
     values = rng.normal(size=1000)

@@ -180,24 +180,34 @@ def test_resume_same_id_continues_and_warns_when_step_goes_back(env):
 
     # restart from a checkpoint taken at step 20: the next flush is at 25 < 30
     second = WandbSink(project="p", id="resume1")
-    with pytest.warns(UserWarning, match=r"went back from 30 to 25"):
+    with pytest.warns(UserWarning, match=r"step 25 is not after 30.*by an earlier start"):
         second.log_scalars(25, {"loss": 9.0})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # going forward again: no more warnings
         second.log_scalars(35, {"loss": 8.0})
     second.close()
 
-    # a restart from the last step logged: no warning
+    # a restart that logs the last step again: its rows would be plotted twice
     third = WandbSink(project="p", id="resume1")
+    with pytest.warns(UserWarning, match=r"step 35 is not after 35"):
+        third.log_scalars(35, {"loss": 7.5})
+    third.log_scalars(40, {"loss": 7.0})
+    third.close()
+    # within one start, a step lower than the last is caught too; equal steps are normal
+    fourth = WandbSink(project="p", id="resume1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        third.log_scalars(40, {"loss": 7.0})
-    third.close()
+        fourth.log_scalars(41, {"loss": 6.0})
+        fourth.log_scalars(41, {"other": 1.0})
+    with pytest.warns(UserWarning, match=r"step 39 is not after 41") as caught:
+        fourth.log_scalars(39, {"loss": 5.0})
+    assert "earlier start" not in str(caught[0].message)
+    fourth.close()
 
     runs = read_runs(env["WANDB_DIR"], "resume1")
-    assert [r.run_id for r in runs] == ["resume1"] * 3
+    assert [r.run_id for r in runs] == ["resume1"] * 4
     assert [r.values("loss") for r in runs] == [
-        {10: 1.0, 20: 2.0, 30: 3.0}, {25: 9.0, 35: 8.0}, {40: 7.0}
+        {10: 1.0, 20: 2.0, 30: 3.0}, {25: 9.0, 35: 8.0}, {35: 7.5, 40: 7.0}, {41: 6.0, 39: 5.0}
     ]  # every row kept, nothing dropped
 
 
@@ -222,8 +232,9 @@ def test_watch_and_log_code(env, tmp_path):
     sink.close()
     assert artifact is not None
     keys = set().union(*(row.keys() for row in read_run(run_dir).history))
-    assert any(k.startswith("gradients/0.weight") for k in keys), sorted(keys)
-    assert any(k.startswith("parameters/0.weight") for k in keys), sorted(keys)
+    # wandb prefixes "graph_N" once a process has watched several models: match the tail
+    assert any(k.startswith("gradients/") and k.endswith("0.weight") for k in keys), sorted(keys)
+    assert any(k.startswith("parameters/") and k.endswith("0.weight") for k in keys), sorted(keys)
 
 
 def test_bad_arguments(env):

@@ -1,4 +1,9 @@
-"""distlog: distributed-aware metrics logging for PyTorch."""
+"""distlog: distributed-aware metrics logging for PyTorch.
+
+Every rank buffers scalars cheaply; at each flush the buffers of all ranks are reduced together
+in a constant number of fused collectives, and only global rank 0 writes the aggregated values to
+its sinks (a local run directory by default, Weights & Biases, TensorBoard, the console).
+"""
 
 from distlog.aggregation import REDUCTIONS
 from distlog.errors import (
@@ -10,27 +15,59 @@ from distlog.errors import (
     RankDivergenceError,
 )
 from distlog.logger import Logger, to_config_dict
+from distlog.media import Histogram, Images, MediaWarning, Table, Video, Videos
+from distlog.metrics import metric_values
+from distlog.mixins import (
+    LoggerConfigMixin,
+    LoggerMixin,
+    LoggingParameters,
+    WandBLoggerConfigMixin,
+    WandBLoggerMixin,
+    WandbLoggingParameters,
+)
 from distlog.runlog import read_metrics
-from distlog.sinks import ConsoleSink, JsonlSink, Sink
+from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
+from distlog.sinks.wandb import WandbInitError, WandbSink
+from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
 from distlog.world import World, init_distributed
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "REDUCTIONS",
+    "BaseTrainer",
+    "BaseTrainerConfig",
+    "Callback",
     "ConsoleSink",
     "DistlogError",
+    "Histogram",
+    "Images",
     "JsonlSink",
     "KeyConflictError",
-    "REDUCTIONS",
     "LogTypeError",
     "LogValueError",
     "Logger",
     "LoggerClosedError",
+    "LoggerConfigMixin",
+    "LoggerMixin",
+    "LoggingParameters",
+    "MediaWarning",
+    "ProgressSink",
     "RankDivergenceError",
     "Sink",
+    "Table",
+    "TensorBoardSink",
+    "Video",
+    "Videos",
+    "WandBLoggerConfigMixin",
+    "WandBLoggerMixin",
+    "WandbInitError",
+    "WandbLoggingParameters",
+    "WandbSink",
     "World",
     "__version__",
     "init_distributed",
+    "metric_values",
     "read_metrics",
     "to_config_dict",
 ]

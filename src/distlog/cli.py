@@ -19,10 +19,13 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from distlog import runlog
 
@@ -38,23 +41,33 @@ class KeySummary:
     """What one key did over the run. ``min``/``max`` ignore non-finite values."""
 
     key: str
+    steps_logged: list[int] = field(default_factory=list, repr=False)
+    values: list[float] = field(default_factory=list, repr=False)
     last: float = math.nan
     last_step: int = 0
     min: float = math.inf
     max: float = -math.inf
     steps: int = 0
     non_finite: int = 0
-    series: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
-    def add(self, step: int, value: float) -> None:
-        self.series.append((step, value))
-        self.steps += 1
-        self.last, self.last_step = value, step
-        if math.isfinite(value):
-            self.min = min(self.min, value)
-            self.max = max(self.max, value)
-        else:
-            self.non_finite += 1
+    @property
+    def series(self) -> list[tuple[int, float]]:
+        return list(zip(self.steps_logged, self.values, strict=True))
+
+    def finalise(self) -> None:
+        """Compute the statistics from the collected values (vectorised: runs can be long)."""
+        import numpy as np
+
+        values = np.asarray(self.values, dtype=np.float64)
+        self.steps = int(values.size)
+        if not values.size:
+            return
+        self.last, self.last_step = float(values[-1]), self.steps_logged[-1]
+        finite = np.isfinite(values)
+        self.non_finite = int(values.size - finite.sum())
+        if finite.any():
+            self.min = float(values[finite].min())
+            self.max = float(values[finite].max())
 
 
 @dataclass
@@ -133,6 +146,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
     if not rows:
         raise CliError(f"{metrics} holds no complete row (cut short while the first was written)")
 
+    keys = summary.keys
     for number, row in enumerate(rows, start=1):
         step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
@@ -140,8 +154,9 @@ def load_run(run_dir: str | Path) -> RunSummary:
         summary.rows += 1
         summary.first_step = step if summary.first_step is None else min(summary.first_step, step)
         summary.last_step = step if summary.last_step is None else max(summary.last_step, step)
-        stamp = row.get("time")
-        if _is_number(stamp):
+        raw_time = row.get("time")
+        if isinstance(raw_time, int | float) and not isinstance(raw_time, bool):
+            stamp = float(raw_time)
             first, last = summary.first_time, summary.last_time
             summary.first_time = stamp if first is None else min(first, stamp)
             summary.last_time = stamp if last is None else max(last, stamp)
@@ -151,9 +166,15 @@ def load_run(run_dir: str | Path) -> RunSummary:
                 summary.media[key] = summary.media.get(key, 0) + 1
             continue
         for key, value in row.items():
-            if key in ("step", "time") or not _is_number(value):
-                continue
-            summary.keys.setdefault(key, KeySummary(key)).add(step, float(value))
+            kind = type(value)
+            if (kind is float or kind is int) and key != "step" and key != "time":
+                ks = keys.get(key)
+                if ks is None:
+                    ks = keys[key] = KeySummary(key)
+                ks.steps_logged.append(step)
+                ks.values.append(value)
+    for ks in keys.values():
+        ks.finalise()
 
     meta_path = path / runlog.RUN_FILE
     if meta_path.is_file():
@@ -258,6 +279,30 @@ def _select_keys(summary: RunSummary, patterns: Sequence[str] | None) -> list[st
     return chosen
 
 
+PLOT_MAX_POINTS = 4000
+"""Longer series are drawn as a band (min to max per bucket) around the bucket means."""
+
+
+def _draw_envelope(ax: Any, steps: Any, values: Any, buckets: int = 1000) -> None:
+    """Every point of a long series in ``buckets`` columns: spikes stay visible, drawing is fast."""
+    edges = np.linspace(0, len(steps), buckets + 1).astype(int)
+    starts = edges[:-1]
+    x = steps[np.minimum(starts + (edges[1:] - starts) // 2, len(steps) - 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN buckets stay holes
+        finite = np.isfinite(values)
+        totals = np.add.reduceat(np.where(finite, values, 0.0), starts)
+        counts = np.add.reduceat(finite.astype(np.float64), starts)
+        mean = np.where(counts > 0, totals / np.maximum(counts, 1.0), np.nan)
+        low = np.fmin.reduceat(values, starts)
+        high = np.fmax.reduceat(values, starts)
+    ax.fill_between(x, low, high, color="tab:blue", alpha=0.25, linewidth=0, label="min-max")
+    for edge in (low, high):  # thin outlines keep single-point spikes visible
+        ax.plot(x, edge, "-", linewidth=0.6, color="tab:blue", alpha=0.5)
+    ax.plot(x, mean, "-", linewidth=1.2, color="tab:blue", label=f"mean of {len(steps)} points")
+    ax.legend(fontsize=7, loc="best")
+
+
 def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = None) -> list[str]:
     """Draw one panel per key (step on x) into ``output``; returns the keys drawn."""
     chosen = _select_keys(summary, keys)
@@ -282,15 +327,19 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
     )
     for ax, key in zip(axes.flat, chosen, strict=False):
         ks = summary.keys[key]
-        steps = [s for s, _ in ks.series]
-        values = [v if math.isfinite(v) else math.nan for _, v in ks.series]
-        style = "o-" if len(steps) <= 30 else "-"
-        ax.plot(steps, values, style, markersize=3, linewidth=1.4, color="tab:blue")
-        bad = [s for s, v in ks.series if not math.isfinite(v)]
-        if bad:  # mark where the curve has holes: NaN or infinite values
+        steps = np.asarray(ks.steps_logged, dtype=np.float64)
+        values = np.asarray(ks.values, dtype=np.float64)
+        finite = np.isfinite(values)
+        shown = np.where(finite, values, np.nan)  # holes where values are NaN or infinite
+        if len(steps) > PLOT_MAX_POINTS:
+            _draw_envelope(ax, steps, shown)
+        else:
+            style = "o-" if len(steps) <= 30 else "-"
+            ax.plot(steps, shown, style, markersize=3, linewidth=1.4, color="tab:blue")
+        if not finite.all():  # mark where the curve has holes
             ax.plot(
-                bad,
-                [0.02] * len(bad),
+                steps[~finite],
+                np.full(int((~finite).sum()), 0.02),
                 "x",
                 color="tab:red",
                 markersize=6,
@@ -301,7 +350,7 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
         title = key if not ks.non_finite else f"{key}  ({ks.non_finite} non-finite)"
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=8, labelbottom=True)  # sharex would hide them above
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(chosen) :]:
         ax.set_visible(False)
@@ -367,13 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo job under torchrun")
     demo.add_argument("--nproc", type=int, default=2, help="processes (default: %(default)s)")
     demo.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="passed on to distlog.demo")
+    demo.epilog = "Other arguments (--steps 50, --run-dir DIR, ...) are passed on to distlog.demo."
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``distlog`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "show":
             print(format_summary(_load_and_note(args.run_dir)))
@@ -383,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             drawn = plot_run(summary, output, args.keys)
             print(f"wrote {output} ({len(drawn)} keys)")
         elif args.command == "demo":
-            extra = [a for a in args.demo_args if a != "--"] if args.demo_args else []
-            return _run_demo(args.nproc, extra, args.dry_run)
+            return _run_demo(args.nproc, [a for a in unknown if a != "--"], args.dry_run)
     except CliError as exc:
         print(f"distlog {args.command}: {exc}", file=sys.stderr)
         return 1

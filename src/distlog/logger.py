@@ -217,8 +217,9 @@ class Logger:
         sinks: backends to write to (on global rank 0 only). A JSONL sink for ``run_dir`` is
             added unless one is already in the list or ``run_dir`` is None and sinks are given.
         group: process group to aggregate over (default: the whole world).
-        mesh, mesh_dim: aggregate over one dimension of a ``DeviceMesh`` instead, e.g. the
-            data-parallel one, so tensor-parallel replicas are not counted twice.
+        mesh: aggregate over one dimension of this ``DeviceMesh`` instead of ``group``, e.g.
+            the data-parallel one, so tensor-parallel replicas are not counted twice.
+        mesh_dim: that dimension of ``mesh``, by name or index.
         console: also print a compact line per flush on rank 0.
         async_write: run sink calls on a writer thread (default). Off, they run inline.
         timeout: seconds a flush waits for the other ranks before raising
@@ -374,17 +375,51 @@ class Logger:
         weight: Any = None,
         spread: bool = False,
     ) -> None:
-        """Buffer several values with one reduction. All or nothing: a bad entry logs none."""
+        """Buffer several values with one reduction. All or nothing: a bad entry logs none.
+
+        torchmetrics ``Metric``/``MetricCollection`` values are computed instead (see
+        :meth:`log_metrics`; this makes the call collective) and written as they are under
+        ``key`` (a collection's results under ``key/<name>``); ``reduce`` does not apply to them.
+        """
         if self._closed:
             self._raise_closed()
         if not isinstance(values, Mapping):
             raise LogTypeError(
                 f"log_dict expects a mapping of key -> value, got {type(values).__name__}"
             )
+        from distlog.metrics import is_metric, metric_values_under
+
         agg = self._agg
-        samples = [agg.prepare(k, v, reduce, weight, spread) for k, v in values.items()]
+        samples = [
+            agg.prepare(k, v, reduce, weight, spread) for k, v in values.items() if not is_metric(v)
+        ]
+        computed: dict[str, float] = {}
+        for key, metric in values.items():
+            if is_metric(metric):
+                computed.update(metric_values_under(key, metric))
         for sample in samples:
             agg.commit(sample)
+        if computed:
+            self.log_precomputed(computed)
+
+    def log_metrics(
+        self, metric: Any, prefix: str = "", *, name: str | None = None
+    ) -> dict[str, float]:
+        """Compute a torchmetrics ``Metric`` or ``MetricCollection`` and log the result as is.
+
+        Collective, like ``compute()``: every rank of the metric's process group calls it.
+        ``compute()`` already gathers the states across ranks, so the values are global and are
+        never reduced again. Keys are ``prefix + name`` (default: the class name) for a metric
+        and ``prefix`` + torchmetrics' names for a collection. A metric no rank updated is
+        skipped with a warning; see :func:`distlog.metrics.metric_values`. Returns the values.
+        """
+        if self._closed:
+            self._raise_closed()
+        from distlog.metrics import metric_values
+
+        values = metric_values(metric, prefix, name=name)
+        self.log_precomputed(values)
+        return values
 
     def log_precomputed(self, values: Mapping[str, Any]) -> None:
         """Values that are already global (e.g. a torchmetrics ``compute()``).
@@ -613,8 +648,9 @@ class Logger:
             raise LogValueError(f"step must be >= 0, got {step}")
         if step < self._step and self.world.is_global_zero:
             warnings.warn(
-                f"distlog: step went backwards ({self._step} -> {step}); trackers such as wandb "
-                "drop rows whose step is lower than the last one. Pass the restored global step "
+                f"distlog: step went backwards ({self._step} -> {step}); the row is written, "
+                "but its step now repeats earlier ones (a tracker keyed on its own step, such "
+                "as plain wandb.log(step=...), would drop it). Pass the restored global step "
                 "when resuming.",
                 stacklevel=3,
             )

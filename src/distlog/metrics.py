@@ -5,8 +5,8 @@ logger writes it as is (:meth:`distlog.Logger.log_precomputed`), never reducing 
 :func:`metric_values` must be called on every rank of the metric's process group, like
 ``compute()`` itself.
 
-Before computing, ranks swap one small description of their metrics (one
-``all_gather_object``), which lets distlog turn three situations that make plain
+Before computing, ranks swap one small description of their metrics (JSON, in two tiny
+``all_gather`` calls), which lets distlog turn three situations that make plain
 ``compute()`` hang or abort the job into a clear outcome on every rank:
 
 - **No rank updated a metric** since its last ``reset()``: it is skipped on every rank with a
@@ -33,6 +33,7 @@ and ``key/i/j`` for a matrix. Tensors with more than ``max_elements`` elements a
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -43,7 +44,7 @@ import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
 
-__all__ = ["is_metric", "metric_values"]
+__all__ = ["is_metric", "metric_values", "metric_values_under"]
 
 _NOT_UPDATED = "was called before the ``update`` method"
 
@@ -124,9 +125,32 @@ def _gather_descriptions(members: list[Member], group: Any) -> list[dict[str, An
     if size == 1:
         return None
     mine = {key: _describe(metric) for key, _, metric in members}
-    gathered: list[Any] = [None] * size
-    dist.all_gather_object(gathered, mine, group=group)
+    gathered = _all_gather_json(mine, group, size)
+    for descriptions in gathered:  # JSON turned the (dtype, shape) tuples into lists
+        for description in descriptions.values():
+            description["states"] = {
+                attr: (layout[0], tuple(layout[1])) if layout else None
+                for attr, layout in description["states"].items()
+            }
     return gathered
+
+
+def _all_gather_json(obj: Any, group: Any, size: int) -> list[Any]:
+    """Every rank's ``obj``, exchanged as JSON bytes (never pickle): two small all_gathers."""
+    backend = str(dist.get_backend(group))
+    on_gpu = "nccl" in backend and "cpu:" not in backend
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    data = json.dumps(obj).encode()
+    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    lengths = [torch.zeros_like(length) for _ in range(size)]
+    dist.all_gather(lengths, length, group=group)
+    sizes = [int(t.item()) for t in lengths]
+    buffer = torch.zeros(max(sizes), dtype=torch.uint8)
+    buffer[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    buffer = buffer.to(device)
+    buffers = [torch.empty_like(buffer) for _ in range(size)]
+    dist.all_gather(buffers, buffer, group=group)
+    return [json.loads(b[:n].cpu().numpy().tobytes()) for b, n in zip(buffers, sizes, strict=True)]
 
 
 def _updates(metric: Any) -> int:
@@ -318,3 +342,12 @@ def _flatten_collection(
             full = prefix + collection._set_name(name)
             out.update(_flatten(full, item, shown, max_elements))
     return out
+
+
+def metric_values_under(key: str, metric: Any) -> dict[str, float]:
+    """:func:`metric_values` for ``log_dict({key: metric})``: a metric's value is written as
+    ``key`` itself, a collection's values as ``key/<name>``."""
+    tm = _torchmetrics()
+    if isinstance(metric, tm.MetricCollection):
+        return metric_values(metric, f"{key}/")
+    return metric_values(metric, name=key)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distlog.errors import LoggerClosedError
 from distlog.logger import Logger
 from distlog.world import World, init_distributed
 
@@ -186,19 +187,25 @@ class LoggerMixin(AbstractTrainer):
     def logger(self) -> Logger | None:
         """The :class:`distlog.Logger` (None when logging is disabled). Built on first use."""
         if not hasattr(self, "_distlog_logger"):
-            self._distlog_logger: Logger | None = None
             params = self.logging_parameters
+            logger: Logger | None = None
             if params.enabled:
                 sinks = self.make_sinks() if self.world.is_global_zero else []
-                self._distlog_logger = Logger(
-                    run_dir=self.run_dir,
-                    sinks=sinks,
-                    world=self.world,
-                    console=params.console,
-                    async_write=params.async_write,
-                    timeout=params.timeout,
-                    nonfinite=params.nonfinite,
-                )
+                try:
+                    logger = Logger(
+                        run_dir=self.run_dir,
+                        sinks=sinks,
+                        world=self.world,
+                        console=params.console,
+                        async_write=params.async_write,
+                        timeout=params.timeout,
+                        nonfinite=params.nonfinite,
+                    )
+                except BaseException:
+                    for sink in sinks:  # don't leave a tracker run open
+                        sink.close(exit_code=1)
+                    raise
+            self._distlog_logger: Logger | None = logger
         return self._distlog_logger
 
     def make_sinks(self) -> list[Any]:
@@ -321,7 +328,9 @@ class LoggerMixin(AbstractTrainer):
         if logger is None:
             return []
         if logger.closed:
-            logger._raise_closed()
+            raise LoggerClosedError(
+                "this trainer's logger is finished; log_model/log_code need an open one"
+            )
         return [s for s in logger.sinks if callable(getattr(s, method, None))]
 
     def finish(self, exit_code: int = 0) -> None:

@@ -125,7 +125,9 @@ class BaseTrainer(AbstractTrainer):
 
     State kept for user code and callbacks: ``global_step`` (optimizer steps done),
     ``current_epoch``, ``world``, ``project``, ``group``, ``experiment``, ``model``,
-    ``optimizer``, ``lr_scheduler`` (optional, stepped after each optimizer step).
+    ``optimizer``, ``lr_scheduler`` (optional, stepped after each optimizer step). After
+    ``configure`` the model is moved to ``world.device`` (``cuda:LOCAL_RANK`` with CUDA) and
+    batches are moved there too.
     ``configure`` may restore a checkpoint and set ``global_step`` / ``current_epoch``: the
     loop continues from there.
     """
@@ -146,6 +148,7 @@ class BaseTrainer(AbstractTrainer):
             torch.manual_seed(config.seed)
         self.configure()
         self._check_configured()
+        self.model.to(self.world.device)  # in place: the optimizer keeps its parameters
         if self.world.is_distributed:
             self.model = self._wrap_ddp(self.model)
 
@@ -288,7 +291,6 @@ class BaseTrainer(AbstractTrainer):
         if isinstance(model, DistributedDataParallel):
             return model
         device = self.world.device
-        model.to(device)
         kwargs: dict[str, Any] = {"find_unused_parameters": self.config.find_unused_parameters}
         if device.type == "cuda":
             kwargs["device_ids"] = [device.index]
@@ -308,7 +310,7 @@ class BaseTrainer(AbstractTrainer):
         if loader.batch_size is None:  # a custom batch_sampler: the user shards it
             return loader
         shuffle = isinstance(loader.sampler, RandomSampler) if shuffle_default else False
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             loader.dataset,
             num_replicas=self.world.world_size,
             rank=self.world.rank,

@@ -135,7 +135,7 @@ def _record_class() -> Any:
             "reading .wandb records needs wandb's protobuf definitions: "
             "pip install 'distlog[wandb]'"
         ) from exc
-    return wandb_internal_pb2.Record
+    return wandb_internal_pb2.Record  # type: ignore[attr-defined]
 
 
 def wandb_file_of(path: str | os.PathLike[str]) -> Path:

@@ -5,14 +5,12 @@ run per trainer, and the custom TensorBoard logger's events."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from dist_harness import subprocess_env
 from reference import assert_rows_close, reference_row
-from wandb_helpers import wandb_env
+from wandb_helpers import run_torchrun, wandb_env
 
 import distlog
 
@@ -36,10 +34,8 @@ STEPS = 120
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("seed")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(SCRIPT), "--root", str(root), "--steps", str(STEPS)]
-    proc = subprocess.run(cmd, env=subprocess_env(**wandb_env(root)), capture_output=True,
-                          text=True, timeout=300)
+    proc = run_torchrun(SCRIPT, ["--root", str(root), "--steps", str(STEPS)],
+                        subprocess_env(**wandb_env(root)))
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = {read_run(d).name: read_run(d) for d in find_run_dirs(root / "wandb_dir")}
     return root, runs
@@ -136,6 +132,17 @@ def test_image_video_histogram_plot_and_model_tracking(job):
         assert "image" in _last(run, key)["_type"]
     keys = set().union(*run.history)
     assert {"parameters/embeddings.weight", "gradients/embeddings.weight"} <= keys  # watch
+
+
+def test_media_also_reach_the_local_run_log(job):
+    root, _ = job
+    from distlog.runlog import iter_rows
+
+    media = {}
+    for row in iter_rows(root / "local" / "examples"):
+        media.update(row.get("media", {}))
+    assert {"val/predictions", "val/attention_maps", "val/generated_videos",
+            "weights/embeddings.weight", "training/loss_curve"} <= set(media)
 
 
 def test_best_practices_and_table(job):

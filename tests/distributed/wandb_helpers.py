@@ -7,6 +7,9 @@ path of both).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -51,3 +54,34 @@ def reset_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None:
         wandb.teardown()
+
+
+def run_torchrun(
+    script: str | os.PathLike[str],
+    args: list[str],
+    env: dict[str, str],
+    *,
+    nproc: int = 2,
+    max_restarts: int = 0,
+    timeout: float = 240.0,
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone`` a script; on timeout, kill the whole process tree and fail.
+
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: with the rendezvous store shared with the workers
+    (torch's default since 2.5), a restarted attempt can read the previous attempt's addresses
+    and its gloo group fails to connect or hangs (pytorch/pytorch#135712).
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", str(script), *args]
+    env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **env}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"torchrun {script} did not finish within {timeout:.0f}s:\n{err[-4000:]}"
+        ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

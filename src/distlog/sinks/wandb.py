@@ -194,6 +194,7 @@ class WandbSink:
         self.run.define_metric(step_metric)
         self.run.define_metric("*", step_metric=step_metric, step_sync=True)
         self._last_step: int | None = self._previous_last_step()
+        self._first_row = True
 
     # -- where things are ------------------------------------------------------------------
 
@@ -245,15 +246,25 @@ class WandbSink:
             raise RuntimeError(f"WandbSink.{what} called after close (run {self.run_id})")
 
     def _note_step(self, step: int) -> None:
+        """Warn when a row's step is not after the steps already in this run.
+
+        Within one start, only a step lower than the last is suspicious (several rows share a
+        step: scalars, media, validation). The first row after a restart must be beyond
+        everything an earlier start logged, or those steps appear twice.
+        """
         last = self._last_step
-        if last is not None and step < last:
+        resumed = self._first_row and last is not None
+        if last is not None and (step < last or (resumed and step == last)):
+            earlier = " by an earlier start of this run" if resumed else ""
             warnings.warn(
-                f"wandb run {self.run_id}: {self.step_metric} went back from {last} to {step} "
-                f"(a restart from an older checkpoint?). The rows are kept; steps {step}..{last} "
-                f"now appear twice when plotted against {self.step_metric}.",
+                f"wandb run {self.run_id}: {self.step_metric} {step} is not after {last}, the "
+                f"last step already logged{earlier} (a restart from an older checkpoint?). The "
+                f"rows are kept; steps {step}..{last} appear twice when plotted against "
+                f"{self.step_metric}.",
                 UserWarning,
                 stacklevel=3,
             )
+        self._first_row = False
         self._last_step = step
 
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:

@@ -1,0 +1,72 @@
+"""``TensorBoardLoggerMixin``: the seed's "Custom Logger Implementation" example, ready made.
+
+The seed shows a ``LoggerMixin`` subclass whose rank 0 opens a ``SummaryWriter`` at
+``runs/{experiment}``. This is that mixin over distlog: every rank logs as usual
+(``self.log_scalar``, ``self.log_dict``, ``self.log_images``, ...), values are reduced across
+ranks at each flush, and global rank 0 writes them to TensorBoard (next to the local run log)
+through a :class:`~distlog.sinks.tensorboard.TensorBoardSink` on the logger's writer thread.
+Other ranks open no writer and write no file.
+
+    class MyTrainer(BaseTrainer, TensorBoardLoggerMixin):
+        ...
+
+Then ``tensorboard --logdir runs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distlog.mixins import LoggerMixin
+from distlog.sinks.tensorboard import TensorBoardSink, require_tensorboard
+
+__all__ = ["TensorBoardLoggerMixin"]
+
+
+class TensorBoardLoggerMixin(LoggerMixin):
+    """:class:`~distlog.mixins.LoggerMixin` that also writes TensorBoard event files.
+
+    Global rank 0 writes to :attr:`tensorboard_dir` (``runs/{experiment}``, as in the seed's
+    example; override the property to choose another place). If TensorBoard is missing, every
+    rank raises ImportError (naming ``distlog[tensorboard]``) at construction, before any
+    collective, so no rank is left waiting. With ``logging_parameters.enabled=False`` nothing
+    is opened.
+    """
+
+    def __init__(self, config: Any) -> None:
+        params = getattr(config, "logging_parameters", None)
+        if params is not None and getattr(params, "enabled", False):
+            require_tensorboard()  # on every rank, before any collective
+        self.tensorboard_sink: TensorBoardSink | None = None
+        super().__init__(config)
+        # A base without the make_sinks() hook: attach the sink once the logger exists.
+        if (
+            self.tensorboard_sink is None
+            and self.world.is_global_zero
+            and self.logging_parameters.enabled
+            and self.logger is not None
+        ):
+            self.tensorboard_sink = TensorBoardSink(self.tensorboard_dir)
+            self.logger.add_sink(self.tensorboard_sink)
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where rank 0 writes event files: ``runs/{experiment}``."""
+        return Path("runs") / str(self.experiment)
+
+    @property
+    def writer(self) -> Any:
+        """The ``SummaryWriter`` on global rank 0 (None elsewhere), as in the seed's example.
+
+        For what distlog does not log itself (graphs, embeddings, PR curves). Everything logged
+        through the mixin's ``log_*`` methods is already written to TensorBoard.
+        """
+        return self.tensorboard_sink.writer if self.tensorboard_sink is not None else None
+
+    def make_sinks(self) -> list[Any]:
+        """The base class's sinks plus TensorBoard (called on global rank 0 only)."""
+        base = getattr(super(), "make_sinks", None)
+        sinks = list(base()) if base is not None else []
+        self.tensorboard_sink = TensorBoardSink(self.tensorboard_dir)
+        return [*sinks, self.tensorboard_sink]

@@ -1,0 +1,38 @@
+"""torchrun --max-restarts: the restarted job continues the same wandb run from the restored
+step; the crash is recorded; steps logged twice are warned about; no row is dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dist_harness import subprocess_env
+from wandb_helpers import run_torchrun, wandb_env
+
+import distlog
+
+pytest.importorskip("wandb")
+from distlog.wandb_offline import find_run_dirs, read_run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_torchrun_restart_continues_the_same_wandb_run(tmp_path):
+    script = Path(__file__).with_name("restart_job.py")
+    args = ["--root", str(tmp_path), "--max-steps", "10", "--crash-at", "7", "--ckpt-every", "4"]
+    proc = run_torchrun(script, args, subprocess_env(**wandb_env(tmp_path)), max_restarts=1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "simulated crash at step 7" in proc.stderr
+
+    dirs = find_run_dirs(tmp_path / "wandb_dir")
+    first, second = (read_run(d) for d in dirs)  # one folder per start, in start order
+    assert first.run_id == second.run_id  # the same run, continued
+    assert first.exit_code == 1 and second.exit_code == 0
+    assert sorted(first.values("train/loss")) == [2, 4, 6]  # flushed before the crash
+    assert sorted(second.values("train/loss")) == [6, 8, 10]  # from the checkpoint at step 4
+    # the restarted attempt knew it was redoing steps 5..6
+    assert "train/step_seen" in second.rows_by_step()[6]
+    assert second.rows_by_step()[6]["train/step_seen"] == 6
+    assert "is not after 6, the last step already logged by an earlier start" in proc.stderr
+    # the local run log appends across the restart
+    assert [r["step"] for r in distlog.read_metrics(tmp_path / "local")] == [2, 4, 6, 6, 8, 10]

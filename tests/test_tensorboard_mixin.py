@@ -1,0 +1,105 @@
+"""TensorBoardLoggerMixin in a 2-rank gloo job: one writer, aggregated values, events read back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorboard")
+from dist_harness import run_ranks  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
+import distlog  # noqa: E402
+from distlog.media import Images  # noqa: E402
+from distlog.mixins import LoggerConfigMixin, LoggingParameters  # noqa: E402
+from distlog.tensorboard_mixin import TensorBoardLoggerMixin  # noqa: E402
+
+STEPS = 6
+LOG_EVERY = 2
+
+
+def loss_of(rank: int, step: int) -> float:
+    return 1.0 / (step + 1) + 0.25 * rank
+
+
+class Trainer(TensorBoardLoggerMixin):
+    pass
+
+
+def _train(rank: int, root: str) -> dict[str, object]:
+    os.chdir(root)  # the seed's mixin writes to runs/{experiment}, relative to the job
+    config = LoggerConfigMixin(
+        experiment="tb", logging_parameters=LoggingParameters(run_dir="local/tb")
+    )
+    trainer = Trainer(config)
+    trainer.log_config({"lr": 0.1, "layers": 2})
+    for step in range(1, STEPS + 1):
+        trainer.log_scalar("train/loss", loss_of(rank, step))
+        trainer.log_scalar("data/samples", 8, reduce="sum")
+        if step % LOG_EVERY == 0:
+            trainer.global_step = step
+            if step == STEPS and trainer.logger is not None:
+                image = np.full((4, 5, 3), 40 * (rank + 1), dtype=np.uint8)
+                trainer.logger.log_media("val/sample", Images([image]))
+            trainer.flush_logs(step)
+    out = {
+        "has_sink": trainer.tensorboard_sink is not None,
+        "writer": type(trainer.writer).__name__ if trainer.writer is not None else None,
+        "dir": str(trainer.tensorboard_dir),
+    }
+    trainer.finish()
+    return out
+
+
+@pytest.mark.slow
+def test_rank_zero_writes_aggregated_tensorboard_events(tmp_path):
+    results = run_ranks(_train, 2, str(tmp_path), timeout=180)
+    assert [r["has_sink"] for r in results] == [True, False]
+    assert results[0]["writer"] == "SummaryWriter" and results[1]["writer"] is None
+    assert results[0]["dir"] == str(Path("runs") / "tb")
+
+    event_files = list(tmp_path.glob("**/events.out.tfevents.*"))
+    assert [p.parent for p in event_files] == [tmp_path / "runs" / "tb"]  # one writer only
+    acc = EventAccumulator(
+        str(tmp_path / "runs" / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
+    acc.Reload()
+    flushes = list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in losses] == flushes
+    for step, value in losses:
+        window = range(step - LOG_EVERY + 1, step + 1)
+        want = np.mean([loss_of(r, s) for r in (0, 1) for s in window])  # from every raw input
+        assert value == pytest.approx(want, rel=1e-6)
+    assert [e.value for e in acc.Scalars("data/samples")] == [2 * 8 * LOG_EVERY] * len(flushes)
+
+    # TensorBoard and the local run log hold the same rows
+    local = {row["step"]: row for row in distlog.read_metrics(tmp_path / "local" / "tb")}
+    for step, value in losses:
+        assert local[step]["train/loss"] == pytest.approx(value, rel=1e-6)
+
+    (image,) = acc.Images("val/sample")
+    assert image.step == STEPS and (image.height, image.width) == (4, 5)
+    (config,) = acc.Tensors("config/text_summary")
+    assert '"lr": 0.1' in config.tensor_proto.string_val[0].decode()
+
+
+class _Disabled(TensorBoardLoggerMixin):
+    pass
+
+
+def test_disabled_logging_opens_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = LoggerConfigMixin(
+        experiment="off", logging_parameters=LoggingParameters(enabled=False)
+    )
+    trainer = _Disabled(config)
+    trainer.log_scalar("a", 1.0)
+    assert trainer.tensorboard_sink is None and trainer.writer is None
+    trainer.finish()
+    assert not (tmp_path / "runs").exists()

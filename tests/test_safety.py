@@ -171,7 +171,9 @@ def test_media_keys_never_write_outside_the_run_dir(tmp_path, key):
     _check_inside(tmp_path, run_dir, before)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(key=st.text(alphabet=st.sampled_from(list("./\\~:a_-.\x00 é")), min_size=1, max_size=12))
 def test_random_media_keys_never_write_outside_the_run_dir(tmp_path_factory, key):
     tmp_path = tmp_path_factory.mktemp("media")

@@ -336,16 +336,15 @@ class Logger:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
         assert self.run_dir is not None
         restart = _restart_count()
-        after = None
-        if resume is True or (resume == "auto" and restart > 0):
-            after = runlog.last_step(self.run_dir)
+        written = runlog.last_step(self.run_dir)  # reads the file's tail only
+        self._last_written_step = written
+        after = written if resume is True or (resume == "auto" and restart > 0) else None
         info = runlog.start_run(
             self.run_dir, world_size=self.world.world_size, restart=restart, resumed_after=after
         )
         self.run_id = info["id"]
         if after is not None:
             self._resume_after = after
-            self._last_written_step = after
             warnings.warn(
                 f"distlog: resuming run {self.run_id} in {self.run_dir}: steps up to {after} "
                 "are already written and will not be written again",

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import world_job
 from dist_harness import free_port, run_ranks, subprocess_env
 
@@ -115,8 +116,20 @@ def dp_tp_mesh(rank: int, tmp: str):
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
     dp = mesh.get_local_rank("dp")
     tp = mesh.get_local_rank("tp")
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
     logger = distlog.Logger(run_dir=tmp, mesh=mesh, mesh_dim="dp", async_write=False)
     rows, collectives = [], []
+    # a replicated DTensor (say a loss under tensor parallelism) is logged from its local value;
+    # a partial one would need a collective to mean anything: refused at the call, on this rank
+    logger.log_scalar(
+        "dtensor", DTensor.from_local(torch.tensor(2.0 + dp), mesh["tp"], [Replicate()])
+    )
+    try:
+        logger.log_scalar("partial", DTensor.from_local(torch.tensor(1.0), mesh["tp"], [Partial()]))
+        refused = ""
+    except distlog.LogValueError as exc:
+        refused = str(exc)
     for step in range(3):
         # tensor-parallel replicas hold the same loss and batch: only dp differs
         logger.log_scalar("loss", 10.0 * dp + step)
@@ -125,7 +138,7 @@ def dp_tp_mesh(rank: int, tmp: str):
         rows.append(logger.flush(step))
         collectives.append(logger.collectives_last_flush)
     logger.finish()
-    return (dp, tp), logger.world.group_ranks, rows, collectives
+    return (dp, tp), logger.world.group_ranks, rows, collectives, refused
 
 
 def test_dp_aggregation_on_a_dp_x_tp_mesh_counts_each_replica_once(tmp_path):
@@ -138,10 +151,13 @@ def test_dp_aggregation_on_a_dp_x_tp_mesh_counts_each_replica_once(tmp_path):
     assert counts[1] == counts[3] == [0, 0, 0]  # tp replicas of other columns: no exchange
     assert counts[0] == counts[2] and all(n > 0 for n in counts[0])
     rows = res[0][2]
+    assert rows[0].pop("dtensor") == 2.5  # mean over the dp replicas (2.0 and 3.0)
+    assert all("'partial'" in r[4] and "full_tensor()" in r[4] for r in res)
     for step, row in enumerate(rows):
         # reference over the dp replicas (ranks 0 and 2): tp copies are not counted again
         assert row == {"loss": (step + 10.0 + step) / 2, "samples": 16.0, "loss_max": 10.0 + step}
-    assert [r["samples"] for r in distlog.read_metrics(tmp_path)] == [16.0, 16.0, 16.0]
+    written = distlog.read_metrics(tmp_path)
+    assert [r["samples"] for r in written] == [16.0, 16.0, 16.0] and written[0]["dtensor"] == 2.5
 
 
 def pipeline_last_stage(rank: int, tmp: str):

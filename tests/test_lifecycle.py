@@ -1,0 +1,284 @@
+"""How a run ends and restarts, in one process: signal handlers, exit codes, run.json, resume.
+
+The multi-rank versions (real kills of real jobs) are in tests/distributed/test_faults.py and
+test_restarts.py; these pin down each rule on its own, fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+
+import pytest
+
+import distlog
+from distlog import lifecycle, runlog
+from distlog.runlog import METRICS_FILE
+
+SRC = os.path.dirname(os.path.dirname(distlog.__file__))
+
+
+def run_script(tmp_path, body: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter that imports this checkout's distlog."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(body))
+    full_env = {**os.environ, "PYTHONPATH": SRC, **env}
+    full_env.pop("TORCHELASTIC_RESTART_COUNT", None)
+    return subprocess.run(
+        [sys.executable, str(script)], env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def info(run_dir) -> dict:
+    result = runlog.read_run_info(run_dir)
+    assert result is not None
+    return result
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize(
+    "signum,status,code",
+    [(signal.SIGTERM, -signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT, 130)],
+)
+def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signum, status, code):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import os, distlog
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        for step in range(5):
+            logger.log_scalar("x", float(step))
+            logger.flush(step)
+        logger.log_scalar("x", 99.0)  # logged after the last flush: never reduced, not written
+        os.kill(os.getpid(), {int(signum)})
+        print("not reached")
+        """,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert "not reached" not in proc.stdout
+    rows = distlog.read_metrics(tmp_path / "run")
+    assert [r["x"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert info(tmp_path / "run")["exit_code"] == code
+    assert info(tmp_path / "run")["last_step"] == 4
+
+
+def test_the_previous_python_handler_still_runs(tmp_path):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import os, signal, distlog
+        calls = []
+        signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))  # the job's own handler
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        logger.log_scalar("x", 1.0)
+        logger.flush(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("after", calls, logger.closed, signal.getsignal(signal.SIGTERM).__name__)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "after [15] True <lambda>" in proc.stdout  # chained, and the old handler restored
+    assert info(tmp_path / "run")["exit_code"] == 143
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import os, signal, distlog
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("alive", logger.closed)
+        logger.finish()
+        """,
+    )
+    assert "alive False" in proc.stdout, proc.stderr
+    assert info(tmp_path / "run")["exit_code"] == 0
+
+
+def test_handlers_are_installed_on_the_writer_and_removed_when_it_finishes(tmp_path):
+    before = signal.getsignal(signal.SIGUSR1)
+    logger = distlog.Logger(run_dir=tmp_path, handle_signals=(signal.SIGUSR1,))
+    assert signal.getsignal(signal.SIGUSR1) is lifecycle._on_signal
+    assert signal.SIGUSR1 in lifecycle.installed_signals()
+    logger.finish()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    quiet = distlog.Logger(run_dir=tmp_path / "q", handle_signals=False)
+    assert signal.getsignal(signal.SIGUSR1) is before
+    quiet.finish()
+
+
+def test_a_chosen_signal_finishes_every_open_logger_and_chains(tmp_path):
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: seen.append(s))
+    try:
+        a = distlog.Logger(run_dir=tmp_path / "a", handle_signals=(signal.SIGUSR1,))
+        b = distlog.Logger(run_dir=tmp_path / "b", handle_signals=(signal.SIGUSR1,))
+        a.log_scalar("x", 1.0)
+        a.flush(0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert a.closed and b.closed and seen == [signal.SIGUSR1]
+        assert info(tmp_path / "a")["exit_code"] == info(tmp_path / "b")["exit_code"] == 138
+        assert distlog.read_metrics(tmp_path / "a")[0]["x"] == 1.0
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_no_handler_from_a_thread_other_than_main(tmp_path):
+    before = signal.getsignal(signal.SIGUSR2)
+    made = []
+    t = threading.Thread(
+        target=lambda: made.append(
+            distlog.Logger(run_dir=tmp_path, handle_signals=(signal.SIGUSR2,))
+        )
+    )
+    t.start()
+    t.join()
+    assert signal.getsignal(signal.SIGUSR2) is before
+    made[0].finish()
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        ("raise ValueError('boom')", 1, 1),
+        ("sys.exit(0)", 0, 0),
+        ("pass  # never finished", 0, 0),
+    ],
+)
+def test_interpreter_exit_closes_open_loggers(tmp_path, body, status, code):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import sys, distlog
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        logger.log_scalar("x", 1.0)
+        logger.flush(0)
+        logger.log_scalar("tail", 2.0)
+        {body}
+        """,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert info(tmp_path / "run")["exit_code"] == code
+    # a world of one has nobody to wait for: the value logged after the flush is written too
+    assert distlog.read_metrics(tmp_path / "run")[-1].get("tail") == (2.0 if code == 0 else None)
+
+
+def test_an_uncaught_exception_is_seen_even_with_a_replaced_excepthook(tmp_path):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import sys, distlog
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        sys.excepthook = lambda *a: None  # e.g. a pretty-traceback library
+        raise RuntimeError("boom")
+        """,
+    )
+    assert proc.returncode == 1
+    assert info(tmp_path / "run")["exit_code"] == 1
+
+
+@pytest.mark.parametrize(
+    "exc,code",
+    [(SystemExit(3), 3), (SystemExit(None), 0), (SystemExit("bye"), 1), (KeyboardInterrupt(), 130)],
+)
+def test_leaving_a_with_block_on_an_exception_records_its_exit_status(tmp_path, exc, code):
+    with pytest.raises(type(exc)), distlog.Logger(run_dir=tmp_path) as logger:
+        logger.log_scalar("x", 1.0)
+        logger.flush(0)
+        raise exc
+    assert logger.closed and info(tmp_path)["exit_code"] == code
+    assert distlog.read_metrics(tmp_path)[0]["x"] == 1.0
+
+
+# ----------------------------------------------------------------------------- run.json, resume
+
+
+def test_run_json_keeps_the_id_and_records_each_start(tmp_path):
+    first = distlog.Logger(run_dir=tmp_path)
+    run_id = first.run_id
+    first.log_scalar("x", 1.0)
+    first.flush(0)
+    first.finish(exit_code=143)
+    second = distlog.Logger(run_dir=tmp_path)
+    assert second.run_id == run_id and len(run_id) == 8
+    second.finish()
+    data = info(tmp_path)
+    assert [s["exit_code"] for s in data["starts"]] == [143, 0]
+    assert data["exit_code"] == 0 and data["last_step"] == 0
+    assert json.loads((tmp_path / "run.json").read_text()) == data
+
+
+def write_steps(run_dir, steps, **kw):
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, **kw)
+    returned = []
+    for step in steps:
+        logger.log_scalar("x", float(step))
+        returned.append(logger.flush(step))
+    logger.finish()
+    return returned
+
+
+def test_resume_writes_no_step_twice(tmp_path):
+    write_steps(tmp_path, range(0, 10))
+    with pytest.warns(UserWarning) as record:
+        returned = write_steps(tmp_path, range(6, 14), resume=True)  # restarted from step 6
+    messages = [str(w.message) for w in record]
+    assert any("steps up to 9 are already written" in m for m in messages)
+    assert sum("is at or below step 9" in m for m in messages) == 1  # one warning, not four
+    assert [r["x"] for r in returned] == [float(s) for s in range(6, 14)]  # rows still returned
+    assert [r["step"] for r in distlog.read_metrics(tmp_path)] == list(range(14))
+    assert info(tmp_path)["starts"][1]["resumed_after_step"] == 9
+
+
+def test_resume_auto_follows_the_launchers_restart_count(tmp_path, monkeypatch):
+    write_steps(tmp_path, range(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_steps(tmp_path, range(3, 6))  # a first start: appended as it comes
+    assert [r["step"] for r in distlog.read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 3, 4, 5]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_steps(tmp_path, range(4, 8))
+    assert [r["step"] for r in distlog.read_metrics(tmp_path)][-2:] == [6, 7]
+    assert info(tmp_path)["starts"][-1]["restart"] == 1
+
+
+def test_bad_resume_argument():
+    with pytest.raises(distlog.LogValueError, match="resume"):
+        distlog.Logger(run_dir=None, sinks=[], resume="yes")
+
+
+def test_a_torn_last_line_is_cut_before_appending(tmp_path):
+    write_steps(tmp_path, range(3))
+    with open(tmp_path / METRICS_FILE, "a") as fh:
+        fh.write('{"step": 3, "x": 3')  # the writer was killed mid-line
+    assert runlog.last_step(tmp_path) == 2
+    with pytest.warns(UserWarning, match="partial row"):
+        write_steps(tmp_path, [3, 4], resume=True)
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3, 4]
+
+
+def test_last_step_reads_from_the_end_of_a_large_file(tmp_path):
+    path = tmp_path / METRICS_FILE
+    pad = "p" * 5000
+    with path.open("w") as fh:
+        for step in range(40):  # ~200 KiB: rows cross the 64 KiB blocks the reader uses
+            fh.write(runlog.encode_row({"step": step, "pad": pad}) + "\n")
+        fh.write('{"step": 40, "pad": "' + "p" * 70000)  # a torn row longer than a block
+    assert runlog.last_step(tmp_path) == 39
+    assert runlog.last_step(tmp_path / "missing") is None

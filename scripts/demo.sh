@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the demo: a small DDP model on 2 gloo ranks under torchrun,
-# logging through distlog into runs/demo (and an offline wandb run when wandb is installed).
+# logging through distlog into runs/demo/<date-time> (add --wandb for an offline wandb run too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

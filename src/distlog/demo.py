@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -126,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         if last:
             print(f"final train/loss {last['train/loss']:.4f}, train/acc {last['train/acc']:.3f}")
         print(f"results: {path / 'metrics.jsonl'}")
-        print(f"summary: distlog show {os.path.relpath(path)}")
+        cli = shutil.which("distlog") or str(Path(sys.executable).parent / "distlog")
+        print(
+            f"summary: {os.path.relpath(cli) if os.path.isabs(cli) and Path(cli).exists() else cli} "
+            f"show {os.path.relpath(path)}"
+        )
     if dist.is_initialized():
         dist.destroy_process_group()
 

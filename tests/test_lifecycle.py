@@ -282,3 +282,19 @@ def test_last_step_reads_from_the_end_of_a_large_file(tmp_path):
         fh.write('{"step": 40, "pad": "' + "p" * 70000)  # a torn row longer than a block
     assert runlog.last_step(tmp_path) == 39
     assert runlog.last_step(tmp_path / "missing") is None
+
+
+def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import sys, signal, distlog
+        sys.ps1 = ">>> "  # what the REPL sets; Jupyter is detected by ipykernel being loaded
+        before = signal.getsignal(signal.SIGINT)
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        print(signal.getsignal(signal.SIGINT) is before,
+              signal.getsignal(signal.SIGTERM).__name__)
+        logger.finish()
+        """,
+    )
+    assert "True _on_signal" in proc.stdout, proc.stderr

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from distlog.logger import Logger
 
-__all__ = ["DEFAULT_SIGNALS", "SIGNAL_FINISH_SECONDS", "exit_code_for_signal"]
+__all__ = ["DEFAULT_SIGNALS", "SIGNAL_FINISH_SECONDS", "default_signals", "exit_code_for_signal"]
 
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 SIGNAL_FINISH_SECONDS = 20.0
@@ -47,6 +47,18 @@ _previous_excepthook = sys.excepthook
 _previous_handlers: dict[int, Any] = {}
 _signal_users: dict[int, weakref.WeakSet[Logger]] = {}
 _handling: set[int] = set()
+
+
+def interactive() -> bool:
+    """True in a REPL or a Jupyter kernel, where Ctrl-C interrupts a cell, not the job."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "ipykernel" in sys.modules
+
+
+def default_signals() -> tuple[int, ...]:
+    """SIGTERM and SIGINT; SIGTERM only in an interactive session."""
+    if interactive():
+        return tuple(s for s in DEFAULT_SIGNALS if s != signal.SIGINT)
+    return DEFAULT_SIGNALS
 
 
 def exit_code_for_signal(signum: int) -> int:
@@ -147,7 +159,7 @@ def exit_code_at_exit() -> int:
     to record it.
     """
     last = _uncaught[-1] if _uncaught else None
-    if last is None and not hasattr(sys, "ps1") and not sys.flags.interactive:
+    if last is None and not interactive():
         last = getattr(sys, "last_value", None)  # set even when the excepthook was replaced
     if last is None:
         return 0

@@ -256,6 +256,8 @@ class Logger:
             code ``128 + signum``), then let the signal do what it did before (see
             :mod:`distlog.lifecycle`). True (the default), False, or the signals to handle,
             e.g. ``(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)``. Needs the main thread.
+            In an interactive session (a REPL, Jupyter) True means SIGTERM only: interrupting a
+            cell must not end the run.
         resume: continue a run directory that a previous start of the same job wrote to:
             rows at or below the last step in ``metrics.jsonl`` are not written again (with
             one warning), so a job restarted from an older checkpoint duplicates no step.
@@ -329,7 +331,7 @@ class Logger:
                 self._start_run(resume)
         signals: Iterable[int] = ()
         if self.world.is_global_zero and handle_signals is not False:
-            signals = lifecycle.DEFAULT_SIGNALS if handle_signals is True else handle_signals
+            signals = lifecycle.default_signals() if handle_signals is True else handle_signals
         lifecycle.register(self, signals)
 
     def _start_run(self, resume: bool | str) -> None:

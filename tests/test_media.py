@@ -157,7 +157,10 @@ def test_videos_bcthw_scaled_and_laid_out_thwc() -> None:
     want = np.clip(np.rint((x.permute(0, 2, 3, 4, 1).numpy() + 1) * 127.5), 0, 255)
     assert [v.frames.shape for v in out.videos] == [(5, 6, 4, 3)] * 2
     assert np.array_equal(np.stack([v.frames for v in out.videos]), want.astype(np.uint8))
-    assert [(v.fps, v.format, v.caption) for v in out.videos] == [(12.0, "mp4", "v0"), (12.0, "mp4", "v1")]
+    assert [(v.fps, v.format, v.caption) for v in out.videos] == [
+        (12.0, "mp4", "v0"),
+        (12.0, "mp4", "v1"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -196,9 +199,12 @@ def test_plot_renders_with_agg_and_closes_the_figure() -> None:
 
 def test_table_cells_and_errors() -> None:
     img = torch.rand(3, 4, 5)
-    t = collect_table(WORLD, ["img", "pred", "conf", "note"],
-                      [[img, "cat", np.float32(0.5), None], [np.zeros((2, 2, 1), np.uint8), "dog", 1, "x"]],
-                      desc="val/table")
+    t = collect_table(
+        WORLD,
+        ["img", "pred", "conf", "note"],
+        [[img, "cat", np.float32(0.5), None], [np.zeros((2, 2, 1), np.uint8), "dog", 1, "x"]],
+        desc="val/table",
+    )
     assert isinstance(t, Table) and t.columns == ["img", "pred", "conf", "note"]
     assert np.array_equal(t.rows[0][0], ref_uint8(img.permute(1, 2, 0).numpy(), 0, 1))
     assert t.rows[0][1:] == ["cat", 0.5, None] and type(t.rows[0][2]) is float
@@ -234,9 +240,11 @@ def test_device_binning_matches_numpy(dtype: torch.dtype) -> None:
     from distlog.media import _bin_counts, _edges
 
     g = torch.Generator().manual_seed(5)
-    for values in (torch.randn(20000, generator=g, dtype=dtype) * 3,
-                   torch.round(torch.randn(5000, generator=g, dtype=dtype) * 4),
-                   torch.full((7,), 1.25, dtype=dtype)):
+    for values in (
+        torch.randn(20000, generator=g, dtype=dtype) * 3,
+        torch.round(torch.randn(5000, generator=g, dtype=dtype) * 4),
+        torch.full((7,), 1.25, dtype=dtype),
+    ):
         lo, hi = float(values.min()), float(values.max())
         edges = _edges(lo, hi, 23, 32 if dtype == torch.float32 else 64)
         counts, want_edges = np.histogram(values.numpy(), bins=23)
@@ -264,8 +272,10 @@ def test_save_media_png_gif_mp4_read_back(tmp_path: Path) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    imgs = Images(images=[rng.integers(0, 256, (5, 7, c), dtype=np.uint8) for c in (1, 3, 4)],
-                  captions=["g", "rgb", "rgba"])
+    imgs = Images(
+        images=[rng.integers(0, 256, (5, 7, c), dtype=np.uint8) for c in (1, 3, 4)],
+        captions=["g", "rgb", "rgba"],
+    )
     rec = save_media(imgs, tmp_path / "media", "val/images", 12)
     assert rec["type"] == "images" and [i["caption"] for i in rec["items"]] == ["g", "rgb", "rgba"]
     for item, arr in zip(rec["items"], imgs.images, strict=True):
@@ -275,8 +285,12 @@ def test_save_media_png_gif_mp4_read_back(tmp_path: Path) -> None:
     frames = np.zeros((6, 10, 12, 3), np.uint8)
     for t in range(6):
         frames[t, :, : 2 * (t + 1)] = 255  # a bar that grows each frame
-    vids = Videos(videos=[Video(frames, fps=5, format="gif", caption="bar"),
-                          Video(frames[:, :9, :11], fps=5, format="mp4")])
+    vids = Videos(
+        videos=[
+            Video(frames, fps=5, format="gif", caption="bar"),
+            Video(frames[:, :9, :11], fps=5, format="mp4"),
+        ]
+    )
     rec = save_media(vids, tmp_path / "media", "val/videos", 12)
     gif_path = tmp_path / rec["items"][0]["path"]
     assert gif_path.suffix == ".gif"
@@ -298,11 +312,16 @@ def test_save_media_png_gif_mp4_read_back(tmp_path: Path) -> None:
 def test_save_media_histogram_and_table(tmp_path: Path) -> None:
     counts, edges = np.histogram(np.arange(10.0), bins=3)
     rec = save_media(Histogram(counts, edges, nonfinite=1), tmp_path / "media", "h", 0)
-    assert rec == {"type": "histogram", "counts": counts.tolist(), "edges": edges.tolist(),
-                   "nonfinite": 1}
+    assert rec == {
+        "type": "histogram",
+        "counts": counts.tolist(),
+        "edges": edges.tolist(),
+        "nonfinite": 1,
+    }
     img = np.full((2, 3, 3), 9, np.uint8)
-    rec = save_media(Table(["img", "x"], [[img, float("nan")], [None, "s"]]), tmp_path / "media",
-                     "val/t", 4)
+    rec = save_media(
+        Table(["img", "x"], [[img, float("nan")], [None, "s"]]), tmp_path / "media", "val/t", 4
+    )
     doc = json.loads((tmp_path / rec["path"]).read_text())
     assert doc["columns"] == ["img", "x"] and doc["data"][0][1] == "NaN"
     from PIL import Image
@@ -311,7 +330,9 @@ def test_save_media_histogram_and_table(tmp_path: Path) -> None:
     assert doc["data"][1] == [None, "s"]
 
 
-@pytest.mark.parametrize("key", ["../../etc/x", "/etc/passwd", "..", "a/../../b", "C:\\x\\..\\..", ""])
+@pytest.mark.parametrize(
+    "key", ["../../etc/x", "/etc/passwd", "..", "a/../../b", "C:\\x\\..\\..", ""]
+)
 def test_keys_never_write_outside_the_run_dir(tmp_path: Path, key: str) -> None:
     run_dir = tmp_path / "run"
     rec = save_media(Images([np.zeros((1, 1, 3), np.uint8)]), run_dir / "media", key, 1)

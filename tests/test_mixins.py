@@ -153,13 +153,25 @@ class Hooks(Callback):
 
 def test_epochs_steps_validation_and_hooks(env, tmp_path):
     hooks = Hooks()
-    cfg = TrainConfig(experiment="e", max_epochs=2, val_every_n_epochs=2, callbacks=[hooks],
-                      logging_parameters=LoggingParameters(log_every_n_steps=3, run_dir="r"))
+    cfg = TrainConfig(
+        experiment="e",
+        max_epochs=2,
+        val_every_n_epochs=2,
+        callbacks=[hooks],
+        logging_parameters=LoggingParameters(log_every_n_steps=3, run_dir="r"),
+    )
     trainer = LocalTrainer(cfg)
     trainer.fit()
     assert trainer.global_step == 8 and trainer.current_epoch == 2  # 4 batches x 2 epochs
-    assert hooks.calls == ["fit_start", "epoch_start 0", "epoch_end 0", "epoch_start 1",
-                           "epoch_end 1", "val_end 8", "train_end"]
+    assert hooks.calls == [
+        "fit_start",
+        "epoch_start 0",
+        "epoch_end 0",
+        "epoch_start 1",
+        "epoch_end 1",
+        "val_end 8",
+        "train_end",
+    ]
     rows = rows_by_step("r")
     assert sorted(rows) == [3, 6, 8]  # every 3 steps, then validation (+ leftovers) at 8
     losses = [loss for _, _, loss in trainer.seen]
@@ -171,8 +183,12 @@ def test_epochs_steps_validation_and_hooks(env, tmp_path):
 
 
 def test_max_steps_and_a_restored_step(env):
-    cfg = TrainConfig(experiment="e", max_steps=7, restored_step=5,
-                      logging_parameters=LoggingParameters(log_every_n_steps=2, run_dir="r"))
+    cfg = TrainConfig(
+        experiment="e",
+        max_steps=7,
+        restored_step=5,
+        logging_parameters=LoggingParameters(log_every_n_steps=2, run_dir="r"),
+    )
     trainer = LocalTrainer(cfg)
     trainer.fit()
     assert trainer.global_step == 7 and len(trainer.seen) == 2
@@ -181,13 +197,20 @@ def test_max_steps_and_a_restored_step(env):
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [("no_loss", r"must return a dict with a 'loss' tensor.*\['los'\]"),
-     ("detached", r"'loss' must be a one-element tensor that requires grad")],
+    [
+        ("no_loss", r"must return a dict with a 'loss' tensor.*\['los'\]"),
+        ("detached", r"'loss' must be a one-element tensor that requires grad"),
+    ],
 )
 def test_bad_training_step_output_names_the_problem_and_finishes_the_log(env, bad, message):
     hooks = Hooks()
-    cfg = TrainConfig(experiment="e", max_steps=4, bad_output=bad, callbacks=[hooks],
-                      logging_parameters=LoggingParameters(log_every_n_steps=1, run_dir="r"))
+    cfg = TrainConfig(
+        experiment="e",
+        max_steps=4,
+        bad_output=bad,
+        callbacks=[hooks],
+        logging_parameters=LoggingParameters(log_every_n_steps=1, run_dir="r"),
+    )
     trainer = LocalTrainer(cfg)
     with pytest.raises(distlog.LogTypeError, match=message):
         trainer.fit()
@@ -253,8 +276,9 @@ def test_wandb_mixin_in_either_base_order(env, tmp_path, trainer_cls):
     from distlog.wandb_offline import find_run_dirs, read_run
 
     params = WandbLoggingParameters(log_every_n_steps=2, run_dir="r", tags=["x"])
-    trainer = trainer_cls(WandbTrainConfig(experiment="order", max_steps=4,
-                                           logging_parameters=params))
+    trainer = trainer_cls(
+        WandbTrainConfig(experiment="order", max_steps=4, logging_parameters=params)
+    )
     trainer.log_model(log="all", log_freq=1)
     trainer.log_config(trainer.config)
     trainer.fit()
@@ -326,8 +350,14 @@ def test_without_wandb_installed(tmp_path):
             print("IMPORT-ERROR", exc)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, env=subprocess_env(), timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ROWS [{'step': 1," in out.stdout and "'loss': 3.0}]" in out.stdout
     assert "IMPORT-ERROR" in out.stdout and "distlog[wandb]" in out.stdout

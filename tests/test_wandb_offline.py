@@ -38,8 +38,13 @@ def _quiet_settings():
 
 def _make_run(rows, *, config=None, exit_code=0, run_id=None, extra=None):
     """Log ``rows`` (dicts) with a committed row each, finish, and return the run's folder."""
-    run = wandb.init(project="reader", id=run_id, config=config, settings=_quiet_settings(),
-                     resume="allow" if run_id else None)
+    run = wandb.init(
+        project="reader",
+        id=run_id,
+        config=config,
+        settings=_quiet_settings(),
+        resume="allow" if run_id else None,
+    )
     run.define_metric("step")
     run.define_metric("*", step_metric="step")
     for row in rows:
@@ -70,7 +75,9 @@ def test_history_config_summary_exit_code(env):
     config = {"lr": 3e-4, "model": {"layers": 4, "names": ["a", "b"]}, "flag": True}
 
     run_dir = _make_run(
-        rows, config=config, exit_code=7,
+        rows,
+        config=config,
+        exit_code=7,
         extra=lambda run: run.config.update({"late": {"x": 1}}),
     )
     run = read_run(run_dir)
@@ -105,7 +112,9 @@ def test_reader_agrees_with_wandb_inspector(env):
     run_dir = _make_run(rows)
     out = subprocess.run(
         [str(exe), "leet", "inspect", "--json", str(wandb_file_of(run_dir))],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if out.returncode != 0:
         pytest.skip(f"wandb leet inspect unavailable: {out.stderr[:200]}")

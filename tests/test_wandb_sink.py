@@ -74,8 +74,9 @@ def test_media_conversion(env):
     sink.log_media(7, "val/images", Images([rgb, gray], captions=["rgb", "gray"]))
     sink.log_media(7, "val/videos", Videos([Video(frames, fps=3, format="gif", caption="v0")]))
     sink.log_media(7, "w/hist", Histogram(counts, edges))
-    sink.log_media(8, "val/table", Table(["image", "label", "p"], [[rgb, "cat", 0.9],
-                                                                   [gray, "dog", 0.1]]))
+    sink.log_media(
+        8, "val/table", Table(["image", "label", "p"], [[rgb, "cat", 0.9], [gray, "dog", 0.1]])
+    )
     run_dir = sink.run_dir
     sink.close()
 
@@ -98,7 +99,9 @@ def test_media_conversion(env):
     assert hist["_type"] == "histogram"
     assert len(hist["values"]) <= 512
     assert sum(hist["values"]) == counts.sum()
-    assert hist["bins"][0] == pytest.approx(edges[0]) and hist["bins"][-1] == pytest.approx(edges[-1])
+    assert hist["bins"][0] == pytest.approx(edges[0]) and hist["bins"][-1] == pytest.approx(
+        edges[-1]
+    )
 
     table = row[8]["val/table"]
     assert table["_type"] == "table-file" and table["ncols"] == 3 and table["nrows"] == 2
@@ -166,8 +169,13 @@ def test_missing_wandb_names_the_extra(tmp_path):
     )
     from dist_harness import subprocess_env
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert "IMPORT-ERROR:" in out.stdout, out.stderr
     assert "distlog[wandb]" in out.stdout
 
@@ -207,7 +215,10 @@ def test_resume_same_id_continues_and_warns_when_step_goes_back(env):
     runs = read_runs(env["WANDB_DIR"], "resume1")
     assert [r.run_id for r in runs] == ["resume1"] * 4
     assert [r.values("loss") for r in runs] == [
-        {10: 1.0, 20: 2.0, 30: 3.0}, {25: 9.0, 35: 8.0}, {35: 7.5, 40: 7.0}, {41: 6.0, 39: 5.0}
+        {10: 1.0, 20: 2.0, 30: 3.0},
+        {25: 9.0, 35: 8.0},
+        {35: 7.5, 40: 7.0},
+        {41: 6.0, 39: 5.0},
     ]  # every row kept, nothing dropped
 
 

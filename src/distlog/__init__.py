@@ -25,7 +25,7 @@ from distlog.mixins import (
     WandBLoggerMixin,
     WandbLoggingParameters,
 )
-from distlog.runlog import read_metrics
+from distlog.runlog import last_step, read_metrics, read_run_info
 from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
 from distlog.sinks.wandb import WandbInitError, WandbSink
 from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
@@ -68,6 +68,8 @@ __all__ = [
     "__version__",
     "init_distributed",
     "metric_values",
+    "last_step",
     "read_metrics",
+    "read_run_info",
     "to_config_dict",
 ]

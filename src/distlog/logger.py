@@ -511,8 +511,14 @@ class Logger:
         comm = self._media_comm()
         key = desc or "images"
         item = media.collect_images(
-            self.world, images, caption, desc=key, ranks=ranks, value_range=value_range,
-            captions=captions, max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            self.world,
+            images,
+            caption,
+            desc=key,
+            ranks=ranks,
+            value_range=value_range,
+            captions=captions,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
             **comm,
         )
         if item is not None:
@@ -537,16 +543,29 @@ class Logger:
         comm = self._media_comm()
         key = desc or "videos"
         item = media.collect_videos(
-            self.world, videos, caption, desc=key, fps=fps, format=format,  # type: ignore[arg-type]
-            ranks=ranks, value_range=value_range, captions=captions,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+            self.world,
+            videos,
+            caption,
+            desc=key,
+            fps=fps,
+            format=format,  # type: ignore[arg-type]
+            ranks=ranks,
+            value_range=value_range,
+            captions=captions,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            **comm,
         )
         if item is not None:
             self.log_media(key, item)
 
     def log_plot(
-        self, figure: Any, desc: str | None = None, *, ranks: Any = 0,
-        caption: str | None = None, max_bytes: int | None = None,
+        self,
+        figure: Any,
+        desc: str | None = None,
+        *,
+        ranks: Any = 0,
+        caption: str | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         """Log a matplotlib figure as an image (rendered with Agg); the figure is closed."""
         from distlog import media
@@ -554,8 +573,13 @@ class Logger:
         comm = self._media_comm()
         key = desc or "plot"
         item = media.collect_plot(
-            self.world, figure, desc=key, caption=caption, ranks=ranks,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+            self.world,
+            figure,
+            desc=key,
+            caption=caption,
+            ranks=ranks,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            **comm,
         )
         if item is not None:
             self.log_media(key, item)
@@ -590,12 +614,18 @@ class Logger:
         comm = self._media_comm()
         key = desc or "table"
         item = media.collect_table(
-            self.world, columns, data, desc=key, ranks=ranks,
+            self.world,
+            columns,
+            data,
+            desc=key,
+            ranks=ranks,
             max_rows=media.DEFAULT_MAX_ROWS if max_rows is None else max_rows,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, **comm,
+            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+            **comm,
         )
         if item is not None:
             self.log_media(key, item)
+
     # ------------------------------------------------------------------------ end of media
 
     def log_config(self, config: Any, *, redact: bool = True) -> dict[str, Any]:

@@ -216,9 +216,7 @@ def _check_channels(c: int, desc: str, shape: tuple[int, ...], layout: str) -> N
         )
 
 
-def _captions(
-    caption: Any, captions: Any, n: int, desc: str
-) -> list[str] | None:
+def _captions(caption: Any, captions: Any, n: int, desc: str) -> list[str] | None:
     if caption is not None and captions is not None:
         raise LogTypeError(f"{_name(desc)}: pass caption= or captions=, not both")
     value = caption if caption is not None else captions
@@ -419,7 +417,9 @@ def to_videos(
             t = _as_tensor(v, desc, f"video {i}")
             cf = _is_tensor(v)
             try:
-                parts.append(_frames_batch(t, desc, batched=False, channel_first=cf, kind="videos")[0])
+                parts.append(
+                    _frames_batch(t, desc, batched=False, channel_first=cf, kind="videos")[0]
+                )
             except LogValueError as exc:
                 raise LogValueError(f"{exc} (item {i})") from None
         if len({tuple(p.shape) for p in parts}) > 1:
@@ -444,7 +444,10 @@ def to_videos(
     caps: list[str | None] = list(_captions(caption, captions, len(frames), desc) or [])
     caps = caps or [None] * len(frames)
     return Videos(
-        videos=[Video(frames=f, fps=fps_f, format=fmt, caption=c) for f, c in zip(frames, caps, strict=True)]
+        videos=[
+            Video(frames=f, fps=fps_f, format=fmt, caption=c)
+            for f, c in zip(frames, caps, strict=True)
+        ]
     )
 
 
@@ -509,7 +512,7 @@ def _table_cell(cell: Any, desc: str, row: int, col: str) -> TableCell:
             try:
                 return _image_batch(cell, desc, None)[0]
             except (LogValueError, LogTypeError) as exc:
-                raise type(exc)(f"{exc} ({where[len(_name(desc)) + 2:]})") from None
+                raise type(exc)(f"{exc} ({where[len(_name(desc)) + 2 :]})") from None
         raise LogValueError(
             f"{where}: an array cell must be an image (C, H, W tensor / H, W, C array) or a "
             f"single number, got shape {tuple(cell.shape)}"
@@ -625,8 +628,9 @@ def _bin_counts(
         finite = finite.to(torch.float64)  # the float64 fallback of _edges
     if not on_device:
         arr = finite.numpy()
-        counts, _ = np.histogram(arr, bins=bins, range=(edges.dtype.type(edges[0]),
-                                                        edges.dtype.type(edges[-1])))
+        counts, _ = np.histogram(
+            arr, bins=bins, range=(edges.dtype.type(edges[0]), edges.dtype.type(edges[-1]))
+        )
         return torch.from_numpy(counts.astype(np.int64))
     e = torch.from_numpy(edges).to(device=finite.device, dtype=finite.dtype)
     idx = torch.bucketize(finite, e, right=True) - 1
@@ -635,8 +639,14 @@ def _bin_counts(
 
 
 def _check_bins(bins: Any, desc: str) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
-        raise LogValueError(f"{_name(desc)}: bins must be an integer in [1, {MAX_BINS}], got {bins!r}")
+    if (
+        isinstance(bins, bool)
+        or not isinstance(bins, (int, np.integer))
+        or not 1 <= bins <= MAX_BINS
+    ):
+        raise LogValueError(
+            f"{_name(desc)}: bins must be an integer in [1, {MAX_BINS}], got {bins!r}"
+        )
     return int(bins)
 
 
@@ -743,7 +753,8 @@ def _exchange_headers(
     headers = [h.cpu() for h in out]
     mine = header
     bad = [
-        i for i, h in enumerate(headers)
+        i
+        for i, h in enumerate(headers)
         if int(h[_H_MAGIC]) != _MAGIC
         or int(h[_H_FP]) != int(mine[_H_FP])
         or int(h[_H_COUNTER]) != int(mine[_H_COUNTER])
@@ -804,9 +815,7 @@ def _pack(parcel: _Parcel, kept: int) -> tuple[np.ndarray, np.ndarray]:
     units = parcel.units[:kept]
     meta = {
         "extra": parcel.extra,
-        "units": [
-            {"meta": u.meta, "arrays": [list(a.shape) for a in u.arrays]} for u in units
-        ],
+        "units": [{"meta": u.meta, "arrays": [list(a.shape) for a in u.arrays]} for u in units],
     }
     meta_bytes = json.dumps(meta).encode()
     chunks = [np.frombuffer(meta_bytes, dtype=np.uint8)]
@@ -820,6 +829,7 @@ def _pack(parcel: _Parcel, kept: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _unpack(payload: np.ndarray, meta_len: int, src: int, desc: str) -> _Parcel:
     """Decode a received payload: JSON metadata and raw uint8 arrays, every size checked."""
+
     def fail(why: str) -> RankDivergenceError:
         return RankDivergenceError(f"{_name(desc)}: malformed media payload from rank {src}: {why}")
 
@@ -876,7 +886,9 @@ def _normalize_ranks(world: World, ranks: Any, desc: str) -> tuple[int, ...] | N
         return None
     if isinstance(ranks, str):
         if ranks != "all":
-            raise LogValueError(f"{_name(desc)}: ranks must be 0, 'all' or a list of ranks, got {ranks!r}")
+            raise LogValueError(
+                f"{_name(desc)}: ranks must be 0, 'all' or a list of ranks, got {ranks!r}"
+            )
         return tuple(world.group_ranks)
     if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
         chosen: list[int] = [int(ranks)]
@@ -885,7 +897,9 @@ def _normalize_ranks(world: World, ranks: Any, desc: str) -> tuple[int, ...] | N
     ):
         chosen = sorted({int(r) for r in ranks})
     else:
-        raise LogTypeError(f"{_name(desc)}: ranks must be 0, 'all' or a list of ranks, got {ranks!r}")
+        raise LogTypeError(
+            f"{_name(desc)}: ranks must be 0, 'all' or a list of ranks, got {ranks!r}"
+        )
     if not chosen:
         raise LogValueError(f"{_name(desc)}: ranks is an empty list")
     outside = [r for r in chosen if r not in world.group_ranks]
@@ -934,8 +948,12 @@ def _gather_parcels(
         header[_H_AUX] = parcel.aux
 
     headers = _exchange_headers(
-        header, group=pg, group_size=world.group_size if distributed else 1,
-        comm_device=dev, desc=desc, timeout=timeout,
+        header,
+        group=pg,
+        group_size=world.group_size if distributed else 1,
+        comm_device=dev,
+        desc=desc,
+        timeout=timeout,
     )
     ranks_of = list(world.group_ranks) if distributed else [world.rank]
     status = {ranks_of[i]: int(h[_H_STATUS]) for i, h in enumerate(headers)}
@@ -978,10 +996,18 @@ def _gather_parcels(
     if world.rank != 0:
         if parcel is not None and world.rank in senders:
             sizes, payload = _pack(parcel, kept_count(parcel, world.rank))
-            _wait(dist.isend(torch.from_numpy(sizes).to(dev), dst=0, group=pg),
-                  timeout, desc, "sending media sizes to rank 0")
-            _wait(dist.isend(torch.from_numpy(payload).to(dev), dst=0, group=pg),
-                  timeout, desc, "sending media to rank 0")
+            _wait(
+                dist.isend(torch.from_numpy(sizes).to(dev), dst=0, group=pg),
+                timeout,
+                desc,
+                "sending media sizes to rank 0",
+            )
+            _wait(
+                dist.isend(torch.from_numpy(payload).to(dev), dst=0, group=pg),
+                timeout,
+                desc,
+                "sending media to rank 0",
+            )
         return None
 
     parcels: list[tuple[int, _Parcel]] = []
@@ -997,16 +1023,19 @@ def _gather_parcels(
             kept = 0
         else:
             sizes_t = torch.empty(2, dtype=torch.int64, device=dev)
-            _wait(dist.irecv(sizes_t, src=r, group=pg), timeout, desc,
-                  f"receiving media sizes from rank {r}")
+            _wait(
+                dist.irecv(sizes_t, src=r, group=pg),
+                timeout,
+                desc,
+                f"receiving media sizes from rank {r}",
+            )
             meta_len, data_len = (int(v) for v in sizes_t.cpu().tolist())
             if meta_len < 0 or data_len < 0 or data_len > int(h[_H_BYTES]):
                 raise RankDivergenceError(
                     f"{_name(desc)}: rank {r} announced an impossible payload ({meta_len}, {data_len})"
                 )
             buf = torch.empty(meta_len + data_len, dtype=torch.uint8, device=dev)
-            _wait(dist.irecv(buf, src=r, group=pg), timeout, desc,
-                  f"receiving media from rank {r}")
+            _wait(dist.irecv(buf, src=r, group=pg), timeout, desc, f"receiving media from rank {r}")
             got = _unpack(buf.cpu().numpy(), meta_len, r, desc)
             kept = len(got.units)
             parcels.append((r, got))
@@ -1016,7 +1045,10 @@ def _gather_parcels(
 
 
 def _warn_dropped(
-    desc: str, noun: str, dropped: dict[int, tuple[int, int]], max_bytes: int,
+    desc: str,
+    noun: str,
+    dropped: dict[int, tuple[int, int]],
+    max_bytes: int,
     max_items: int | None = None,
 ) -> None:
     if not dropped:
@@ -1050,7 +1082,9 @@ def _images_parcel(item: Images) -> _Parcel:
     caps: list[str | None] = [None] * len(item.images)
     if item.captions is not None:
         caps = list(item.captions)
-    return _Parcel(units=[_Unit({"caption": c}, [a]) for a, c in zip(item.images, caps, strict=True)])
+    return _Parcel(
+        units=[_Unit({"caption": c}, [a]) for a, c in zip(item.images, caps, strict=True)]
+    )
 
 
 def _images_from(gathered: _Gathered) -> Images:
@@ -1064,15 +1098,28 @@ def _images_from(gathered: _Gathered) -> Images:
 
 
 def _collect_image_like(
-    world: World, kind: str, desc: str, ranks: Any, convert: Callable[[], Images],
-    max_bytes: int, timeout: float | None, group: Any,
+    world: World,
+    kind: str,
+    desc: str,
+    ranks: Any,
+    convert: Callable[[], Images],
+    max_bytes: int,
+    timeout: float | None,
+    group: Any,
 ) -> Images | None:
     chosen = _normalize_ranks(world, ranks, desc)
     if chosen is None:
         return convert() if world.is_global_zero else None
     gathered = _gather_parcels(
-        world, kind, desc, chosen, lambda: _images_parcel(convert()),
-        max_bytes=max_bytes, max_items=None, timeout=timeout, group=group,
+        world,
+        kind,
+        desc,
+        chosen,
+        lambda: _images_parcel(convert()),
+        max_bytes=max_bytes,
+        max_items=None,
+        timeout=timeout,
+        group=group,
     )
     if gathered is None:
         return None
@@ -1106,9 +1153,14 @@ def collect_images(
     desc = _check_desc(desc)
     max_bytes = _check_cap(max_bytes, "max_bytes", desc)
     return _collect_image_like(
-        world, "images", desc, ranks,
+        world,
+        "images",
+        desc,
+        ranks,
         lambda: to_images(images, caption, desc=desc, value_range=value_range, captions=captions),
-        max_bytes, timeout, group,
+        max_bytes,
+        timeout,
+        group,
     )
 
 
@@ -1136,8 +1188,13 @@ def collect_plot(
         return None
     try:
         return _collect_image_like(
-            world, "plot", desc, ranks,
-            lambda: figure_to_images(figure, desc=desc, caption=caption), max_bytes, timeout,
+            world,
+            "plot",
+            desc,
+            ranks,
+            lambda: figure_to_images(figure, desc=desc, caption=caption),
+            max_bytes,
+            timeout,
             group,
         )
     finally:
@@ -1164,21 +1221,39 @@ def collect_videos(
     max_bytes = _check_cap(max_bytes, "max_bytes", desc)
 
     def convert() -> Videos:
-        return to_videos(videos, caption, desc=desc, fps=fps, format=format,
-                         value_range=value_range, captions=captions)
+        return to_videos(
+            videos,
+            caption,
+            desc=desc,
+            fps=fps,
+            format=format,
+            value_range=value_range,
+            captions=captions,
+        )
 
     chosen = _normalize_ranks(world, ranks, desc)
     if chosen is None:
         return convert() if world.is_global_zero else None
 
     def prepare() -> _Parcel:
-        return _Parcel(units=[
-            _Unit({"caption": v.caption, "fps": v.fps, "format": v.format}, [v.frames])
-            for v in convert().videos
-        ])
+        return _Parcel(
+            units=[
+                _Unit({"caption": v.caption, "fps": v.fps, "format": v.format}, [v.frames])
+                for v in convert().videos
+            ]
+        )
 
-    gathered = _gather_parcels(world, "videos", desc, chosen, prepare, max_bytes=max_bytes,
-                               max_items=None, timeout=timeout, group=group)
+    gathered = _gather_parcels(
+        world,
+        "videos",
+        desc,
+        chosen,
+        prepare,
+        max_bytes=max_bytes,
+        max_items=None,
+        timeout=timeout,
+        group=group,
+    )
     if gathered is None:
         return None
     _warn_dropped(desc, "videos", gathered.dropped, max_bytes)
@@ -1190,12 +1265,16 @@ def collect_videos(
             fmt = u.meta.get("format")
             if u.arrays[0].ndim != 4:
                 raise RankDivergenceError(f"{_name(desc)}: rank {r} sent a video that is not THWC")
-            out.append(Video(
-                frames=u.arrays[0],
-                fps=float(fps_v) if isinstance(fps_v, (int, float)) and fps_v > 0 else float(fps),
-                format=fmt if fmt in ("gif", "mp4") else format,
-                caption=_tag(r, cap if isinstance(cap, str) else None),
-            ))
+            out.append(
+                Video(
+                    frames=u.arrays[0],
+                    fps=float(fps_v)
+                    if isinstance(fps_v, (int, float)) and fps_v > 0
+                    else float(fps),
+                    format=fmt if fmt in ("gif", "mp4") else format,
+                    caption=_tag(r, cap if isinstance(cap, str) else None),
+                )
+            )
     return Videos(videos=out) if out else None
 
 
@@ -1254,11 +1333,23 @@ def collect_table(
             imgs: list[np.ndarray] = []
             cells = [_json_cell(c, imgs) for c in row]
             units.append(_Unit({"cells": cells}, imgs))
-        return _Parcel(units=units, extra={"columns": table.columns},
-                       aux=_stable_hash("\0".join(table.columns)))
+        return _Parcel(
+            units=units,
+            extra={"columns": table.columns},
+            aux=_stable_hash("\0".join(table.columns)),
+        )
 
-    gathered = _gather_parcels(world, "table", desc, chosen, prepare, max_bytes=max_bytes,
-                               max_items=max_rows, timeout=timeout, group=group)
+    gathered = _gather_parcels(
+        world,
+        "table",
+        desc,
+        chosen,
+        prepare,
+        max_bytes=max_bytes,
+        max_items=max_rows,
+        timeout=timeout,
+        group=group,
+    )
     if gathered is None:
         return None
     _warn_dropped(desc, "rows", gathered.dropped, max_bytes, max_rows)
@@ -1314,8 +1405,9 @@ def _histogram_from_stats(
         h[_H_STATUS] = _ERROR if any_error else _OK
         h[_H_LO], h[_H_HI] = _float_bits(lo), _float_bits(hi)
         h[_H_FINITE], h[_H_NONFINITE], h[_H_DTYPE] = n_finite, n_nonfinite, dtype_bits
-        headers = _exchange_headers(h, group=group, group_size=size, comm_device=device,
-                                    desc=desc, timeout=timeout)
+        headers = _exchange_headers(
+            h, group=group, group_size=size, comm_device=device, desc=desc, timeout=timeout
+        )
         any_error = any(int(x[_H_STATUS]) == _ERROR for x in headers)
         lo = min(_bits_float(int(x[_H_LO])) for x in headers)
         hi = max(_bits_float(int(x[_H_HI])) for x in headers)
@@ -1329,7 +1421,8 @@ def _histogram_from_stats(
             warnings.warn(
                 f"{_name(desc)}: the histogram input on another rank was rejected (the error is "
                 "raised there); nothing is written for this call",
-                MediaWarning, stacklevel=4,
+                MediaWarning,
+                stacklevel=4,
             )
         return None
     edges = _edges(lo, hi, bins, dtype_bits or 64, desc)
@@ -1340,8 +1433,12 @@ def _histogram_from_stats(
     for group, size, _, device in groups:
         if size > 1:
             counts = counts.to(device)
-            _wait(dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group, async_op=True),
-                  timeout, desc, "the histogram count reduction")
+            _wait(
+                dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group, async_op=True),
+                timeout,
+                desc,
+                "the histogram count reduction",
+            )
     if not world.is_global_zero:
         return None
     return Histogram(counts=counts.cpu().numpy(), edges=edges, nonfinite=n_nonfinite)
@@ -1359,7 +1456,9 @@ def _dtensor_histogram(
 ) -> Histogram | None:
     from torch.distributed.tensor import Replicate
 
-    if not (ranks == "all" or (isinstance(ranks, int) and not isinstance(ranks, bool) and ranks == 0)):
+    if not (
+        ranks == "all" or (isinstance(ranks, int) and not isinstance(ranks, bool) and ranks == 0)
+    ):
         raise LogValueError(
             f"{_name(desc)}: a DTensor's histogram covers the whole tensor; ranks must be 0 or "
             f"'all', got {ranks!r}"
@@ -1387,11 +1486,13 @@ def _dtensor_histogram(
     groups = []
     for d in range(mesh.ndim):
         g = mesh.get_group(d)
-        groups.append((g, dist.get_world_size(g), tuple(dist.get_process_group_ranks(g)),
-                       _group_device(g)))
+        groups.append(
+            (g, dist.get_world_size(g), tuple(dist.get_process_group_ranks(g)), _group_device(g))
+        )
     layout = f"dtensor{tuple(mesh.shape)}{[str(p) for p in placements]}"
-    return _histogram_from_stats(groups, st, error, world=world, kind_fp=layout, desc=desc,
-                                 bins=bins, timeout=timeout)
+    return _histogram_from_stats(
+        groups, st, error, world=world, kind_fp=layout, desc=desc, bins=bins, timeout=timeout
+    )
 
 
 def collect_histogram(
@@ -1433,8 +1534,14 @@ def collect_histogram(
     pg, dev = _comm(world, group)
     groups = [(pg, world.group_size if distributed else 1, tuple(world.group_ranks), dev)]
     return _histogram_from_stats(
-        groups, st, error, world=world, kind_fp=",".join(map(str, chosen)), desc=desc,
-        bins=bins, timeout=timeout,
+        groups,
+        st,
+        error,
+        world=world,
+        kind_fp=",".join(map(str, chosen)),
+        desc=desc,
+        bins=bins,
+        timeout=timeout,
     )
 
 

@@ -117,8 +117,14 @@ def write_mp4(video: Video, path: Path) -> None:
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     writer = iio2.get_writer(
-        path, format="FFMPEG", mode="I", fps=video.fps, codec="libx264",
-        pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        path,
+        format="FFMPEG",
+        mode="I",
+        fps=video.fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        macro_block_size=1,
+        ffmpeg_log_level="error",
     )
     try:
         for frame in frames:
@@ -166,8 +172,15 @@ def save_media(item: MediaItem, media_dir: Path, key: str, step: int) -> dict[st
             path = files.new(str(i), ".png")
             write_png(arr, path)
             h, w, c = arr.shape
-            out.append({"path": files.rel(path), "caption": cap, "width": int(w),
-                        "height": int(h), "channels": int(c)})
+            out.append(
+                {
+                    "path": files.rel(path),
+                    "caption": cap,
+                    "width": int(w),
+                    "height": int(h),
+                    "channels": int(c),
+                }
+            )
         return {"type": "images", "items": out}
     if isinstance(item, Videos):
         out = []
@@ -181,9 +194,17 @@ def save_media(item: MediaItem, media_dir: Path, key: str, step: int) -> dict[st
             else:
                 raise LogValueError(f"media {key!r}: unknown video format {fmt!r}")
             t, h, w, c = video.frames.shape
-            out.append({"path": files.rel(path), "caption": video.caption, "format": fmt,
-                        "fps": float(video.fps), "frames": int(t), "width": int(w),
-                        "height": int(h)})
+            out.append(
+                {
+                    "path": files.rel(path),
+                    "caption": video.caption,
+                    "format": fmt,
+                    "fps": float(video.fps),
+                    "frames": int(t),
+                    "width": int(w),
+                    "height": int(h),
+                }
+            )
         return {"type": "videos", "items": out}
     if isinstance(item, Table):
         data = []
@@ -202,8 +223,12 @@ def save_media(item: MediaItem, media_dir: Path, key: str, step: int) -> dict[st
             json.dumps({"columns": list(item.columns), "data": data}, allow_nan=False) + "\n",
             encoding="utf-8",
         )
-        return {"type": "table", "path": files.rel(path), "columns": list(item.columns),
-                "rows": len(item.rows)}
+        return {
+            "type": "table",
+            "path": files.rel(path),
+            "columns": list(item.columns),
+            "rows": len(item.rows),
+        }
     raise LogTypeError(f"media {key!r}: cannot save a {type(item).__name__}")
 
 

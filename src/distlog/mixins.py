@@ -427,5 +427,6 @@ def _remember_run_id(run_dir: Path, run_id: str) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / _RUN_ID_FILE).write_text(json.dumps({"id": run_id}) + "\n")
     except OSError as exc:
-        warnings.warn(f"distlog: could not record the wandb run id in {run_dir}: {exc}",
-                      stacklevel=2)
+        warnings.warn(
+            f"distlog: could not record the wandb run id in {run_dir}: {exc}", stacklevel=2
+        )

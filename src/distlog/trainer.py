@@ -334,4 +334,3 @@ class BaseTrainer(AbstractTrainer):
     def _finish_logging(self, exit_code: int) -> None:
         if isinstance(self, LoggerMixin):
             self.finish(exit_code=exit_code)
-

@@ -298,9 +298,7 @@ class OfflineRun:
     def values(self, key: str, step_key: str = "trainer/global_step") -> dict[int, Any]:
         """``{step: value}`` of one key, over the rows that hold it."""
         return {
-            int(row[step_key]): row[key]
-            for row in self.history
-            if key in row and step_key in row
+            int(row[step_key]): row[key] for row in self.history if key in row and step_key in row
         }
 
 
@@ -435,4 +433,3 @@ def last_logged_step(
         if isinstance(row.get(step_key), (int, float))
     ]
     return max(steps) if steps else None
-

@@ -29,10 +29,13 @@ class Config(BaseTrainerConfig, WandBLoggerConfigMixin):
 class Checkpoint(Callback):
     def on_train_batch_end(self, trainer, batch, batch_idx, outputs):
         if trainer.global_step % trainer.config.ckpt_every == 0 and trainer.world.is_global_zero:
-            state = {"model": trainer.model.module.state_dict()
-                     if hasattr(trainer.model, "module") else trainer.model.state_dict(),
-                     "optimizer": trainer.optimizer.state_dict(),
-                     "global_step": trainer.global_step}
+            state = {
+                "model": trainer.model.module.state_dict()
+                if hasattr(trainer.model, "module")
+                else trainer.model.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "global_step": trainer.global_step,
+            }
             tmp = Path(trainer.config.checkpoint + ".tmp")
             torch.save(state, tmp)
             os.replace(tmp, trainer.config.checkpoint)
@@ -71,12 +74,22 @@ def main() -> None:
     parser.add_argument("--ckpt-every", type=int, default=4)
     args = parser.parse_args()
     root = Path(args.root)
-    params = WandbLoggingParameters(log_every_n_steps=2, run_dir=str(root / "local"),
-                                    dir=str(root / "wandb_dir"), project="restart")
-    config = Config(experiment="restart", max_steps=args.max_steps, max_epochs=None,
-                    logging_parameters=params, callbacks=[Checkpoint()],
-                    checkpoint=str(root / "ckpt.pt"), ckpt_every=args.ckpt_every,
-                    crash_at=args.crash_at)
+    params = WandbLoggingParameters(
+        log_every_n_steps=2,
+        run_dir=str(root / "local"),
+        dir=str(root / "wandb_dir"),
+        project="restart",
+    )
+    config = Config(
+        experiment="restart",
+        max_steps=args.max_steps,
+        max_epochs=None,
+        logging_parameters=params,
+        callbacks=[Checkpoint()],
+        checkpoint=str(root / "ckpt.pt"),
+        ckpt_every=args.ckpt_every,
+        crash_at=args.crash_at,
+    )
     Job(config).fit()
 
 

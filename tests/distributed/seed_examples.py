@@ -207,37 +207,40 @@ class MyTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin):
         self.log_model(
             models=[self.model],  # List of models to track
             log="all",  # Log gradients and parameters
-            log_freq=100  # Log every 100 batches
+            log_freq=100,  # Log every 100 batches
         )
 
         # Log full configuration
-        self.log_config({
-            "model": {
-                "architecture": "transformer",
-                "num_layers": self.config.num_layers,
-                "hidden_dim": self.config.hidden_dim,
-                "num_heads": self.config.num_heads
-            },
-            "training": {
-                "learning_rate": self.config.learning_rate,
-                "batch_size": self.config.batch_size,
-                "num_epochs": self.config.num_epochs,
-                "optimizer": "AdamW",
-                "scheduler": "CosineAnnealing"
-            },
-            "data": {
-                "dataset": self.config.dataset_name,
-                "num_train_samples": len(self.train_dataset),
-                "num_val_samples": len(self.val_dataset)
+        self.log_config(
+            {
+                "model": {
+                    "architecture": "transformer",
+                    "num_layers": self.config.num_layers,
+                    "hidden_dim": self.config.hidden_dim,
+                    "num_heads": self.config.num_heads,
+                },
+                "training": {
+                    "learning_rate": self.config.learning_rate,
+                    "batch_size": self.config.batch_size,
+                    "num_epochs": self.config.num_epochs,
+                    "optimizer": "AdamW",
+                    "scheduler": "CosineAnnealing",
+                },
+                "data": {
+                    "dataset": self.config.dataset_name,
+                    "num_train_samples": len(self.train_dataset),
+                    "num_val_samples": len(self.val_dataset),
+                },
             }
-        })
+        )
 
     # "Basic Logging"
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
         # support: the example uses these without defining them
-        grad_norm = sum(p.grad.norm() ** 2 for p in self.model.parameters()
-                        if p.grad is not None) ** 0.5
+        grad_norm = (
+            sum(p.grad.norm() ** 2 for p in self.model.parameters() if p.grad is not None) ** 0.5
+        )
         samples_per_sec = len(batch[0]) / max(time.perf_counter() - self._step_started, 1e-9)
         self._step_started = time.perf_counter()
 
@@ -246,11 +249,13 @@ class MyTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin):
         self.log_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"])
 
         # Log multiple values at once
-        self.log_dict({
-            "train/batch_loss": loss,
-            "train/grad_norm": grad_norm,
-            "train/throughput": samples_per_sec
-        })
+        self.log_dict(
+            {
+                "train/batch_loss": loss,
+                "train/grad_norm": grad_norm,
+                "train/throughput": samples_per_sec,
+            }
+        )
 
         return {"loss": loss}
 
@@ -267,16 +272,13 @@ class MyTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin):
             self.log_images(
                 viz_images,  # (B, C, H, W) tensor
                 caption=[f"Pred: {p}, True: {l}" for p, l in zip(predictions, labels)],  # noqa: B905, E741
-                desc="val/predictions"
+                desc="val/predictions",
             )
 
         # Log attention maps
         if hasattr(self.model, "get_attention_maps"):
             attention_maps = self.model.get_attention_maps()
-            self.log_images(
-                attention_maps,
-                desc="val/attention_maps"
-            )
+            self.log_images(attention_maps, desc="val/attention_maps")
 
     # "Video Logging"
     def on_validation_epoch_end(self):
@@ -287,7 +289,7 @@ class MyTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin):
             generated_videos,
             caption=["Sample 1", "Sample 2", "Sample 3", "Sample 4"],
             desc="val/generated_videos",
-            fps=30
+            fps=30,
         )
 
     # "Histogram Logging"
@@ -295,16 +297,10 @@ class MyTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin):
         # Log weight distributions
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                self.log_histogram(
-                    param.data,
-                    desc=f"weights/{name}"
-                )
+                self.log_histogram(param.data, desc=f"weights/{name}")
 
                 if param.grad is not None:
-                    self.log_histogram(
-                        param.grad,
-                        desc=f"gradients/{name}"
-                    )
+                    self.log_histogram(param.grad, desc=f"gradients/{name}")
 
     # "Plot Logging"
     def create_loss_curve(self):
@@ -375,21 +371,19 @@ class BestPracticesTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin)
             confidences = predictions.softmax(dim=-1).max(dim=-1).values
 
             for img, pred, label, conf in zip(images, predictions, labels, confidences):  # noqa: B905
-                data.append([
-                    wandb.Image(img),
-                    self.class_names[pred.argmax()],
-                    self.class_names[label],
-                    conf.item()
-                ])
+                data.append(
+                    [
+                        wandb.Image(img),
+                        self.class_names[pred.argmax()],
+                        self.class_names[label],
+                        conf.item(),
+                    ]
+                )
 
             if len(data) >= 100:  # Limit table size
                 break
 
-        self.log_table(
-            columns=columns,
-            data=data,
-            desc="val/predictions_table"
-        )
+        self.log_table(columns=columns, data=data, desc="val/predictions_table")
 
     def validation_step(self, batch, batch_idx):  # support: runs the fragments below
         if batch_idx == 0:
@@ -446,9 +440,7 @@ class TensorBoardLoggerMixin(LoggerMixin):
         super().__init__(config)
 
         if self.world.is_global_zero and self.logging_parameters.enabled:
-            self.writer = tensorboardX.SummaryWriter(
-                log_dir=f"runs/{self.experiment}"
-            )
+            self.writer = tensorboardX.SummaryWriter(log_dir=f"runs/{self.experiment}")
         else:
             self.writer = None
 
@@ -505,25 +497,45 @@ def main() -> None:
     os.chdir(args.root)
 
     def params(name: str, every: int) -> WandbLoggingParameters:
-        return WandbLoggingParameters(log_every_n_steps=every, run_dir=f"local/{name}",
-                                      dir="wandb_dir", project="seed", tags=[name])
+        return WandbLoggingParameters(
+            log_every_n_steps=every,
+            run_dir=f"local/{name}",
+            dir="wandb_dir",
+            project="seed",
+            tags=[name],
+        )
 
-    trainer = MyTrainer(SeedConfig(experiment="examples", max_steps=args.steps,
-                                   val_every_n_epochs=2,
-                                   logging_parameters=params("examples", 10),
-                                   callbacks=[TrackLosses(), LoggingCallback()]))
+    trainer = MyTrainer(
+        SeedConfig(
+            experiment="examples",
+            max_steps=args.steps,
+            val_every_n_epochs=2,
+            logging_parameters=params("examples", 10),
+            callbacks=[TrackLosses(), LoggingCallback()],
+        )
+    )
     trainer.fit()
     trainer.dump(args.root, "examples")
 
-    best = BestPracticesTrainer(SeedConfig(experiment="best", max_steps=30, max_epochs=2,
-                                           logging_parameters=params("best", 5),
-                                           callbacks=[TrackLosses()]))
+    best = BestPracticesTrainer(
+        SeedConfig(
+            experiment="best",
+            max_steps=30,
+            max_epochs=2,
+            logging_parameters=params("best", 5),
+            callbacks=[TrackLosses()],
+        )
+    )
     best.fit()
     best.dump(args.root, "best")
 
-    tb = TBTrainer(TBConfig(experiment="tensorboard", max_steps=6,
-                            logging_parameters=LoggingParameters(log_every_n_steps=3,
-                                                                 run_dir="local/tensorboard")))
+    tb = TBTrainer(
+        TBConfig(
+            experiment="tensorboard",
+            max_steps=6,
+            logging_parameters=LoggingParameters(log_every_n_steps=3, run_dir="local/tensorboard"),
+        )
+    )
     tb.fit()
 
 

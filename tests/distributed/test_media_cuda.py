@@ -22,8 +22,12 @@ def test_cuda_images_videos_and_histograms_match_the_host() -> None:
     on_host = to_images(x, desc="img")
     assert all(np.array_equal(a, b) for a, b in zip(on_gpu.images, on_host.images, strict=True))
     v = torch.rand(2, 3, 4, 8, 8, generator=g)
-    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(
-        to_videos(v.cuda(), desc="v").videos, to_videos(v, desc="v").videos, strict=True))
+    assert all(
+        np.array_equal(a.frames, b.frames)
+        for a, b in zip(
+            to_videos(v.cuda(), desc="v").videos, to_videos(v, desc="v").videos, strict=True
+        )
+    )
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         values = (torch.randn(200_000, generator=g) * 3).round(decimals=1).to(dtype)
         h = histogram(values.cuda(), desc="w", bins=64)  # binary search on the device

@@ -51,10 +51,28 @@ def c10d_ops(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
     return result, [e.name for e in prof.events() if e.name.startswith("c10d::")]
 
 
-_COMM_FUNCS = ("all_gather", "all_gather_into_tensor", "all_reduce", "reduce", "broadcast",
-               "gather", "scatter", "all_to_all", "reduce_scatter", "barrier", "send", "recv",
-               "isend", "irecv", "batch_isend_irecv", "all_gather_object", "gather_object",
-               "broadcast_object_list", "send_object_list", "recv_object_list")
+_COMM_FUNCS = (
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_reduce",
+    "reduce",
+    "broadcast",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "reduce_scatter",
+    "barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+    "all_gather_object",
+    "gather_object",
+    "broadcast_object_list",
+    "send_object_list",
+    "recv_object_list",
+)
 
 
 def dist_calls(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
@@ -72,6 +90,7 @@ def dist_calls(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             calls.append(name)
             return real(*args, **kwargs)
+
         return wrapper
 
     try:
@@ -102,8 +121,9 @@ def videos_of(rank: int) -> torch.Tensor:
 
 def table_of(rank: int) -> tuple[list[str], list[list[Any]]]:
     g = torch.Generator().manual_seed(300 + rank)
-    rows = [[torch.rand(3, 2, 2, generator=g), f"rank{rank}-row{i}", i * 0.5, None]
-            for i in range(rank)]  # rank 0 has no rows at all
+    rows = [
+        [torch.rand(3, 2, 2, generator=g), f"rank{rank}-row{i}", i * 0.5, None] for i in range(rank)
+    ]  # rank 0 has no rows at all
     return ["img", "label", "score", "note"], rows
 
 
@@ -161,8 +181,12 @@ def _default_rank0_only(rank: int) -> dict[str, Any]:
     results, ops = c10d_ops(lambda: [calls() for _ in range(1 if rank == 0 else 3)])
     check = torch.tensor([rank + 1.0])
     torch.distributed.all_reduce(check)  # the group is still in lock-step
-    return {"results": results[0], "ops": ops, "open_figures": plt.get_fignums(),
-            "check": check.item()}
+    return {
+        "results": results[0],
+        "ops": ops,
+        "open_figures": plt.get_fignums(),
+        "check": check.item(),
+    }
 
 
 def test_default_is_rank0_only_without_communication(pool2: RankPool) -> None:
@@ -173,10 +197,15 @@ def test_default_is_rank0_only_without_communication(pool2: RankPool) -> None:
     assert out[1]["results"] == [None] * 5
     images, videos, plot, hist, table = out[0]["results"]
     want = to_images(images_of(0), "cap", desc="x")
-    assert images.captions == ["cap"] and np.array_equal(np.stack(images.images), np.stack(want.images))
+    assert images.captions == ["cap"] and np.array_equal(
+        np.stack(images.images), np.stack(want.images)
+    )
     want_v = to_videos(videos_of(0), desc="x", fps=3)
     assert [v.caption for v in videos.videos] == [None, None]
-    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(videos.videos, want_v.videos, strict=True))
+    assert all(
+        np.array_equal(a.frames, b.frames)
+        for a, b in zip(videos.videos, want_v.videos, strict=True)
+    )
     assert isinstance(plot, Images) and plot.images[0].shape == (20, 20, 3)
     counts, edges = np.histogram(hist_values(0, 1000).numpy(), bins=16)
     assert np.array_equal(hist.counts, counts) and np.array_equal(hist.edges, edges)
@@ -210,19 +239,30 @@ def _gather(rank: int) -> dict[str, Any]:
         return [
             collect_images(world, x, captions=captions_of(rank, n), desc="val/images", ranks="all"),
             # ranks that are not chosen may pass anything: their input is never looked at
-            collect_videos(world, videos_of(rank) if rank in (1, 2) else None, desc="val/videos",
-                           fps=2 + rank, format="gif", ranks=[1, 2]),
-            collect_plot(world, make_figure(rank) if rank == 2 else "no figure", desc="val/plot",
-                         ranks=[2]),
+            collect_videos(
+                world,
+                videos_of(rank) if rank in (1, 2) else None,
+                desc="val/videos",
+                fps=2 + rank,
+                format="gif",
+                ranks=[1, 2],
+            ),
+            collect_plot(
+                world, make_figure(rank) if rank == 2 else "no figure", desc="val/plot", ranks=[2]
+            ),
             collect_table(world, cols, rows, desc="val/table", ranks="all"),
-            collect_histogram(world, hist_values(rank, 500 * n), desc="val/hist", bins=20,
-                              ranks=[1, 2]),
+            collect_histogram(
+                world, hist_values(rank, 500 * n), desc="val/hist", bins=20, ranks=[1, 2]
+            ),
         ]
 
     results, ops = dist_calls(calls)
     plt = sys.modules.get("matplotlib.pyplot")
-    return {"results": results, "ops": ops,
-            "open_figures": plt.get_fignums() if plt is not None else []}
+    return {
+        "results": results,
+        "ops": ops,
+        "open_figures": plt.get_fignums() if plt is not None else [],
+    }
 
 
 def test_gathering_from_chosen_ranks_in_rank_order(pool4: RankPool) -> None:
@@ -242,13 +282,16 @@ def test_gathering_from_chosen_ranks_in_rank_order(pool4: RankPool) -> None:
     want_v = [(r, v) for r in (1, 2) for v in to_videos(videos_of(r), desc="x").videos]
     assert [v.caption for v in videos.videos] == [f"rank {r}" for r, _ in want_v]
     assert [v.fps for v in videos.videos] == [2.0 + r for r, _ in want_v]
-    assert all(np.array_equal(a.frames, b.frames) for a, (_, b) in zip(videos.videos, want_v, strict=True))
+    assert all(
+        np.array_equal(a.frames, b.frames) for a, (_, b) in zip(videos.videos, want_v, strict=True)
+    )
 
     assert plot.captions == ["rank 2"] and plot.images[0].shape == (20, 20, 3)
 
     assert isinstance(table, Table) and table.columns == ["rank", *table_of(0)[0]]
-    want_rows = [[r, *row] for r in range(GATHER_WORLD)
-                 for row in to_table(*table_of(r), desc="x").rows]
+    want_rows = [
+        [r, *row] for r in range(GATHER_WORLD) for row in to_table(*table_of(r), desc="x").rows
+    ]
     assert [row[0] for row in table.rows] == [row[0] for row in want_rows] == [1, 2, 2, 3, 3, 3]
     for got, want in zip(table.rows, want_rows, strict=True):
         assert np.array_equal(got[1], want[1]) and got[2:] == want[2:]
@@ -282,40 +325,49 @@ def _histograms(rank: int) -> dict[str, Any]:
     world = World.current()
     out: dict[str, Any] = {}
     sizes = {0: 700, 1: 1300, 2: 50, 3: 0}  # uneven, and rank 3 has no values at all
-    out["all_f32"] = collect_histogram(world, hist_values(rank, sizes[rank]), desc="a", bins=33,
-                                       ranks="all")
+    out["all_f32"] = collect_histogram(
+        world, hist_values(rank, sizes[rank]), desc="a", bins=33, ranks="all"
+    )
     v64 = hist_values(rank, 300, torch.float64)
     if rank == 1:
-        v64[:7] = torch.tensor([float("nan"), float("inf"), -float("inf")] * 2 + [float("nan")],
-                               dtype=torch.float64)
+        v64[:7] = torch.tensor(
+            [float("nan"), float("inf"), -float("inf")] * 2 + [float("nan")], dtype=torch.float64
+        )
     out["all_f64_nonfinite"] = collect_histogram(world, v64, desc="b", bins=10, ranks="all")
     out["some"] = collect_histogram(world, hist_values(rank, 400), desc="c", bins=8, ranks=[1, 3])
 
     # communication does not grow with the tensor: same collectives for 10 and 200k values
-    _, ops_small = dist_calls(lambda: collect_histogram(world, hist_values(rank, 10), desc="d",
-                                                      ranks="all"))
-    _, ops_big = dist_calls(lambda: collect_histogram(world, hist_values(rank, 200_000), desc="d",
-                                                    ranks="all"))
+    _, ops_small = dist_calls(
+        lambda: collect_histogram(world, hist_values(rank, 10), desc="d", ranks="all")
+    )
+    _, ops_big = dist_calls(
+        lambda: collect_histogram(world, hist_values(rank, 200_000), desc="d", ranks="all")
+    )
     out["ops"] = (ops_small, ops_big)
 
     g = torch.Generator().manual_seed(7)
     full = torch.randn(4 * 37 + 3, 5, generator=g)  # uneven rows over 4 ranks
     full[:20] = torch.round(full[:20])
     mesh = init_device_mesh("cpu", (4,))
-    out["dt_shard"] = collect_histogram(world, distribute_tensor(full, mesh, [Shard(0)]),
-                                        desc="w", bins=25)
+    out["dt_shard"] = collect_histogram(
+        world, distribute_tensor(full, mesh, [Shard(0)]), desc="w", bins=25
+    )
     tiny = torch.tensor([3.0, -1.0, 2.0])  # 3 elements on 4 ranks: one shard is empty
-    out["dt_tiny"] = collect_histogram(world, distribute_tensor(tiny, mesh, [Shard(0)]),
-                                       desc="tiny", bins=4, ranks="all")
+    out["dt_tiny"] = collect_histogram(
+        world, distribute_tensor(tiny, mesh, [Shard(0)]), desc="tiny", bins=4, ranks="all"
+    )
     replicated = distribute_tensor(full, mesh, [Replicate()])  # (distributing communicates)
-    out["dt_repl"], out["ops_repl"] = dist_calls(lambda: collect_histogram(
-        world, replicated, desc="r", bins=25))
+    out["dt_repl"], out["ops_repl"] = dist_calls(
+        lambda: collect_histogram(world, replicated, desc="r", bins=25)
+    )
 
     mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
     out["dt_hsdp"] = collect_histogram(
-        world, distribute_tensor(full, mesh2, [Replicate(), Shard(0)]), desc="hsdp", bins=25)
+        world, distribute_tensor(full, mesh2, [Replicate(), Shard(0)]), desc="hsdp", bins=25
+    )
     out["dt_2d"] = collect_histogram(
-        world, distribute_tensor(full, mesh2, [Shard(0), Shard(1)]), desc="2d", bins=25)
+        world, distribute_tensor(full, mesh2, [Shard(0), Shard(1)]), desc="2d", bins=25
+    )
     return out
 
 
@@ -375,30 +427,44 @@ def _edge_cases(rank: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     unit = 3 * 10 * 10 + len('{"caption": null}')  # bytes one image counts for
     imgs = torch.zeros(4, 3, 10, 10, dtype=torch.uint8) + rank
-    out["cap_even"] = _outcome(lambda: collect_images(
-        world, imgs, desc="cap", ranks="all", max_bytes=4 * unit + unit // 2))
+    out["cap_even"] = _outcome(
+        lambda: collect_images(world, imgs, desc="cap", ranks="all", max_bytes=4 * unit + unit // 2)
+    )
     few_or_many = imgs[:1] if rank == 0 else torch.cat([imgs, imgs])
-    out["cap_fair"] = _outcome(lambda: collect_images(
-        world, few_or_many, desc="cap", ranks="all", max_bytes=5 * unit))
-    out["mismatch_desc"] = _outcome(lambda: collect_images(
-        world, imgs, desc=f"desc-of-rank-{rank}", ranks="all"))
-    out["mismatch_kind"] = _outcome(lambda: (
-        collect_images(world, imgs, desc="same", ranks="all") if rank == 0
-        else collect_table(world, ["a"], [[1]], desc="same", ranks="all")))
+    out["cap_fair"] = _outcome(
+        lambda: collect_images(world, few_or_many, desc="cap", ranks="all", max_bytes=5 * unit)
+    )
+    out["mismatch_desc"] = _outcome(
+        lambda: collect_images(world, imgs, desc=f"desc-of-rank-{rank}", ranks="all")
+    )
+    out["mismatch_kind"] = _outcome(
+        lambda: (
+            collect_images(world, imgs, desc="same", ranks="all")
+            if rank == 0
+            else collect_table(world, ["a"], [[1]], desc="same", ranks="all")
+        )
+    )
     bad = torch.full((1, 3, 2, 2), float("nan")) if rank == 1 else imgs
     out["rejected"] = _outcome(lambda: collect_images(world, bad, desc="val/nan", ranks="all"))
-    out["after_rejected"] = _outcome(lambda: collect_images(world, imgs[:1], desc="ok", ranks="all"))
-    out["columns"] = _outcome(lambda: collect_table(world, ["a", f"b{rank}"], [[1, 2]], desc="t",
-                                                    ranks="all"))
+    out["after_rejected"] = _outcome(
+        lambda: collect_images(world, imgs[:1], desc="ok", ranks="all")
+    )
+    out["columns"] = _outcome(
+        lambda: collect_table(world, ["a", f"b{rank}"], [[1, 2]], desc="t", ranks="all")
+    )
     # only rank 1 is chosen and it has no rows: nothing to write, rank 0's input unused
-    out["empty_table"] = _outcome(lambda: collect_table(
-        world, None if rank == 0 else ["a"], None if rank == 0 else [], desc="t0", ranks=[1]))
+    out["empty_table"] = _outcome(
+        lambda: collect_table(
+            world, None if rank == 0 else ["a"], None if rank == 0 else [], desc="t0", ranks=[1]
+        )
+    )
     out["bad_ranks"] = _outcome(lambda: collect_images(world, imgs, desc="r", ranks=[0, 5]))
     # rank 1 is late: rank 0 gets a clear error instead of waiting forever
     if rank == 0:
         t0 = time.monotonic()
-        out["late"] = _outcome(lambda: collect_images(world, imgs, desc="late", ranks=[0],
-                                                      timeout=1.0))
+        out["late"] = _outcome(
+            lambda: collect_images(world, imgs, desc="late", ranks=[0], timeout=1.0)
+        )
         out["late_s"] = time.monotonic() - t0
     else:
         time.sleep(2.5)
@@ -427,10 +493,18 @@ def test_caps_mismatches_rejections_and_timeouts(pool2: RankPool) -> None:
 
     for r in out:
         assert r["mismatch_desc"][0][:2] == ("raised", "RankDivergenceError")
-        assert "desc-of-rank-0" in r["mismatch_desc"][0][2] and "desc-of-rank-1" in r["mismatch_desc"][0][2]
+        assert (
+            "desc-of-rank-0" in r["mismatch_desc"][0][2]
+            and "desc-of-rank-1" in r["mismatch_desc"][0][2]
+        )
         assert r["mismatch_kind"][0][:2] == ("raised", "RankDivergenceError")
-        assert "images 'same'" in r["mismatch_kind"][0][2] and "table 'same'" in r["mismatch_kind"][0][2]
-        assert r["columns"][0][:2] == ("raised", "LogValueError") and "columns" in r["columns"][0][2]
+        assert (
+            "images 'same'" in r["mismatch_kind"][0][2]
+            and "table 'same'" in r["mismatch_kind"][0][2]
+        )
+        assert (
+            r["columns"][0][:2] == ("raised", "LogValueError") and "columns" in r["columns"][0][2]
+        )
         assert r["bad_ranks"][0][:2] == ("raised", "LogValueError")
         assert "[5]" in r["bad_ranks"][0][2]
 
@@ -455,11 +529,11 @@ def _logger_end_to_end(rank: int, run_dir: str) -> dict[str, Any]:
 
     logger = distlog.Logger(run_dir=run_dir)
     logger.log_scalar("train/loss", float(rank))
-    logger.log_images(images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images",
-                      ranks="all")
+    logger.log_images(
+        images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images", ranks="all"
+    )
     logger.log_videos(videos_of(rank), desc="val/gif", fps=5)  # rank 0's only
-    logger.log_videos(videos_of(rank), ["a", "b"], desc="val/mp4", fps=5, format="mp4",
-                      ranks=[1])
+    logger.log_videos(videos_of(rank), ["a", "b"], desc="val/mp4", fps=5, format="mp4", ranks=[1])
     logger.log_histogram(hist_values(rank, 300), desc="val/hist", bins=12, ranks="all")
     logger.log_table(*table_of(rank), desc="val/table", ranks="all")
     logger.log_plot(make_figure(rank), desc="val/plot")
@@ -479,11 +553,20 @@ def test_logger_writes_gathered_media_to_the_run_dir(pool2: RankPool, tmp_path: 
     rows = list(iter_rows(tmp_path))
     media = {k: v for row in rows if "media" in row for k, v in row["media"].items()}
     assert all(row["step"] == 3 for row in rows)
-    assert sorted(media) == ["val/gif", "val/hist", "val/images", "val/mp4", "val/plot", "val/table"]
+    assert sorted(media) == [
+        "val/gif",
+        "val/hist",
+        "val/images",
+        "val/mp4",
+        "val/plot",
+        "val/table",
+    ]
 
     want = [(r, a) for r in (0, 1) for a in to_images(images_of(r, 2), desc="x").images]
     items = media["val/images"]["items"]
-    assert [i["caption"] for i in items] == [f"rank {r}: r{r}i{i}" for r in (0, 1) for i in range(2)]
+    assert [i["caption"] for i in items] == [
+        f"rank {r}: r{r}i{i}" for r in (0, 1) for i in range(2)
+    ]
     for item, (_, arr) in zip(items, want, strict=True):
         assert np.array_equal(np.asarray(Image.open(tmp_path / item["path"])), arr)
 
@@ -528,8 +611,9 @@ def _wandb_end_to_end(rank: int, run_dir: str) -> str | None:
 
         sinks = [WandbSink(project="media")]
     logger = distlog.Logger(run_dir=run_dir, sinks=sinks)
-    logger.log_images(images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images",
-                      ranks="all")
+    logger.log_images(
+        images_of(rank, 2), captions=captions_of(rank, 2), desc="val/images", ranks="all"
+    )
     logger.log_videos(videos_of(rank), desc="val/gif", fps=5, ranks="all")
     logger.log_videos(videos_of(rank), desc="val/mp4", fps=5, format="mp4")
     logger.log_histogram(hist_values(rank, 300), desc="val/hist", bins=12, ranks="all")
@@ -578,8 +662,11 @@ def test_media_through_wandb_offline(pool2: RankPool, tmp_path: Any) -> None:
 
     doc = json.loads((files / table["path"]).read_text())
     assert doc["columns"] == ["rank", *table_of(1)[0]]
-    assert [(r[0], r[2]) for r in doc["data"]] == [(0, "rank1-row0"), (1, "rank2-row0"),
-                                                   (1, "rank2-row1")]
+    assert [(r[0], r[2]) for r in doc["data"]] == [
+        (0, "rank1-row0"),
+        (1, "rank2-row0"),
+        (1, "rank2-row1"),
+    ]
 
     plot = row["val/plot"]
     assert plot["count"] == 1 and (plot["width"], plot["height"]) == (20, 20)

@@ -34,8 +34,9 @@ STEPS = 120
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("seed")
-    proc = run_torchrun(SCRIPT, ["--root", str(root), "--steps", str(STEPS)],
-                        subprocess_env(**wandb_env(root)))
+    proc = run_torchrun(
+        SCRIPT, ["--root", str(root), "--steps", str(STEPS)], subprocess_env(**wandb_env(root))
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = {read_run(d).name: read_run(d) for d in find_run_dirs(root / "wandb_dir")}
     return root, runs
@@ -77,8 +78,14 @@ def test_basic_logging_and_callback_rows_are_exact(job):
     root, runs = job
     want = expected(root, "examples")
     keys = {k for row in want.values() for k in row}
-    assert {"train/loss", "train/learning_rate", "train/batch_loss", "train/grad_norm",
-            "train/throughput", "callback/batch_time"} <= keys
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/batch_loss",
+        "train/grad_norm",
+        "train/throughput",
+        "callback/batch_time",
+    } <= keys
     got = scalars(runs["examples"].rows_by_step(), keys)
     assert sorted(got) == sorted(want) == list(range(10, STEPS + 1, 10))
     for step, row in want.items():
@@ -94,11 +101,18 @@ def assert_rows_close_all(local: dict[int, dict], want: dict[int, dict]) -> None
 def test_configuration_logging(job):
     _, runs = job
     config = runs["examples"].config
-    assert config["model"] == {"architecture": "transformer", "num_layers": 2, "hidden_dim": 16,
-                               "num_heads": 2}
+    assert config["model"] == {
+        "architecture": "transformer",
+        "num_layers": 2,
+        "hidden_dim": 16,
+        "num_heads": 2,
+    }
     assert config["training"]["optimizer"] == "AdamW"
-    assert config["data"] == {"dataset": "synthetic-8x8", "num_train_samples": 400,
-                              "num_val_samples": 48}
+    assert config["data"] == {
+        "dataset": "synthetic-8x8",
+        "num_train_samples": 400,
+        "num_val_samples": 48,
+    }
 
 
 def _last(run, key):
@@ -121,8 +135,12 @@ def test_image_video_histogram_plot_and_model_tracking(job):
     assert [v["caption"] for v in videos["videos"]] == [f"Sample {i}" for i in range(1, 5)]
     assert all((files / v["path"]).is_file() for v in videos["videos"])
 
-    sizes = {"embeddings.weight": 16 * 192, "embeddings.bias": 16, "head.weight": 3 * 16,
-             "head.bias": 3}
+    sizes = {
+        "embeddings.weight": 16 * 192,
+        "embeddings.bias": 16,
+        "head.weight": 3 * 16,
+        "head.bias": 3,
+    }
     for name, numel in sizes.items():
         for kind in ("weights", "gradients"):
             hist = _last(run, f"{kind}/{name}")  # the model's names, not DDP's "module.*"
@@ -141,8 +159,13 @@ def test_media_also_reach_the_local_run_log(job):
     media = {}
     for row in iter_rows(root / "local" / "examples"):
         media.update(row.get("media", {}))
-    assert {"val/predictions", "val/attention_maps", "val/generated_videos",
-            "weights/embeddings.weight", "training/loss_curve"} <= set(media)
+    assert {
+        "val/predictions",
+        "val/attention_maps",
+        "val/generated_videos",
+        "weights/embeddings.weight",
+        "training/loss_curve",
+    } <= set(media)
 
 
 def test_best_practices_and_table(job):

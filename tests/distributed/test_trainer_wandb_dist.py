@@ -88,8 +88,9 @@ class Regression(RecordingMixin):
         self.record("data/x_min", x.min().item(), "min")
         self.log_scalar("train/wloss", loss.detach() * (1 + self.world.rank), weight=n)
         self.record("train/wloss", loss.item() * (1 + self.world.rank), "mean", n)
-        self.log_dict({"opt/lr": self.optimizer.param_groups[0]["lr"] * (self.world.rank + 1)},
-                      reduce="last")
+        self.log_dict(
+            {"opt/lr": self.optimizer.param_groups[0]["lr"] * (self.world.rank + 1)}, reduce="last"
+        )
         self.record("opt/lr", self.optimizer.param_groups[0]["lr"] * (self.world.rank + 1), "last")
         return {"loss": loss}
 
@@ -144,17 +145,33 @@ def train_on_rank(rank, root, kind, overrides):
     cb = CountingCallback()
     if kind == "wandb":
         params = WandbLoggingParameters(
-            log_every_n_steps=LOG_EVERY, run_dir=str(Path(root) / "run"), project="distproj",
-            group="g1", tags=["t"], dir=str(Path(root) / "wandb_dir"),
+            log_every_n_steps=LOG_EVERY,
+            run_dir=str(Path(root) / "run"),
+            project="distproj",
+            group="g1",
+            tags=["t"],
+            dir=str(Path(root) / "wandb_dir"),
             **overrides.pop("params", {}),
         )
-        config = WandbConfig(experiment="exp", max_steps=MAX_STEPS, max_epochs=2,
-                             logging_parameters=params, callbacks=[cb], **overrides)
+        config = WandbConfig(
+            experiment="exp",
+            max_steps=MAX_STEPS,
+            max_epochs=2,
+            logging_parameters=params,
+            callbacks=[cb],
+            **overrides,
+        )
         trainer_cls = WandbTrainer
     else:
         params = LoggingParameters(log_every_n_steps=LOG_EVERY, run_dir=str(Path(root) / "run"))
-        config = LocalConfig(experiment="exp", max_steps=MAX_STEPS, max_epochs=2,
-                             logging_parameters=params, callbacks=[cb], **overrides)
+        config = LocalConfig(
+            experiment="exp",
+            max_steps=MAX_STEPS,
+            max_epochs=2,
+            logging_parameters=params,
+            callbacks=[cb],
+            **overrides,
+        )
         trainer_cls = LocalTrainer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -261,10 +278,12 @@ def test_failing_job_keeps_flushed_rows_and_records_exit_code(pool, tmp_path):
 
 def test_wandb_init_timeout_falls_back_to_the_local_log(pool, tmp_path):
     """A wandb.init slower than init_timeout: rank 0 warns, nobody stalls, the run log is whole."""
-    results = pool.run(train_on_rank, str(tmp_path), "wandb",
-                       {"params": {"init_timeout": 0.001}}, timeout=120)
-    assert any("did not finish within" in w and "local run log" in w
-               for w in results[0]["warnings"]), results[0]["warnings"]
+    results = pool.run(
+        train_on_rank, str(tmp_path), "wandb", {"params": {"init_timeout": 0.001}}, timeout=120
+    )
+    assert any(
+        "did not finish within" in w and "local run log" in w for w in results[0]["warnings"]
+    ), results[0]["warnings"]
     assert results[0]["wandb_run"] is None
     want = expected_rows(results)
     local = {}

@@ -71,11 +71,25 @@ def run_torchrun(
     (torch's default since 2.5), a restarted attempt can read the previous attempt's addresses
     and its gloo group fails to connect or hangs (pytorch/pytorch#135712).
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", str(script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        f"--max-restarts={max_restarts}",
+        str(script),
+        *args,
+    ]
     env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **env}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

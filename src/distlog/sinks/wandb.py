@@ -42,15 +42,12 @@ def import_wandb() -> Any:
         import wandb
     except ImportError as exc:
         raise ImportError(
-            "the Weights & Biases backend needs the wandb package: "
-            "pip install 'distlog[wandb]'"
+            "the Weights & Biases backend needs the wandb package: pip install 'distlog[wandb]'"
         ) from exc
     return wandb
 
 
-def _settings(
-    wandb: Any, init_timeout: float, user: Any
-) -> Any:
+def _settings(wandb: Any, init_timeout: float, user: Any) -> Any:
     """Quiet defaults (no system-stats thread, no console capture) that the user may override."""
     values: dict[str, Any] = {
         "x_disable_stats": True,
@@ -226,7 +223,9 @@ class WandbSink:
         from distlog.wandb_offline import find_run_dirs, last_logged_step, read_run
 
         earlier = [
-            d for d in find_run_dirs(run_dir.parent, self.run_id) if d.resolve() != run_dir.resolve()
+            d
+            for d in find_run_dirs(run_dir.parent, self.run_id)
+            if d.resolve() != run_dir.resolve()
         ]
         if not earlier:
             return None
@@ -358,7 +357,8 @@ class WandbSink:
             return out
         if isinstance(item, Histogram):
             counts, edges = _rebin(
-                np.asarray(item.counts), np.asarray(item.edges, dtype=np.float64),
+                np.asarray(item.counts),
+                np.asarray(item.edges, dtype=np.float64),
                 MAX_HISTOGRAM_BINS,
             )
             return wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))

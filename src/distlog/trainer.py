@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from distlog.errors import LogTypeError
+from distlog.logger import _exit_code_of
 from distlog.mixins import AbstractTrainer, AbstractTrainerConfig, LoggerMixin
 
 __all__ = ["BaseTrainer", "BaseTrainerConfig", "Callback"]
@@ -187,7 +188,9 @@ class BaseTrainer(AbstractTrainer):
                     cb.on_exception(self, exc)
                 except Exception:
                     pass
-            self._finish_logging(130 if isinstance(exc, KeyboardInterrupt) else 1)
+            # The exception's own exit status (sys.exit(n) -> n, Ctrl-C -> 130), never 0: a
+            # clean-looking code would make finish() attempt a collective other ranks may skip.
+            self._finish_logging(_exit_code_of(exc) or 1)
             raise
         self._finish_logging(0)
 

@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
                 "time/step_ms", 1e3 * (time.perf_counter() - t0), reduce="max", spread=True
             )
             step += 1
+            if step >= args.steps:
+                # Media across ranks: one histogram of every rank's last logits together, built
+                # from shared edges and summed counts (the logits themselves never move).
+                logger.log_histogram(logits.detach(), desc="train/logits", ranks="all")
             if step % args.log_every == 0:
                 logger.flush(step)
             if step >= args.steps:

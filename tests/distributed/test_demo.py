@@ -42,3 +42,8 @@ def test_demo_under_torchrun_writes_one_aggregated_run_log(tmp_path):
         assert row["time/step_ms/rank_min"] <= row["time/step_ms/rank_max"] == row["time/step_ms"]
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]  # it learns
     assert not list(tmp_path.glob("**/wandb"))
+    # the logits histogram of both ranks together: 2 ranks x 16 samples x 4 classes
+    media = [r["media"] for r in distlog.runlog.iter_rows(run_dir) if "media" in r]
+    hist = media[-1]["train/logits"]
+    assert hist["type"] == "histogram" and sum(hist["counts"]) == 2 * 16 * 4
+    assert len(hist["edges"]) == len(hist["counts"]) + 1

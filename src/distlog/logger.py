@@ -485,10 +485,32 @@ class Logger:
     # ranks=0 (default): rank 0's media, no communication. Any other ranks= is a gathering call
     # that every rank of the group must make; it runs over the logger's gloo control group (so
     # pixels stay on the host) with the logger's timeout. Encoding happens in the sinks.
-    def _media_comm(self) -> dict[str, Any]:
+    def _collect_media(
+        self, collect: str, default_key: str, desc: str | None, *args: Any, **kwargs: Any
+    ) -> None:
+        """Run ``distlog.media.<collect>`` on this rank and queue the item it returns (rank 0).
+
+        Caps passed as None (``max_bytes``, ``max_rows``) take the media module's defaults.
+        """
+        from distlog import media
+
         if self._closed:
             self._raise_closed()
-        return {"group": self._agg.control_group, "timeout": self._agg.timeout}
+        if kwargs.get("max_bytes", 0) is None:
+            kwargs["max_bytes"] = media.DEFAULT_MAX_BYTES
+        if kwargs.get("max_rows", 0) is None:
+            kwargs["max_rows"] = media.DEFAULT_MAX_ROWS
+        key = desc or default_key
+        item = getattr(media, collect)(
+            self.world,
+            *args,
+            desc=key,
+            group=self._agg.control_group,
+            timeout=self._agg.timeout,
+            **kwargs,
+        )
+        if item is not None:
+            self.log_media(key, item)
 
     def log_images(
         self,
@@ -506,23 +528,17 @@ class Logger:
         Floats in [0, 1] or [-1, 1] are scaled to uint8 (or pass ``value_range=(lo, hi)``);
         see :mod:`distlog.media` for the rule and for ``ranks=``.
         """
-        from distlog import media
-
-        comm = self._media_comm()
-        key = desc or "images"
-        item = media.collect_images(
-            self.world,
+        self._collect_media(
+            "collect_images",
+            "images",
+            desc,
             images,
             caption,
-            desc=key,
             ranks=ranks,
             value_range=value_range,
             captions=captions,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-            **comm,
+            max_bytes=max_bytes,
         )
-        if item is not None:
-            self.log_media(key, item)
 
     def log_videos(
         self,
@@ -538,25 +554,19 @@ class Logger:
         max_bytes: int | None = None,
     ) -> None:
         """Log a (B, C, T, H, W) / (C, T, H, W) tensor of videos as GIF or MP4."""
-        from distlog import media
-
-        comm = self._media_comm()
-        key = desc or "videos"
-        item = media.collect_videos(
-            self.world,
+        self._collect_media(
+            "collect_videos",
+            "videos",
+            desc,
             videos,
             caption,
-            desc=key,
             fps=fps,
-            format=format,  # type: ignore[arg-type]
+            format=format,
             ranks=ranks,
             value_range=value_range,
             captions=captions,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-            **comm,
+            max_bytes=max_bytes,
         )
-        if item is not None:
-            self.log_media(key, item)
 
     def log_plot(
         self,
@@ -568,34 +578,22 @@ class Logger:
         max_bytes: int | None = None,
     ) -> None:
         """Log a matplotlib figure as an image (rendered with Agg); the figure is closed."""
-        from distlog import media
-
-        comm = self._media_comm()
-        key = desc or "plot"
-        item = media.collect_plot(
-            self.world,
+        self._collect_media(
+            "collect_plot",
+            "plot",
+            desc,
             figure,
-            desc=key,
             caption=caption,
             ranks=ranks,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-            **comm,
+            max_bytes=max_bytes,
         )
-        if item is not None:
-            self.log_media(key, item)
 
     def log_histogram(
         self, values: Any, desc: str | None = None, *, bins: int = 64, ranks: Any = 0
     ) -> None:
         """Log the histogram of ``values``: rank 0's (default), the chosen ranks' together, or a
         sharded DTensor's (each element once). Communication grows with ``bins`` only."""
-        from distlog import media
-
-        comm = self._media_comm()
-        key = desc or "histogram"
-        item = media.collect_histogram(self.world, values, desc=key, bins=bins, ranks=ranks, **comm)
-        if item is not None:
-            self.log_media(key, item)
+        self._collect_media("collect_histogram", "histogram", desc, values, bins=bins, ranks=ranks)
 
     def log_table(
         self,
@@ -609,22 +607,16 @@ class Logger:
     ) -> None:
         """Log a table; cells are numbers, strings, None or images. Gathered rows come in rank
         order with a leading ``rank`` column."""
-        from distlog import media
-
-        comm = self._media_comm()
-        key = desc or "table"
-        item = media.collect_table(
-            self.world,
+        self._collect_media(
+            "collect_table",
+            "table",
+            desc,
             columns,
             data,
-            desc=key,
             ranks=ranks,
-            max_rows=media.DEFAULT_MAX_ROWS if max_rows is None else max_rows,
-            max_bytes=media.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-            **comm,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
         )
-        if item is not None:
-            self.log_media(key, item)
 
     # ------------------------------------------------------------------------ end of media
 

@@ -1,9 +1,11 @@
 """The heart of distlog: per-rank scalar buffers and the fused cross-rank exchange.
 
-Every rank folds Python numbers (and host tensors) into per-key accumulators at the call, and
-appends device tensors untouched (no ``.item()``, no host sync). A *layout* (the sorted specs of
-every key any rank has logged, with their slots) is agreed by all ranks; at a flush each rank
-writes its partial results into two flat float64 payloads laid out by it: a SUM payload for
+Every rank folds Python numbers (and host tensors) into per-key accumulators at the call (list
+items indexed by a slot the key keeps for the whole run), and appends device tensors untouched
+(no ``.item()``, no host sync). A *layout* (the sorted specs of every key any rank has logged,
+with their payload offsets) is agreed by all ranks; at a flush each rank scatters its
+accumulators, with a few vectorised numpy writes whatever the number of keys, into two flat
+float64 payloads laid out by it: a SUM payload for
 every mean, weighted mean, sum, "last" and per-rank spread slot, and a MAX payload for every max
 and min (negated), used only when such keys exist. Keys a rank did not log contribute nothing, so
 keys only some ranks log are reduced over exactly those ranks and never paired with another key.
@@ -35,6 +37,7 @@ import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -112,20 +115,6 @@ class Layout:
         return len(self.specs)
 
 
-class _Acc:
-    """One key's local partial result since the last flush (Python numbers only)."""
-
-    __slots__ = ("spec", "n", "a", "b", "nan", "last")
-
-    def __init__(self, spec: KeySpec) -> None:
-        self.spec = spec
-        self.n = 0  # calls, Python and tensor alike: presence is known without a device sync
-        self.a = math.inf if spec.reduce == "min" else (-math.inf if spec.reduce == "max" else 0.0)
-        self.b = 0.0
-        self.nan = False
-        self.last: float | torch.Tensor = 0.0
-
-
 @dataclass
 class PendingRow:
     """The writer's share of a flush: reduced payloads that may still be in flight on a device.
@@ -178,9 +167,11 @@ def decode_row(
                 present[pos] = maxs[o + 1] > 0
                 best = maxs[o] if red == "max" else -maxs[o]
                 values[pos] = np.where(maxs[o + 2] > 0, np.nan, best)
-    row = {
-        k: v for k, v, ok in zip(layout.keys, values.tolist(), present.tolist(), strict=True) if ok
-    }
+    if present.all():
+        row = dict(zip(layout.keys, values.tolist(), strict=True))
+    else:
+        kept = values[present].tolist()
+        row = dict(zip(compress(layout.keys, present.tolist()), kept, strict=True))
     size = len(group_ranks)
     for key, start in layout.spread_off.items():
         if key in row:
@@ -297,11 +288,24 @@ class Aggregator:
         self.flush_count = 0
         self.collectives_last_flush = 0
         self._known: dict[str, KeySpec] = {}  # every spec this rank may log: layout + local
-        self._accs: dict[str, _Acc] = {}  # keys logged since the last flush
-        self._by_reduce: dict[str, list[_Acc]] = {red: [] for red in REDUCTIONS}
-        self._spread_accs: list[_Acc] = []
+        # Slot-indexed accumulators: every key this rank has logged owns one local slot for
+        # the whole run, so a call updates list items and a flush turns the lists into numpy
+        # arrays and scatters them into the payload in a few vectorised writes (no per-key
+        # Python work at the flush). Per slot: ``_a`` the weighted sum (mean), sum, latest
+        # value (last) or extreme (min/max); ``_b`` the weight sum (mean) or a NaN flag
+        # (min/max); ``_n`` the calls since the last flush, tensors included, so presence is
+        # known without a device sync.
+        self._index: dict[str, int] = {}
+        self._specs: list[KeySpec] = []
+        self._a0: list[float] = []  # each slot's value after a flush
+        self._a: list[float] = []
+        self._b: list[float] = []
+        self._n: list[int] = []
+        self._unplaced: list[int] = []  # slots whose key the layout lacks
+        self._spread_slots: list[int] = []
+        self._plan: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self._t_vals: list[torch.Tensor] = []
-        self._t_accs: list[_Acc] = []
+        self._t_slots: list[int] = []
         self._t_weights: list[float | torch.Tensor] = []
         self._last_tensors: dict[str, torch.Tensor] = {}
         self._pending_conflict: KeyConflictError | None = None
@@ -335,7 +339,8 @@ class Aggregator:
     @property
     def pending_keys(self) -> list[str]:
         """Keys logged on this rank since the last flush."""
-        return list(self._accs)
+        n = self._n
+        return [key for key, i in self._index.items() if n[i]]
 
     # ----------------------------------------------------------------------------- hot path
     def spec_for(self, key: Any, reduce: str, spread: bool) -> KeySpec:
@@ -461,52 +466,79 @@ class Aggregator:
     ) -> None:
         """Buffer a sample returned by :meth:`prepare`."""
         spec, v, tensor, w, w_tensor = sample
-        key, reduce = spec.key, spec.reduce
-        acc = self._accs.get(key)
-        if acc is None:
-            acc = self._accs[key] = _Acc(spec)
-            self._by_reduce[reduce].append(acc)
-            if spec.spread:
-                self._spread_accs.append(acc)
-            self._known.setdefault(key, spec)
-        acc.n += 1
+        i = self._index.get(spec.key)
+        if i is None:
+            i = self._register(spec)
+        self._n[i] += 1
+        reduce = spec.reduce
+        if tensor is None and w_tensor is None:
+            if reduce == "mean":
+                if w != 0.0:
+                    self._a[i] += v * w
+                    self._b[i] += w
+            elif reduce == "sum":
+                self._a[i] += v
+            elif reduce == "last":
+                self._a[i] = v
+                if self._last_tensors:
+                    self._last_tensors.pop(spec.key, None)
+            elif v != v:  # NaN: min/max report NaN if any sample was NaN, like torch.amax
+                self._b[i] = 1.0
+            elif reduce == "max":
+                if v > self._a[i]:
+                    self._a[i] = v
+            elif v < self._a[i]:
+                self._a[i] = v
+            return
         if reduce == "last":
-            if tensor is not None:
-                self._last_tensors[key] = tensor
-            else:
-                self._last_tensors.pop(key, None)
-                acc.last = v
+            assert tensor is not None  # weights are only accepted with reduce="mean"
+            self._last_tensors[spec.key] = tensor
             return
-        if tensor is not None or w_tensor is not None:
-            if tensor is None:
-                assert w_tensor is not None
-                tensor = _to_device(torch.tensor(v, dtype=torch.float64), w_tensor.device)
-            self._t_vals.append(tensor)
-            self._t_accs.append(acc)
-            self._t_weights.append(w_tensor if w_tensor is not None else w)
-            return
-        if reduce == "mean":
-            if w != 0.0:
-                acc.a += v * w
-                acc.b += w
-        elif reduce == "sum":
-            acc.a += v
-        elif v != v:  # NaN: min/max report NaN if any sample was NaN, like torch.amax
-            acc.nan = True
-        elif reduce == "max":
-            if v > acc.a:
-                acc.a = v
-        elif v < acc.a:
-            acc.a = v
+        if tensor is None:
+            assert w_tensor is not None
+            tensor = _to_device(torch.tensor(v, dtype=torch.float64), w_tensor.device)
+        self._t_vals.append(tensor)
+        self._t_slots.append(i)
+        self._t_weights.append(w_tensor if w_tensor is not None else w)
+
+    def _register(self, spec: KeySpec) -> int:
+        """Give a key its local slot (once per run) and remember its spec."""
+        i = len(self._specs)
+        self._index[spec.key] = i
+        self._specs.append(spec)
+        a0 = _initial(spec.reduce)
+        self._a0.append(a0)
+        self._a.append(a0)
+        self._b.append(0.0)
+        self._n.append(0)
+        if spec.key not in self.layout.by_key:
+            self._unplaced.append(i)
+        if spec.spread:
+            self._spread_slots.append(i)
+        self._known.setdefault(spec.key, spec)
+        self._plan = None
+        return i
+
+    def _respec(self, key: str, spec: KeySpec) -> None:
+        """Give a key's slot the layout's spec, dropping what was buffered under another one."""
+        i = self._index[key]
+        self._drop_key(key)
+        self._specs[i] = spec
+        self._a0[i] = self._a[i] = _initial(spec.reduce)
+        if spec.spread and i not in self._spread_slots:
+            self._spread_slots.append(i)
+        elif not spec.spread and i in self._spread_slots:
+            self._spread_slots.remove(i)
+        self._plan = None
 
     def clear(self) -> None:
         """Drop everything buffered since the last flush."""
-        self._accs.clear()
-        for accs in self._by_reduce.values():
-            accs.clear()
-        self._spread_accs.clear()
+        size = len(self._specs)
+        self._a = list(self._a0)
+        self._b = [0.0] * size
+        self._n = [0] * size
         self._t_vals.clear()
-        self._t_accs.clear()
+        self._t_slots.clear()
         self._t_weights.clear()
         self._last_tensors.clear()
 
@@ -580,21 +612,22 @@ class Aggregator:
         """
         new = self._new_specs()
         blob = _encode_specs(new)
+        header = _control_slots(self.flush_count, step, self.layout_version, bool(new), len(blob))
+        h = len(header)
+        max_p: torch.Tensor | None
         if new:
             # This round is redone with the new layout: send nothing but the control slots.
-            sum_p = torch.zeros(self.layout.sum_size, dtype=torch.float64)
-            max_p = None
+            buf, max_p = torch.zeros(h + self.layout.sum_size, dtype=torch.float64), None
         else:
-            sum_p, max_p = self._local_payloads()
-        header = _control_slots(self.flush_count, step, self.layout_version, bool(new), len(blob))
-        buf = torch.cat([header, sum_p])
+            buf, max_p = self._local_payloads(prefix=h)
+        buf.numpy()[:h] = header
         self._collective(step, lambda: dist.all_reduce(buf, group=self._ctrl))
-        head = buf[: len(header)].tolist()
-        if not _control_agrees(header.tolist(), head, self.world.group_size):
+        head = buf.numpy()[:h].tolist()
+        if not _control_agrees(header, head, self.world.group_size):
             self._raise_divergence(step)  # every rank sees the mismatch and raises alike
         n_new, total_len = int(head[1]), int(head[2])
         if n_new == 0:
-            sums = buf[len(header) :]
+            sums = buf[h:]
             if self.layout.max_size:
                 maxes = max_p if max_p is not None else self.layout.max_init.clone()
                 self._collective(
@@ -622,7 +655,16 @@ class Aggregator:
         return PendingRow(step, self.layout, sums, max_p, self.world.group_ranks, None)
 
     def _new_specs(self) -> list[KeySpec]:
-        return sorted(a.spec for k, a in self._accs.items() if k not in self.layout.by_key)
+        """Specs of keys logged since the last flush that the layout lacks (usually none)."""
+        n = self._n
+        return sorted(self._specs[i] for i in self._unplaced if n[i])
+
+    def _set_layout(self, specs: list[KeySpec]) -> None:
+        self.layout = Layout(specs, self.world.group_size)
+        self.layout_version += 1
+        by_key = self.layout.by_key
+        self._unplaced = [i for i, spec in enumerate(self._specs) if spec.key not in by_key]
+        self._plan = None
 
     def _raise_divergence(self, step: int) -> None:
         """Explain a control mismatch: one all_gather of (flush #, step, layout version)."""
@@ -655,10 +697,9 @@ class Aggregator:
         return self._ctrl if self.world.comm_device.type == "cpu" else self.world.group
 
     def _adopt_local_keys(self) -> None:
-        new = [a.spec for k, a in self._accs.items() if k not in self.layout.by_key]
+        new = self._new_specs()
         if new:
-            self.layout = Layout([*self.layout.specs, *new], self.world.group_size)
-            self.layout_version += 1
+            self._set_layout([*self.layout.specs, *new])
 
     def _agree_on_keys(self, step: int) -> None:
         """Control exchange (+ key exchange when needed): same layout on every rank, or raise."""
@@ -709,14 +750,11 @@ class Aggregator:
                         f"reduce={red!r} spread={bool(spr)} (rank {ranks[i]})"
                     )
         for key in conflicts:
-            spec = merged[key]
-            acc = self._accs.get(key)
-            if acc is not None and acc.spec != spec:
-                self._drop_key(key)
-                self._known[key] = spec
-        self.layout = Layout(list(merged.values()), self.world.group_size)
-        self.layout_version += 1
+            slot = self._index.get(key)
+            if slot is not None and self._specs[slot] != merged[key]:
+                self._respec(key, merged[key])
         self._known.update(merged)
+        self._set_layout(list(merged.values()))
         if conflicts:
             self._pending_conflict = KeyConflictError(
                 "ranks logged the same key with different reductions: "
@@ -725,16 +763,14 @@ class Aggregator:
             )
 
     def _drop_key(self, key: str) -> None:
-        acc = self._accs.pop(key, None)
-        if acc is not None:
-            self._by_reduce[acc.spec.reduce].remove(acc)
-            if acc in self._spread_accs:
-                self._spread_accs.remove(acc)
+        """Forget what was buffered for ``key`` since the last flush."""
+        i = self._index[key]
+        self._a[i], self._b[i], self._n[i] = self._a0[i], 0.0, 0
         self._last_tensors.pop(key, None)
-        keep = [i for i, a in enumerate(self._t_accs) if a.spec.key != key]
-        self._t_vals = [self._t_vals[i] for i in keep]
-        self._t_accs = [self._t_accs[i] for i in keep]
-        self._t_weights = [self._t_weights[i] for i in keep]
+        keep = [j for j, slot in enumerate(self._t_slots) if slot != i]
+        self._t_vals = [self._t_vals[j] for j in keep]
+        self._t_slots = [self._t_slots[j] for j in keep]
+        self._t_weights = [self._t_weights[j] for j in keep]
 
     def _collective(self, step: int, call: Callable[[], Any]) -> None:
         self.collectives_last_flush += 1
@@ -772,45 +808,73 @@ class Aggregator:
             self._pending_conflict = None
             raise err
 
-    def _local_payloads(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's partial results laid out by the agreed layout."""
-        lay = self.layout
-        sum_host = torch.zeros(lay.sum_size, dtype=torch.float64)
-        max_host = lay.max_init.clone() if lay.max_size else None
-        by_reduce = self._by_reduce
-        # One vectorised write per reduction and slot (list comprehensions, tensor indices:
-        # indexing with Python lists costs microseconds per element).
-        for red, accs in by_reduce.items():
-            if not accs:
-                continue
-            if red in ("min", "max"):
-                assert max_host is not None
-                o = _i64([lay.max_off[a.spec.key] for a in accs])
-                sign = -1.0 if red == "min" else 1.0
-                max_host[o] = _f64([sign * a.a for a in accs])
-                max_host[o + 1] = 1.0
-                max_host[o + 2] = _f64([float(a.nan) for a in accs])
-                continue
-            o = _i64([lay.sum_off[a.spec.key] for a in accs])
-            if red == "mean":
-                sum_host[o] = _f64([a.a for a in accs])
-                sum_host[o + 1] = _f64([a.b for a in accs])
-                sum_host[o + 2] = _f64([float(a.n) for a in accs])
-            elif red == "sum":
-                sum_host[o] = _f64([a.a for a in accs])
-                sum_host[o + 1] = _f64([float(a.n) for a in accs])
-            else:  # last; tensor "last" values are written on the device below
-                sum_host[o] = _f64([a.last for a in accs])  # type: ignore[misc]
-                sum_host[o + 1] = 1.0
+    def _payload_plan(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per reduction: local slots and their payload offsets. Rebuilt when keys change."""
+        if self._plan is None:
+            lay, plan = self.layout, {}
+            for red in REDUCTIONS:
+                offs = lay.max_off if red in ("min", "max") else lay.sum_off
+                pairs = [
+                    (i, offs[spec.key])
+                    for i, spec in enumerate(self._specs)
+                    if spec.reduce == red and spec.key in offs
+                ]
+                if pairs:
+                    src, dst = zip(*pairs, strict=True)
+                    plan[red] = (np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64))
+            self._plan = plan
+        return self._plan
 
+    def _host_payloads(self, prefix: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """This rank's host accumulators laid out by the agreed layout, as numpy arrays.
+
+        A handful of vectorised writes per reduction whatever the number of keys; slots not
+        logged since the last flush hold neutral values (0, or -inf in the MAX payload).
+        ``prefix`` leading zero slots are left for the fused protocol's control slots.
+        """
+        lay = self.layout
+        sums = np.zeros(prefix + lay.sum_size)
+        maxes = lay.max_init.numpy().copy() if lay.max_size else None
+        if not any(self._n):
+            return sums, maxes
+        body = sums[prefix:]
+        a, b = np.array(self._a), np.array(self._b)
+        n = np.array(self._n, dtype=np.float64)
+        for red, (src, dst) in self._payload_plan().items():
+            if red in ("min", "max"):
+                assert maxes is not None
+                maxes[dst] = -a[src] if red == "min" else a[src]
+                maxes[dst + 1] = n[src] > 0
+                maxes[dst + 2] = b[src]
+            elif red == "mean":
+                body[dst] = a[src]
+                body[dst + 1] = b[src]
+                body[dst + 2] = n[src]
+            elif red == "sum":
+                body[dst] = a[src]
+                body[dst + 1] = n[src]
+            else:  # last; tensor "last" values are written over these in _add_tensor_samples
+                body[dst] = a[src]
+                body[dst + 1] = n[src] > 0
+        return sums, maxes
+
+    def _local_payloads(self, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's partial results laid out by the agreed layout, on the payload device.
+
+        With ``prefix``, the SUM payload starts with that many zero slots (host payloads only).
+        """
+        sums, maxes = self._host_payloads(prefix)
+        sum_host = torch.from_numpy(sums)
+        max_host = torch.from_numpy(maxes) if maxes is not None else None
         dev = self.world.comm_device
         if dev.type == "cpu":
             sum_p, max_p = sum_host, max_host
         else:
             sum_p = _to_device(sum_host, dev)
             max_p = _to_device(max_host, dev) if max_host is not None else None
-        self._add_tensor_samples(sum_p, max_p)
-        self._add_spread(sum_p, max_p)
+        body = sum_p[prefix:] if prefix else sum_p
+        self._add_tensor_samples(body, max_p)
+        self._add_spread(body, max_p)
         return sum_p, max_p
 
     def _add_tensor_samples(self, sum_p: torch.Tensor, max_p: torch.Tensor | None) -> None:
@@ -826,19 +890,19 @@ class Aggregator:
             groups.setdefault((t.device, t.dtype), []).append(i)
         for members in groups.values():
             vals = torch.stack([self._t_vals[i] for i in members]).to(dev, torch.float64)
-            accs = [self._t_accs[i] for i in members]
-            reds = [a.spec.reduce for a in accs]
+            specs = [self._specs[self._t_slots[i]] for i in members]
+            reds = [spec.reduce for spec in specs]
             if any(r == "mean" for r in reds):
                 sel = [j for j, r in enumerate(reds) if r == "mean"]
                 v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
                 w = _weights([self._t_weights[members[j]] for j in sel], dev)
-                offs = [lay.sum_off[accs[j].spec.key] for j in sel]
+                offs = [lay.sum_off[specs[j].key] for j in sel]
                 sum_p.index_add_(0, _index(offs, dev), torch.where(w == 0, 0.0, v * w))
                 sum_p.index_add_(0, _index([o + 1 for o in offs], dev), w)
             if any(r == "sum" for r in reds):
                 sel = [j for j, r in enumerate(reds) if r == "sum"]
                 v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
-                offs = [lay.sum_off[accs[j].spec.key] for j in sel]
+                offs = [lay.sum_off[specs[j].key] for j in sel]
                 sum_p.index_add_(0, _index(offs, dev), v)
             if max_p is not None and any(r in ("min", "max") for r in reds):
                 sel = [j for j, r in enumerate(reds) if r in ("min", "max")]
@@ -846,16 +910,17 @@ class Aggregator:
                 sign = _to_device(_f64([-1.0 if reds[j] == "min" else 1.0 for j in sel]), dev)
                 v = v * sign
                 nan = torch.isnan(v)
-                slots = _index([lay.max_off[accs[j].spec.key] for j in sel], dev)
+                slots = _index([lay.max_off[specs[j].key] for j in sel], dev)
                 max_p.scatter_reduce_(0, slots, torch.where(nan, -math.inf, v), "amax")
                 max_p.scatter_reduce_(0, slots + 2, nan.to(torch.float64), "amax")
 
     def _add_spread(self, sum_p: torch.Tensor, max_p: torch.Tensor | None) -> None:
         """Each rank's own reduced value of every spread key, in its per-rank slot."""
         lay, dev, me, size = self.layout, sum_p.device, self.world.group_rank, self.world.group_size
-        if not self._spread_accs:
+        n = self._n
+        specs = [self._specs[i] for i in self._spread_slots if n[i]]
+        if not specs:
             return
-        specs = [a.spec for a in self._spread_accs]
         locals_: list[torch.Tensor] = []
         for spec in specs:
             if spec.reduce in ("min", "max"):
@@ -879,7 +944,7 @@ def _encode_specs(specs: list[KeySpec]) -> bytes:
 _CHUNKS = 6  # 8-bit chunks of each control number: 48 bits
 
 
-def _control_slots(seq: int, step: int, version: int, has_new: bool, blob_len: int) -> torch.Tensor:
+def _control_slots(seq: int, step: int, version: int, has_new: bool, blob_len: int) -> list[float]:
     """The fused protocol's control slots: [1, has_new, blob_len, then per 8-bit chunk c of
     seq, step and layout version: c and c*c]. Summed over W ranks, every rank can check that
     all ranks sent the same numbers: sum(c) == W*c and sum(c*c) == W*c*c for every chunk holds
@@ -890,13 +955,18 @@ def _control_slots(seq: int, step: int, version: int, has_new: bool, blob_len: i
         for i in range(_CHUNKS):
             c = float((number >> (8 * i)) & 0xFF)
             slots += [c, c * c]
-    return torch.tensor(slots, dtype=torch.float64)
+    return slots
 
 
 def _control_agrees(mine: list[float], summed: list[float], size: int) -> bool:
     if summed[0] != size:
         return False
     return all(summed[i] == size * mine[i] for i in range(3, len(mine)))
+
+
+def _initial(reduce: str) -> float:
+    """An accumulator's value before any sample: neutral for its reduction."""
+    return math.inf if reduce == "min" else (-math.inf if reduce == "max" else 0.0)
 
 
 def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:

@@ -707,7 +707,7 @@ class Logger:
 
     def _finish_row(self, row: dict[str, float], extra: dict[str, float]) -> dict[str, float]:
         row.update(extra)
-        if self.nonfinite != "ignore":
+        if self.nonfinite != "ignore" and not all(map(math.isfinite, row.values())):
             bad = [k for k, v in row.items() if not math.isfinite(v)]
             for key in bad:
                 if self.nonfinite == "drop":

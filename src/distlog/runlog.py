@@ -44,6 +44,10 @@ def decode_value(value: Any) -> Any:
 
 def encode_row(row: Mapping[str, Any]) -> str:
     """One strict-JSON line (no trailing newline) for a row of scalars."""
+    try:  # the common case, all finite: encoded in C
+        return json.dumps(row, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        pass
     clean = {k: (encode_value(v) if isinstance(v, float) else v) for k, v in row.items()}
     return json.dumps(clean, allow_nan=False, separators=(",", ":"))
 

@@ -221,6 +221,23 @@ def test_run_json_keeps_the_id_and_records_each_start(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text()) == data
 
 
+def test_an_id_made_before_the_logger_is_the_one_it_keeps(tmp_path):
+    """What the wandb mixin does on rank 0: take the id before the Logger records its start."""
+    run_dir = tmp_path / "new"
+    made = runlog.ensure_run_info(run_dir)  # creates run.json, records no start
+    assert made == runlog.read_run_info(run_dir) and "starts" not in made
+    assert runlog.ensure_run_info(run_dir, wandb_id="other1")["id"] == made["id"]
+    logger = distlog.Logger(run_dir=run_dir)
+    assert logger.run_id == made["id"]
+    logger.finish()
+    data = info(run_dir)
+    assert data["wandb_id"] == "other1" and [s["exit_code"] for s in data["starts"]] == [0]
+    assert "wandb_id" not in runlog.ensure_run_info(run_dir, wandb_id=None)  # None removes it
+    assert info(run_dir)["starts"] == data["starts"]
+    with pytest.raises(ValueError, match="run id is not changed"):
+        runlog.ensure_run_info(run_dir, id="x")
+
+
 def write_steps(run_dir, steps, **kw):
     logger = distlog.Logger(run_dir=run_dir, async_write=False, **kw)
     returned = []

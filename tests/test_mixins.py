@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -373,3 +374,116 @@ def test_bad_logging_parameters_close_the_wandb_run_they_opened(env):
         WandbLast(WandbTrainConfig(max_steps=2, logging_parameters=params))
     [run_dir] = find_run_dirs(env["WANDB_DIR"])
     assert read_run(run_dir).exit_code == 1  # not left open
+
+
+# ------------------------------------------------------------------ one run id, in run.json
+@pytest.fixture
+def first_start(env, monkeypatch):
+    """A fresh start: no restart count and no wandb id from the environment."""
+    for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
+def test_a_restart_continues_the_wandb_run_named_by_run_json(first_start, monkeypatch):
+    pytest.importorskip("wandb")
+    from distlog.wandb_offline import read_runs
+
+    def start(**kwargs):
+        params = WandbLoggingParameters(log_every_n_steps=2, run_dir="r")
+        return WandbLast(WandbTrainConfig(experiment="again", logging_parameters=params, **kwargs))
+
+    first = start(max_steps=4)
+    run_id = first.logger.run_id
+    assert first.wandb_run.id == run_id  # the logger's id, before the logger was built
+    first.fit()
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun sets on a restart
+    with pytest.warns(UserWarning, match=rf"resuming run {run_id}"):
+        second = start(max_steps=8, restored_step=3)  # an older checkpoint: step 4 replayed
+    assert second.logger.run_id == second.wandb_run.id == run_id
+    with pytest.warns(UserWarning, match="step 4 is at or below step 4"):
+        second.fit()  # flushes at 4 (not written again), 6, 7 (the epoch's end) and 8
+
+    info = distlog.read_run_info("r")
+    assert info["id"] == run_id and "wandb_id" not in info
+    assert [(s["restart"], s["exit_code"]) for s in info["starts"]] == [(0, 0), (1, 0)]
+    runs = read_runs(first_start["WANDB_DIR"])
+    assert [r.run_id for r in runs] == [run_id, run_id]  # one wandb run, one folder per start
+    assert [sorted(r.values("train/loss")) for r in runs] == [[2, 4], [6, 7, 8]]
+    assert sorted(rows_by_step("r")) == [2, 4, 6, 7, 8]
+    assert sorted(p.name for p in Path("r").iterdir()) == ["metrics.jsonl", "run.json"]
+
+
+def test_an_explicit_id_wins_and_is_kept_for_a_restart(first_start, monkeypatch):
+    pytest.importorskip("wandb")
+    from distlog.wandb_offline import read_runs
+
+    def start(**kwargs):
+        params = WandbLoggingParameters(run_dir="r", **kwargs)
+        trainer = WandbLast(WandbTrainConfig(logging_parameters=params))
+        trainer.finish()
+        return trainer
+
+    first = start(id="explicit1")
+    assert first.wandb_run.id == "explicit1" != first.logger.run_id
+    info = distlog.read_run_info("r")
+    assert info["id"] == first.logger.run_id and info["wandb_id"] == "explicit1"
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = start()  # the restart's config names no id: the recorded one continues
+    assert second.wandb_run.id == "explicit1" and second.logger.run_id == first.logger.run_id
+
+    monkeypatch.setenv("WANDB_RUN_ID", "fromenv2")  # an id from the environment is explicit too
+    assert start().wandb_run.id == "fromenv2"
+    assert distlog.read_run_info("r")["wandb_id"] == "fromenv2"
+    assert [r.run_id for r in read_runs(first_start["WANDB_DIR"])] == ["explicit1"] * 2 + [
+        "fromenv2"
+    ]
+    assert not Path("r/wandb-run.json").exists()
+
+
+def test_a_legacy_wandb_run_json_is_read_on_a_restart_and_not_written(first_start, monkeypatch):
+    """A run directory from an earlier distlog: its wandb id lives in wandb-run.json only."""
+    pytest.importorskip("wandb")
+    from distlog.wandb_offline import read_runs
+
+    def start(run_dir):
+        trainer = WandbLast(
+            WandbTrainConfig(logging_parameters=WandbLoggingParameters(run_dir=run_dir))
+        )
+        trainer.finish()
+        return trainer
+
+    # what the first attempt of an earlier version left: run.json with the logger's id, and
+    # the wandb run's own (different) id in wandb-run.json
+    first = WandbLast(
+        WandbTrainConfig(logging_parameters=WandbLoggingParameters(run_dir="r", id="legacy01"))
+    )
+    first.finish()
+    own_id = first.logger.run_id
+    info = distlog.read_run_info("r")
+    del info["wandb_id"]
+    Path("r/run.json").write_text(json.dumps(info))
+    legacy = Path("r/wandb-run.json")
+    legacy.write_text(json.dumps({"id": "legacy01"}) + "\n")
+    stamp = legacy.stat().st_mtime_ns
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = start("r")
+    assert second.wandb_run.id == "legacy01" and second.logger.run_id == own_id
+    info = distlog.read_run_info("r")
+    assert info["wandb_id"] == "legacy01" and len(info["starts"]) == 2  # now in run.json
+    assert legacy.stat().st_mtime_ns == stamp  # read, never written
+
+    legacy.unlink()  # run.json alone is enough from now on
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert start("r").wandb_run.id == "legacy01"
+    assert [r.run_id for r in read_runs(first_start["WANDB_DIR"])] == ["legacy01"] * 3
+
+    # only a restart reads it: a fresh start in such a directory is the run's own id
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    Path("fresh").mkdir()
+    Path("fresh/wandb-run.json").write_text(json.dumps({"id": "legacy02"}) + "\n")
+    fresh = start("fresh")
+    assert fresh.wandb_run.id == fresh.logger.run_id != "legacy02"

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distlog import runlog
 from distlog.errors import LoggerClosedError
-from distlog.logger import Logger
+from distlog.logger import Logger, _restart_count
 from distlog.world import World, init_distributed
 
 __all__ = [
@@ -83,8 +84,10 @@ class LoggingParameters:
 class WandbLoggingParameters(LoggingParameters):
     """Weights & Biases settings. ``None`` means: the trainer's ``project`` / ``group`` /
     ``experiment`` for ``project`` / ``group`` / ``name``; ``mode=None`` lets ``WANDB_MODE``
-    decide; ``id=None`` lets wandb pick one (or ``WANDB_RUN_ID``), except that a torchrun restart
-    (``--max-restarts``) reuses the id of the first attempt so the same run continues.
+    decide; ``id=None`` means ``WANDB_RUN_ID`` if set, else the run's own id from
+    ``<run_dir>/run.json`` (``logger.run_id``), so a torchrun restart (``--max-restarts``) of
+    the same run directory continues the same wandb run. An explicit ``id`` (or
+    ``WANDB_RUN_ID``) is recorded in ``run.json`` and reused by later starts of that directory.
     """
 
     project: str | None = None
@@ -350,6 +353,11 @@ class WandBLoggerMixin(LoggerMixin):
     is missing, every rank raises ImportError at construction (naming ``distlog[wandb]``). If
     ``wandb.init`` fails or exceeds ``init_timeout``, rank 0 warns and the job goes on with the
     local run log only; the other ranks wait at most ``init_timeout`` at their first flush.
+
+    The wandb run's id is the run's own id (``<run_dir>/run.json``, ``logger.run_id``) unless
+    ``logging_parameters.id`` or ``WANDB_RUN_ID`` names another, which ``run.json`` then records
+    as ``wandb_id``: every start of the run directory, a torchrun restart included, continues
+    the same wandb run.
     """
 
     config: WandBLoggerConfigMixin
@@ -377,7 +385,7 @@ class WandBLoggerMixin(LoggerMixin):
                 "WandBLoggerMixin needs logging_parameters=WandbLoggingParameters(...) "
                 "(derive the config from WandBLoggerConfigMixin)"
             )
-        run_id = params.id or _restarted_run_id(self.run_dir)
+        run_id = _wandb_run_id(self.run_dir, params.id or os.environ.get("WANDB_RUN_ID"))
         try:
             sink = WandbSink(
                 project=params.project or self.project,
@@ -400,33 +408,56 @@ class WandBLoggerMixin(LoggerMixin):
             )
             return [*super().make_sinks()]
         self.wandb_sink = sink
-        _remember_run_id(self.run_dir, sink.run_id)
+        _record_wandb_run_id(self.run_dir, sink.run_id)
         return [*super().make_sinks(), sink]
 
 
-_RUN_ID_FILE = "wandb-run.json"
+# The wandb run of a run directory is the run's own id (``run.json``'s ``id``, the Logger's
+# ``run_id``) unless another one was asked for: an explicit id, or one from an older distlog
+# that kept it in a file of its own. That other id is kept in ``run.json`` as ``wandb_id``, so
+# there is one file to read on a restart. All of this runs on global rank 0 only (make_sinks),
+# before the Logger records its start in the same file; no other rank reads it or waits for it.
+_WANDB_ID_KEY = "wandb_id"
+_LEGACY_RUN_ID_FILE = "wandb-run.json"
+"""Where earlier versions kept the wandb id: read on a restart, never written any more."""
 
 
-def _restarted_run_id(run_dir: Path) -> str | None:
-    """The wandb id of the first attempt when torchrun restarted this job (``--max-restarts``)."""
+def _wandb_run_id(run_dir: Path, explicit: str | None) -> str:
+    """The id to pass to ``wandb.init`` for this start of the run in ``run_dir``.
+
+    In order: ``explicit``; the ``wandb_id`` recorded in ``run.json``; on a restart
+    (``TORCHELASTIC_RESTART_COUNT`` or ``SLURM_RESTART_COUNT`` > 0), the id in a legacy
+    ``wandb-run.json``; the run's own id, created in ``run.json`` now if the run has none yet.
+    """
+    if explicit:
+        return explicit
+    info = runlog.ensure_run_info(run_dir)
+    recorded = info.get(_WANDB_ID_KEY)
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if _restart_count() > 0:
+        legacy = _legacy_run_id(run_dir)
+        if legacy is not None:
+            return legacy
+    return str(info["id"])
+
+
+def _legacy_run_id(run_dir: Path) -> str | None:
+    """The id in ``<run_dir>/wandb-run.json``, left by an older distlog (None if none)."""
     try:
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    except ValueError:
-        restarts = 0
-    if restarts <= 0:
-        return None
-    try:
-        value = json.loads((run_dir / _RUN_ID_FILE).read_text()).get("id")
+        value = json.loads((run_dir / _LEGACY_RUN_ID_FILE).read_text()).get("id")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and value else None
 
 
-def _remember_run_id(run_dir: Path, run_id: str) -> None:
+def _record_wandb_run_id(run_dir: Path, wandb_id: str) -> None:
+    """Keep ``wandb_id`` in ``run.json`` when it is not the run's own id (else drop the key)."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / _RUN_ID_FILE).write_text(json.dumps({"id": run_id}) + "\n")
+        own = runlog.ensure_run_info(run_dir)["id"]
+        runlog.ensure_run_info(run_dir, **{_WANDB_ID_KEY: wandb_id if wandb_id != own else None})
     except OSError as exc:
         warnings.warn(
-            f"distlog: could not record the wandb run id in {run_dir}: {exc}", stacklevel=2
+            f"distlog: could not record the wandb run id in {run_dir / runlog.RUN_FILE}: {exc}",
+            stacklevel=3,
         )

@@ -136,13 +136,41 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
+def ensure_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """The contents of ``<run_dir>/run.json``, created with a fresh id if the run has none.
+
+    For code that needs the run's id before :class:`distlog.Logger` records its start (a tracker
+    made by ``LoggerMixin.make_sinks``, which runs before the logger is built): the logger then
+    keeps that id. ``fields`` are set in the file (``None`` removes a key); ``id`` is not one of
+    them. Like every write to ``run.json``, call it on the writer rank (global rank 0) only.
+    """
+    if "id" in fields:
+        raise ValueError("ensure_run_info: the run id is not changed once created")
+    root = Path(run_dir)
+    info = read_run_info(root)
+    changed = info is None
+    if info is None:
+        root.mkdir(parents=True, exist_ok=True)
+        info = {"id": new_run_id(), "created": round(time.time(), 3)}
+    for key, value in fields.items():
+        if value is None:
+            changed = info.pop(key, None) is not None or changed
+        elif info.get(key) != value:
+            info[key] = value
+            changed = True
+    if changed:
+        _write_run_info(root, info)
+    return info
+
+
 def start_run(
     run_dir: str | Path, *, world_size: int, restart: int = 0, resumed_after: int | None = None
 ) -> dict[str, Any]:
     """Create ``run.json`` (or record one more start in it) and return its contents.
 
     The run id is created once per run directory and kept across restarts, so every backend can
-    continue the same run (``WandbSink(id=logger.run_id, resume="allow")``).
+    continue the same run (``WandbSink(id=logger.run_id, resume="allow")``; the wandb sink of
+    ``WandBLoggerMixin`` does so by itself).
     """
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -259,7 +259,10 @@ def test_two_ranks_exact_rows_in_one_wandb_run(pool, tmp_path):
     calls = results[0]["calls"]
     assert [c for c in calls if c[0] == "batch_end"] == [("batch_end", s) for s in range(1, 10)]
     assert ("val_end", 9) in calls and calls[-1] == ("train_end", 9)
-    assert (tmp_path / "run" / "wandb-run.json").is_file()
+    # one id for the whole run: the local run log's run.json names the wandb run, no other file
+    info = distlog.read_run_info(tmp_path / "run")
+    assert info is not None and info["id"] == run.run_id and "wandb_id" not in info
+    assert not (tmp_path / "run" / "wandb-run.json").exists()
     assert not (tmp_path / "runs").exists()
 
 

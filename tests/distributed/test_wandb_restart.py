@@ -37,5 +37,8 @@ def test_torchrun_restart_continues_the_same_wandb_run(tmp_path):
     assert "step 6 is at or below step 6" in proc.stderr
     info = runlog.read_run_info(tmp_path / "local")
     assert info is not None and info["starts"][1]["resumed_after_step"] == 6
+    # the wandb run is the local run's id, from run.json alone
+    assert first.run_id == info["id"] and "wandb_id" not in info
+    assert not (tmp_path / "local" / "wandb-run.json").exists()
     # the local run log appends across the restart, each step once
     assert [r["step"] for r in distlog.read_metrics(tmp_path / "local")] == [2, 4, 6, 8, 10]

@@ -13,12 +13,15 @@ keys only some ranks log are reduced over exactly those ranks and never paired w
 Two protocols move the payloads; both run on a dedicated gloo group with its own timeout, so a
 missing rank becomes a :class:`~distlog.errors.RankDivergenceError`, not a hang.
 
-* **Fused** (host payloads: gloo, the default on CPU). The SUM payload is all-reduced together
-  with a few control slots (flush number, step and layout version as 8-bit chunks and their
-  squares, a "new keys" flag). Every rank reads the sums at no cost and checks that all ranks
-  flush the same step with the same layout. Steady state: **1 collective** (2 with min/max).
-  A flush on which some rank has keys the layout lacks costs one key exchange (JSON bytes,
-  never pickle) and the payload is sent again: 3 collectives (4 with min/max).
+* **Fused** (host payloads: gloo, the default on CPU). Each rank's payloads travel with a few
+  control numbers (flush number, step, layout version, a "new keys" flag), and every rank
+  reads the result at no cost and checks that all ranks flush the same step with the same
+  layout. While the traffic is small (rows x ranks up to 1 MiB a rank) the rows are
+  all-gathered and each rank reduces the table itself: **1 collective**, min/max included.
+  Beyond, the SUM payload is all-reduced with control slots (the numbers as 8-bit chunks and
+  their squares), and min/max take a second all_reduce. A flush on which some rank has keys
+  the layout lacks costs one key exchange (JSON bytes, never pickle) and the payload is sent
+  again: 3 collectives (4 with all_reduce and min/max).
 * **Control + payload** (device payloads: NCCL). Reading control slots from a GPU payload would
   make every rank wait for the device, so a tiny control ``all_gather`` runs on the host group
   first, then the payloads are reduced to rank 0 on the device; other ranks never wait.
@@ -276,6 +279,15 @@ class Aggregator:
     #: ``"auto"``: the fused protocol for host payloads (gloo), control + payload for device
     #: payloads (NCCL). Tests set ``"control"`` on an instance to run the device protocol on CPU.
     protocol: str = "auto"
+
+    #: The fused protocol's collective. ``"all_gather"``: every rank receives every rank's
+    #: payload and reduces the table itself; on gloo an all_gather takes half the message rounds
+    #: of an all_reduce (about half its time between 2-8 ranks, scripts/bench.py), min/max ride
+    #: in the same message and the control check is exact. Its traffic grows with the group, so
+    #: ``"auto"`` uses it while a flush gathers at most :attr:`gather_limit_bytes` a rank, and
+    #: ``"all_reduce"`` beyond. Tests set either on an instance.
+    fused_collective: str = "auto"
+    gather_limit_bytes: int = 1 << 20
 
     def __init__(
         self, world: World, *, timeout: float = 300.0, reserved: Collection[str] = ()
@@ -565,7 +577,7 @@ class Aggregator:
                 return None
             self._adopt_local_keys()
         elif self.fused:
-            return self._flush_fused(step)
+            return self._flush_gathered(step) if self._gathers() else self._flush_fused(step)
         else:
             self._agree_on_keys(step)
         try:
@@ -600,6 +612,78 @@ class Aggregator:
         if self.protocol == "auto":
             return self.world.comm_device.type == "cpu"
         return self.protocol == "fused"
+
+    def _gathers(self) -> bool:
+        """True when the fused flush all-gathers the payloads (the same answer on every rank:
+        it depends on the layout, which all ranks share, and the group's size only)."""
+        if self.fused_collective != "auto":
+            return self.fused_collective == "all_gather"
+        lay = self.layout
+        width = _GATHER_HEAD + lay.sum_size + lay.max_size
+        return self.world.group_size * width * 8 <= self.gather_limit_bytes
+
+    def _flush_gathered(self, step: int) -> PendingRow | None:
+        """One all_gather carries the control check and every key (min/max included).
+
+        Each rank sends one float64 row: a header (flush #, step, layout version, new-keys
+        flag, key blob length), its SUM payload and its MAX payload. Every rank receives the
+        whole table, checks the headers exactly (a rank out of step is named at once, with no
+        further collective) and reduces the columns itself, in rank order, so every rank gets
+        the same sums. A flush that brings new keys exchanges the key specs and gathers again
+        with the new layout (3 collectives on such a flush, 1 otherwise).
+        """
+        new = self._new_specs()
+        blob = _encode_specs(new)
+        table = self._gather_round(step, bool(new), len(blob))
+        heads = table[:, :_GATHER_HEAD]
+        if heads[:, 3].any():  # some rank brought keys the layout lacks
+            longest = int(heads[:, 4].max())
+            padded = torch.full((longest,), ord(" "), dtype=torch.uint8)
+            if blob:
+                padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+            blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
+            self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
+            self._merge_specs([bytes(b.tolist()) for b in blobs])
+            table = self._gather_round(step, False, 0)
+        lay = self.layout
+        body = table[:, _GATHER_HEAD:]
+        sums = body[:, : lay.sum_size].sum(axis=0)
+        maxes = body[:, lay.sum_size :].max(axis=0) if lay.max_size else None
+        self.clear()
+        self.flush_count += 1
+        if not self.world.is_global_zero:
+            return None
+        return PendingRow(
+            step,
+            lay,
+            torch.from_numpy(sums),
+            torch.from_numpy(maxes) if maxes is not None else None,
+            self.world.group_ranks,
+            None,
+        )
+
+    def _gather_round(self, step: int, has_new: bool, blob_len: int) -> np.ndarray:
+        """All-gather this rank's header + payloads; raise if the ranks' headers disagree."""
+        lay = self.layout
+        if has_new:  # this round is redone with the new layout: send neutral payloads
+            sums = np.zeros(_GATHER_HEAD + lay.sum_size)
+            maxes = lay.max_init.numpy()
+        else:
+            sum_t, max_t = self._local_payloads(prefix=_GATHER_HEAD)
+            sums = sum_t.numpy()
+            maxes = max_t.numpy() if max_t is not None else np.zeros(0)
+        row = np.concatenate([sums, maxes])
+        row[:_GATHER_HEAD] = (self.flush_count, step, self.layout_version, has_new, blob_len)
+        mine = torch.from_numpy(row)
+        out = torch.empty(self.world.group_size, len(row), dtype=torch.float64)
+        rows = list(out.unbind(0))  # views: gloo writes each rank's row in place
+        self._collective(step, lambda: dist.all_gather(rows, mine, group=self._ctrl))
+        table = out.numpy()
+        ids = table[:, :3]
+        if (ids != ids[0]).any():  # every rank sees the same table and raises alike
+            self._check_rows(step, ids.astype(np.int64).tolist())
+            raise RankDivergenceError(f"ranks disagree on the flush at log step {step}")
+        return table
 
     def _flush_fused(self, step: int) -> PendingRow | None:
         """One all_reduce carries the control check and every mean/sum/last key.
@@ -941,6 +1025,7 @@ def _encode_specs(specs: list[KeySpec]) -> bytes:
     return json.dumps([[s.key, s.reduce, s.spread] for s in specs]).encode() if specs else b""
 
 
+_GATHER_HEAD = 5  # flush #, step, layout version, new-keys flag, key blob length
 _CHUNKS = 6  # 8-bit chunks of each control number: 48 bits
 
 

@@ -50,9 +50,10 @@ def represented(value: float, kind: str) -> float:
     return float(obj.item()) if isinstance(obj, torch.Tensor) else float(obj)
 
 
-def play(rank: int, scenario, run_root: str):
+def play(rank: int, scenario, run_root: str, collective: str = "auto"):
     """Log every flush of a scenario on this rank; return rows (rank 0) and collective counts."""
     logger = distlog.Logger(run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore")
+    logger._agg.fused_collective = collective
     rows, counts = [], []
     for step, per_rank in enumerate(scenario):
         for key, value, red, weight, kind in per_rank[rank]:
@@ -126,10 +127,10 @@ def pool3():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(scenario=scenarios(3))
-def test_random_key_subsets_match_reference(pool3, scenario):
+@given(scenario=scenarios(3), collective=st.sampled_from(["all_gather", "all_reduce"]))
+def test_random_key_subsets_match_reference(pool3, scenario, collective):
     with tempfile.TemporaryDirectory() as tmp:
-        results = pool3.run(play, scenario, tmp)
+        results = pool3.run(play, scenario, tmp, collective)
     rows, _, written = results[0]
     for r in results[1:]:
         assert all(row is None for row in r[0]), "only rank 0 gets rows"
@@ -145,14 +146,16 @@ def test_random_key_subsets_match_reference(pool3, scenario):
     for rank_result in results:
         prev_version = 0
         for count, version in rank_result[1]:
-            limit = 3 + (1 if version != prev_version else 0)
+            steady = 1 if collective == "all_gather" else 2  # + the MAX all_reduce
+            limit = steady + (2 if version != prev_version else 0)
             assert 1 <= count <= limit, (count, version)
             prev_version = version
 
 
 # ---------------------------------------------------------------------------- explicit cases
-def every_reduction(rank: int, tmp: str):
+def every_reduction(rank: int, tmp: str, collective: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger._agg.fused_collective = collective
     # rank r logs r+1 samples of each kind
     for i in range(rank + 1):
         v = 10.0 * rank + i
@@ -171,8 +174,9 @@ def every_reduction(rank: int, tmp: str):
     return row, count, row2, count2
 
 
-def test_every_reduction_on_four_ranks(tmp_path):
-    res = run_ranks(every_reduction, 4, str(tmp_path))
+@pytest.mark.parametrize("collective", ["all_gather", "all_reduce"])
+def test_every_reduction_on_four_ranks(tmp_path, collective):
+    res = run_ranks(every_reduction, 4, str(tmp_path), collective)
     samples = [[10.0 * r + i for i in range(r + 1)] for r in range(4)]
     flat = [v for s in samples for v in s]
     weights = [[i + 1 for i in range(r + 1)] for r in range(4)]
@@ -192,14 +196,19 @@ def test_every_reduction_on_four_ranks(tmp_path):
         }
     )
     assert row2 == {"mean": 1.0}
-    assert count == 4  # fused SUM+control (finds new keys), key exchange, SUM, MAX
-    assert count2 == 2  # steady state: fused SUM+control, MAX (min/max keys are in the layout)
+    if collective == "all_gather":
+        assert count == 3  # gather (finds new keys), key exchange, gather again
+        assert count2 == 1  # steady state: one all_gather carries control, SUM and MAX
+    else:
+        assert count == 4  # fused SUM+control (finds new keys), key exchange, SUM, MAX
+        assert count2 == 2  # steady state: fused SUM+control, MAX (min/max are in the layout)
     rows = distlog.read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [7, 8]
 
 
-def spread_and_subsets(rank: int, tmp: str):
+def spread_and_subsets(rank: int, tmp: str, collective: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger._agg.fused_collective = collective
     logger.log_scalar("time/step", 1.0 + rank * 0.5, spread=True)
     logger.log_scalar("time/step", 2.0 + rank * 0.5, spread=True)
     if rank == 2:  # only the "last pipeline stage" has the loss
@@ -214,10 +223,11 @@ def spread_and_subsets(rank: int, tmp: str):
     return row, steady
 
 
-def test_spread_and_keys_only_some_ranks_log(tmp_path):
-    results = run_ranks(spread_and_subsets, 3, str(tmp_path))
+@pytest.mark.parametrize("collective", ["all_gather", "all_reduce"])
+def test_spread_and_keys_only_some_ranks_log(tmp_path, collective):
+    results = run_ranks(spread_and_subsets, 3, str(tmp_path), collective)
     row = results[0][0]
-    assert all(steady == 1 for _, steady in results)  # no min/max keys: one fused all_reduce
+    assert all(steady == 1 for _, steady in results)  # one fused collective
     per_rank = [1.5 + r * 0.5 for r in range(3)]
     mean = sum(per_rank) / 3
     assert row["time/step"] == pytest.approx(mean)

@@ -1140,7 +1140,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     add(
         "Every multi-rank figure is timed inside the ranks (rank 0, the writer, unless said), "
         "as the median over many flushes after warm-up. distlog and the per-key pattern run in "
-        "the same processes, interleaved flush by flush, so machine load hits both alike: "
+        "the same processes, interleaved flush by flush, and the key counts (and the step "
+        "variants) take turns in a rotating order, so machine load hits all of them alike: "
         "read the ratios, not the absolute times."
     )
     add("")

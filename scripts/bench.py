@@ -889,7 +889,7 @@ def run_all(quick: bool) -> dict[str, Any]:
                     {
                         "n_keys": 32,
                         "steps": 10,
-                        "rounds": 2 if quick else 30,
+                        "rounds": 2 if quick else 50,
                         "target_ms": 10.0,
                     },
                 )
@@ -1086,7 +1086,14 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                         f"{o.get('in_calls_of_bare', math.nan):.1%} of the step inside "
                         "distlog's calls)",
                         note,
-                        o["overhead"] <= TARGET_STEP_OVERHEAD if judged else None,
+                        # both: the wall figure carries the host's noise, the time inside the
+                        # calls misses what background threads take from the CPU
+                        (
+                            o["overhead"] <= TARGET_STEP_OVERHEAD
+                            and o.get("in_calls_of_bare", math.inf) <= TARGET_STEP_OVERHEAD
+                        )
+                        if judged
+                        else None,
                     )
                 )
     return out
@@ -1451,7 +1458,7 @@ def analysis(res: dict[str, Any]) -> list[str]:
         lo, hi = min(one_rank, key=int), max(one_rank, key=int)
         out.append(
             f"- **World of one.** Nothing is communicated; the flush is building the payload, "
-            f"decoding the row and handing it to the writer thread, all per-key work: "
+            f"decoding the row (a dict of K keys on rank 0) and handing it to the writer thread: "
             f"{us(one_rank[lo]['distlog_flush_s'])} -> {us(one_rank[hi]['distlog_flush_s'])}. "
             "Not counted against the 2x target, which is about communication."
         )

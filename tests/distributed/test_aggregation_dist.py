@@ -331,3 +331,28 @@ def test_a_rank_that_never_flushes_is_reported_not_a_hang(tmp_path):
     outcomes = run_ranks(skipped_flush, 2, str(tmp_path), timeout=60)
     assert "log step 0" in outcomes[0] and "[1]" in outcomes[0], outcomes[0]
     assert time.monotonic() - start < 45
+
+
+def gather_or_reduce(rank: int, tmp: str, limit: int | None):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    if limit is not None:
+        logger._agg.gather_limit_bytes = limit
+    counts, rows = [], []
+    for step in range(3):
+        logger.log_scalar("loss", float(rank + step))
+        logger.log_scalar("lat", float(10 * rank + step), reduce="max")
+        rows.append(logger.flush(step))
+        counts.append(logger.collectives_last_flush)
+    logger.finish()
+    return counts, rows
+
+
+@pytest.mark.parametrize(("limit", "steady"), [(None, 1), (0, 2)])
+def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(tmp_path, limit, steady):
+    """Within gather_limit_bytes a flush is one all_gather (min/max included); past it, the
+    fused all_reduce and a MAX all_reduce. Both give the same rows."""
+    results = run_ranks(gather_or_reduce, 2, str(tmp_path), limit)
+    for counts, _ in results:
+        assert counts == [3 if steady == 1 else 4, steady, steady]
+    rows = results[0][1]
+    assert rows == [{"loss": step + 0.5, "lat": 10.0 + step} for step in range(3)]

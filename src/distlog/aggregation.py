@@ -60,7 +60,6 @@ __all__ = ["REDUCTIONS", "Aggregator", "KeySpec", "Layout", "PendingRow", "sprea
 REDUCTIONS = ("mean", "sum", "min", "max", "last")
 _SUM_SLOTS = {"mean": 3, "sum": 2, "last": 2, "min": 0, "max": 0}
 _MAX_SLOTS = {"mean": 0, "sum": 0, "last": 0, "min": 3, "max": 3}
-_NO_STEP = -(2**62)
 SPREAD_SUFFIXES = ("rank_min", "rank_max", "rank_std", "rank_argmax")
 
 
@@ -637,13 +636,7 @@ class Aggregator:
         table = self._gather_round(step, bool(new), len(blob))
         heads = table[:, :_GATHER_HEAD]
         if heads[:, 3].any():  # some rank brought keys the layout lacks
-            longest = int(heads[:, 4].max())
-            padded = torch.full((longest,), ord(" "), dtype=torch.uint8)
-            if blob:
-                padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-            blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
-            self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
-            self._merge_specs([bytes(b.tolist()) for b in blobs])
+            self._exchange_specs(step, blob, int(heads[:, 4].max()))
             table = self._gather_round(step, False, 0)
         lay = self.layout
         body = table[:, _GATHER_HEAD:]
@@ -719,12 +712,7 @@ class Aggregator:
                 )
                 max_p = maxes
         else:
-            padded = torch.full((total_len,), ord(" "), dtype=torch.uint8)
-            if blob:
-                padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-            blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
-            self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
-            self._merge_specs([bytes(b.tolist()) for b in blobs])
+            self._exchange_specs(step, blob, total_len)
             sums, max_p = self._local_payloads()
             self._collective(step, lambda: dist.all_reduce(sums, group=self._ctrl))
             if max_p is not None:
@@ -797,12 +785,16 @@ class Aggregator:
         rows = [t.tolist() for t in table]
         self._check_rows(step, rows)
         longest = max(r[3] for r in rows)
-        if longest == 0:
-            return
-        padded = torch.full((longest,), ord(" "), dtype=torch.uint8)
+        if longest:
+            self._exchange_specs(step, blob, longest)
+
+    def _exchange_specs(self, step: int, blob: bytes, length: int) -> None:
+        """All-gather every rank's new key specs (JSON padded with spaces to ``length``, which
+        every rank knows to be at least the longest blob) and merge them into the layout."""
+        padded = torch.full((length,), ord(" "), dtype=torch.uint8)
         if blob:
             padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-        blobs = [torch.empty_like(padded) for _ in range(size)]
+        blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
         self._collective(step, lambda: dist.all_gather(blobs, padded, group=self._ctrl))
         self._merge_specs([bytes(b.tolist()) for b in blobs])
 

@@ -309,7 +309,7 @@ def play(logger: distlog.Logger, ops: list[tuple]) -> list[tuple[dict[str, float
             continue
         scale = max([1.0] + [abs(s[1] * s[3]) for s in model.samples if math.isfinite(s[1])])
         want = model.row()
-        got = logger.flush()
+        got = logger.flush(block=True)
         assert got is not None
         assert_row(got, want, scale)
         rows.append((got, scale))

@@ -243,7 +243,7 @@ def write_steps(run_dir, steps, **kw):
     returned = []
     for step in steps:
         logger.log_scalar("x", float(step))
-        returned.append(logger.flush(step))
+        returned.append(logger.flush(step, block=True))
     logger.finish()
     return returned
 

@@ -37,7 +37,7 @@ def test_each_reduction_over_buffered_steps(tmp_path):
         log.log_scalar("last", v, reduce="last")
     log.log_scalar("w", 1.0, weight=3)
     log.log_scalar("w", 5.0, weight=1)
-    row = log.flush(3)
+    row = log.flush(3, block=True)
     assert row == {"mean": 3.0, "sum": 9.0, "min": 1.0, "max": 6.0, "last": 6.0, "w": 2.0}
     log.finish()
 
@@ -62,7 +62,7 @@ def test_accepted_value_types(tmp_path, value):
     log = make(tmp_path)
     log.log_scalar("v", value)
     log.log_scalar("b", torch.tensor(True), reduce="sum")
-    assert log.flush(0) == {"v": 2.0, "b": 1.0}
+    assert log.flush(0, block=True) == {"v": 2.0, "b": 1.0}
     log.finish()
 
 
@@ -91,7 +91,7 @@ def test_bad_input_is_a_clear_error_and_keeps_what_was_buffered(tmp_path, call, 
     with pytest.raises(error) as info:
         call(log)
     assert names in str(info.value)
-    assert log.flush(0) == {"kept": 4.0}
+    assert log.flush(0, block=True) == {"kept": 4.0}
     log.finish()
 
 
@@ -109,7 +109,7 @@ def test_log_dict_is_all_or_nothing(tmp_path):
     with pytest.raises(distlog.LogTypeError, match="'b'"):
         log.log_dict({"a": 1.0, "b": "x", "c": 2.0})
     log.log_dict({"a": 1.0, "c": 3.0}, reduce="sum")
-    assert log.flush(0) == {"a": 1.0, "c": 3.0}
+    assert log.flush(0, block=True) == {"a": 1.0, "c": 3.0}
     log.finish()
 
 
@@ -139,7 +139,7 @@ def test_nonfinite_drop_policy(tmp_path):
     log = make(tmp_path, nonfinite="drop")
     log.log_scalar("nan", math.nan)
     log.log_scalar("ok", 1.0)
-    assert log.flush(0) == {"ok": 1.0}
+    assert log.flush(0, block=True) == {"ok": 1.0}
     log.finish()
 
 
@@ -147,7 +147,7 @@ def test_rows_steps_and_empty_flushes(tmp_path):
     log = make(tmp_path)
     log.log_scalar("a", 1.0)
     log.flush()  # step 0
-    assert log.flush() == {}  # nothing logged: no row written
+    assert log.flush(block=True) == {}  # nothing logged: no row written
     log.log_scalar("a", 2.0)
     log.flush(10)
     with pytest.warns(UserWarning, match="backwards"):
@@ -185,7 +185,7 @@ def test_precomputed_values_are_written_as_they_are(tmp_path):
     log = make(tmp_path)
     log.log_precomputed({"val/f1": torch.tensor(0.125), "val/n": 3})
     log.log_scalar("x", 1.0)
-    assert log.flush(0) == {"x": 1.0, "val/f1": 0.125, "val/n": 3.0}
+    assert log.flush(0, block=True) == {"x": 1.0, "val/f1": 0.125, "val/n": 3.0}
     log.finish()
 
 
@@ -250,3 +250,12 @@ def test_torn_last_line_is_skipped_by_the_reader(tmp_path):
     with open(tmp_path / METRICS_FILE, "a") as fh:
         fh.write('{"step": 1, "a": 2')  # a writer killed mid-line
     assert [r["a"] for r in distlog.read_metrics(tmp_path)] == [1.0]
+
+
+def test_a_dict_with_spread_cannot_log_its_own_spread_columns(tmp_path):
+    logger = make(tmp_path)
+    with pytest.raises(distlog.LogValueError, match="y/rank_std"):
+        logger.log_dict({"y": 1.0, "y/rank_std": 777.0}, spread=True)
+    logger.log_scalar("z", 1.0)
+    assert logger.flush(0, block=True) == {"z": 1.0}  # nothing of the bad call was buffered
+    logger.finish()

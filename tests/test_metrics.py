@@ -255,7 +255,7 @@ def _scenarios(rank: int, world_size: int, run_dir: str) -> dict[str, object]:
         preds, target = mine[0]
         only_rank1.update(preds[:, 0], (target == 0).long())
     logger.log_dict({"val/auroc": only_rank1, "train/x": float(rank)})
-    out["row"] = logger.flush(7)
+    out["row"] = logger.flush(7, block=True)
     logger.finish()
     return out
 
@@ -320,7 +320,7 @@ def test_logger_log_metrics_and_log_dict_in_one_process(tmp_path):
         {"val/acc": float(collection["acc"].compute()), "val/n": 16.0}
     )
     logger.log_dict({"eval": collection, "eval/mean": mean, "train/loss": 0.5})
-    row = logger.flush(3)
+    row = logger.flush(3, block=True)
     logger.finish()
     acc = float(collection["acc"].compute())
     want = {
@@ -343,5 +343,5 @@ def test_log_dict_with_a_failing_metric_logs_nothing(tmp_path):
     with pytest.raises(LogValueError, match="'val/bad'"):
         logger.log_dict({"train/loss": 1.0, "val/bad": broken})
     logger.log_scalar("other", 2.0)
-    assert logger.flush(1) == {"other": 2.0}
+    assert logger.flush(1, block=True) == {"other": 2.0}
     logger.finish()

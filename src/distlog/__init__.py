@@ -5,7 +5,6 @@ in a constant number of fused collectives, and only global rank 0 writes the agg
 its sinks (a local run directory by default, Weights & Biases, TensorBoard, the console).
 """
 
-from distlog.aggregation import REDUCTIONS
 from distlog.errors import (
     DistlogError,
     KeyConflictError,
@@ -14,6 +13,8 @@ from distlog.errors import (
     LogValueError,
     RankDivergenceError,
 )
+from distlog.exchange import ExchangeOptions
+from distlog.layout import REDUCTIONS
 from distlog.logger import Logger, to_config_dict
 from distlog.media import Histogram, Images, MediaWarning, Table, Video, Videos
 from distlog.metrics import metric_values
@@ -40,6 +41,7 @@ __all__ = [
     "Callback",
     "ConsoleSink",
     "DistlogError",
+    "ExchangeOptions",
     "Histogram",
     "Images",
     "JsonlSink",

@@ -9,13 +9,9 @@ the other ranks wait in.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import queue
 import re
 import signal
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -26,16 +22,18 @@ import torch
 import torch.distributed as dist
 
 from distlog import lifecycle, runlog
-from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
+from distlog.aggregation import Aggregator, ExchangeOptions
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.exchange import PendingRow
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
+from distlog.values import as_float, plain_tensor
 from distlog.world import World
+from distlog.writer import NonFinitePolicy, SinkSet, WriteJob, WriterThread
 
 __all__ = ["Logger", "to_config_dict"]
 
-NONFINITE_POLICIES = ("warn", "ignore", "drop")
 # Words that mark a config key as holding a secret; a key is split into words at "_", "-", "."
 # and camelCase boundaries ("apiKey" -> api, key), so "tokenizer" or "monkey" are not secrets.
 _SECRET_WORDS = frozenset(
@@ -105,126 +103,6 @@ def _scalar_or_repr(value: Any) -> Any:
         return repr(value)
 
 
-class _WriterThread:
-    """Runs sink calls in order on one background thread.
-
-    Nothing here takes a lock that the training thread could be holding when a signal handler
-    interrupts it: jobs go through a ``SimpleQueue`` (whose ``put`` is reentrant) and waiting
-    for the thread polls a flag. So the SIGTERM handler can always queue the last writes and
-    wait for them, wherever the main thread was.
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._maxsize = maxsize
-        self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name="distlog-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            try:
-                job()
-            except BaseException as exc:
-                # A failed job (a decode error, a warning turned into an error by -W error) must
-                # not end the thread: every later wait() and finish() would block forever.
-                self.errors.append(exc)
-                try:
-                    warnings.warn(
-                        f"distlog: writing a row failed: {type(exc).__name__}: {exc}", stacklevel=1
-                    )
-                except Exception:
-                    print(f"distlog: writing a row failed: {exc!r}", file=sys.stderr)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
-        """Queue a job. Waits while ``maxsize`` jobs are queued (sinks slower than training)."""
-        if wait_for_room:
-            while self._queue.qsize() >= self._maxsize and self.alive:
-                time.sleep(0.001)
-        self._queue.put(job)
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every job queued so far has run; False if ``timeout`` ran out first."""
-        marker = _Marker()
-        self._queue.put(marker)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0005
-        while not marker.done:
-            if not self.alive:
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        return True
-
-    def stop(self, timeout: float | None = 60.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=timeout)
-
-
-class _Marker:
-    """A no-op job that records that the writer thread reached it (a lock-free drain)."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = False
-
-    def __call__(self) -> None:
-        self.done = True
-
-
-class _WriteJob:
-    """One flush's writes, run on the writer thread at most once.
-
-    A signal that arrives after the values reached the writer but before the job was queued
-    queues it again; the second run does nothing.
-    """
-
-    def __init__(
-        self,
-        logger: Logger,
-        step: int,
-        make_row: Callable[[], dict[str, float]],
-        media: list[tuple[str, Any]],
-    ) -> None:
-        self.logger = logger
-        self.step = step
-        self._make_row = make_row
-        self._row: dict[str, float] | None = None
-        self.media = media
-        self._ran = False
-
-    def row(self) -> dict[str, float]:
-        if self._row is None:
-            self._row = self._make_row()
-        return self._row
-
-    def __call__(self) -> None:
-        if self._ran:
-            return
-        self._ran = True
-        logger, step = self.logger, self.step
-        row = self.row()
-        if row:
-            logger._each_sink("log_scalars", lambda s: s.log_scalars(step, row))
-            logger._last_written_step = step
-        for key, item in self.media:
-
-            def write(sink: Sink, key: str = key, item: Any = item) -> None:
-                sink.log_media(step, key, item)
-
-            logger._each_sink("log_media", write)
-
-
 def _restart_count() -> int:
     """How many times the launcher restarted this job (torchrun elastic, SLURM requeue)."""
     for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
@@ -248,6 +126,14 @@ class Logger:
         mesh_dim: that dimension of ``mesh``, by name or index.
         console: also print a compact line per flush on rank 0.
         async_write: run sink calls on a writer thread (default). Off, they run inline.
+        async_flush: [flush][distlog.Logger.flush] swaps the buffer and returns at once on
+            every rank; the exchange runs on a background thread (at most one in flight: the
+            next flush waits for it). Its errors are raised at the next flush or at
+            [finish][distlog.Logger.finish], naming their log step. Off (the default), the
+            exchange runs inside ``flush`` and errors are raised there.
+        exchange: internal knobs of the exchange
+            ([ExchangeOptions][distlog.exchange.ExchangeOptions]); the defaults are right for
+            almost everyone.
         timeout: seconds a flush waits for the other ranks before raising
             :class:`~distlog.errors.RankDivergenceError` instead of hanging.
         nonfinite: what the writer does with NaN and infinities: ``"warn"`` (write them, with
@@ -280,6 +166,8 @@ class Logger:
         world: World | None = None,
         console: bool = False,
         async_write: bool = True,
+        async_flush: bool = False,
+        exchange: ExchangeOptions | None = None,
         timeout: float = 300.0,
         nonfinite: str = "warn",
         queue_size: int = 1024,
@@ -288,9 +176,12 @@ class Logger:
     ) -> None:
         if resume not in (True, False, "auto"):
             raise LogValueError(f"resume={resume!r}; choose True, False or 'auto'")
-        if nonfinite not in NONFINITE_POLICIES:
-            raise LogValueError(
-                f"nonfinite={nonfinite!r}; choose one of {', '.join(NONFINITE_POLICIES)}"
+        policy = NonFinitePolicy(nonfinite)  # validates
+        if not isinstance(async_flush, bool):
+            raise LogTypeError(f"async_flush must be a bool, got {async_flush!r}")
+        if exchange is not None and not isinstance(exchange, ExchangeOptions):
+            raise LogTypeError(
+                f"exchange must be a distlog.ExchangeOptions, got {type(exchange).__name__}"
             )
         if not (timeout > 0):
             raise LogValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -298,35 +189,39 @@ class Logger:
             world if world is not None else World.current(group, mesh=mesh, mesh_dim=mesh_dim)
         )
         self.nonfinite = nonfinite
-        self._agg = Aggregator(self.world, timeout=timeout, reserved=runlog.RESERVED_KEYS)
+        self._policy = policy
+        self.async_flush = async_flush
+        self._agg = Aggregator(
+            self.world, timeout=timeout, reserved=runlog.RESERVED_KEYS, options=exchange
+        )
+        self._add = self._agg.buffer.add
+        self._add_many = self._agg.buffer.add_many
         self._closed = False
         self._finishing = False
         self._step = -1
-        self._last_written_step: int | None = None
-        self._inflight: _WriteJob | None = None
+        self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
         self._warned_resume_skip = False
         self.run_id: str | None = None
         self._precomputed: dict[str, float] = {}
         self._media: list[tuple[str, Any]] = []
-        self._warned_nonfinite: set[str] = set()
-        self._sink_errors: list[BaseException] = []
         self.sinks: list[Sink] = []
+        self._sinks = SinkSet(self.sinks)
         self.run_dir: Path | None = None
         given = list(sinks) if sinks is not None else []
         if run_dir is None and sinks is None:
             run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if run_dir is not None:
             self.run_dir = Path(run_dir)
-        self._writer: _WriterThread | None = None
+        self._writer: WriterThread | None = None
         if self.world.is_global_zero:
             if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
                 given.insert(0, JsonlSink(self.run_dir))
             if console:
                 given.append(ConsoleSink())
-            self.sinks = given
+            self.sinks[:] = given
             if async_write:
-                self._writer = _WriterThread(queue_size)
+                self._writer = WriterThread(queue_size)
             if self.run_dir is not None:
                 self._start_run(resume)
         signals: Iterable[int] = ()
@@ -339,7 +234,7 @@ class Logger:
         assert self.run_dir is not None
         restart = _restart_count()
         written = runlog.last_step(self.run_dir)  # reads the file's tail only
-        self._last_written_step = written
+        self._sinks.last_written_step = written
         after = written if resume is True or (resume == "auto" and restart > 0) else None
         info = runlog.start_run(
             self.run_dir, world_size=self.world.world_size, restart=restart, resumed_after=after
@@ -362,6 +257,11 @@ class Logger:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def aggregator(self) -> Aggregator:
+        """The heart this logger drives (buffer and exchange), for diagnostics and tests."""
+        return self._agg
 
     @property
     def collectives_last_flush(self) -> int:
@@ -392,7 +292,7 @@ class Logger:
         """
         if self._closed:
             self._raise_closed()
-        self._agg.add(key, value, reduce, weight, spread)
+        self._add(key, value, reduce, weight, spread)
 
     def log_dict(
         self,
@@ -416,16 +316,17 @@ class Logger:
             )
         from distlog.metrics import is_metric, metric_values_under
 
-        agg = self._agg
-        samples = [
-            agg.prepare(k, v, reduce, weight, spread) for k, v in values.items() if not is_metric(v)
-        ]
+        metrics = [k for k, v in values.items() if is_metric(v)]
+        if not metrics:
+            self._add_many(values, reduce, weight, spread)
+            return
+        plain = {k: v for k, v in values.items() if k not in metrics}
+        for key in plain:  # validate before computing: all or nothing
+            self._agg.buffer.prepare(key, plain[key], reduce, weight, spread)
         computed: dict[str, float] = {}
-        for key, metric in values.items():
-            if is_metric(metric):
-                computed.update(metric_values_under(key, metric))
-        for sample in samples:
-            agg.commit(sample)
+        for key in metrics:
+            computed.update(metric_values_under(key, values[key]))
+        self._add_many(plain, reduce, weight, spread)
         if computed:
             self.log_precomputed(computed)
 
@@ -467,8 +368,8 @@ class Logger:
             if key in runlog.RESERVED_KEYS:
                 raise LogValueError(f"key {key!r} is reserved by the run log; use another name")
             if isinstance(value, torch.Tensor):
-                value = _plain_tensor(key, value).item()  # compute() already synchronised it
-            clean[key] = _as_float(key, value)
+                value = plain_tensor(key, value).item()  # compute() already synchronised it
+            clean[key] = as_float(key, value)
         if self.world.is_global_zero:
             self._precomputed.update(clean)
 
@@ -630,7 +531,7 @@ class Logger:
             self._raise_closed()
         plain = to_config_dict(config, redact=redact)
         if self.world.is_global_zero:
-            self._submit(lambda: self._each_sink("log_config", lambda s: s.log_config(plain)))
+            self._submit(lambda: self._sinks.each("log_config", lambda s: s.log_config(plain)))
         return plain
 
     def add_sink(self, sink: Sink) -> None:
@@ -639,34 +540,55 @@ class Logger:
             self.sinks.append(sink)
 
     # ------------------------------------------------------------------------ flush
-    def flush(
-        self, step: int | None = None, *, block: bool | None = None
-    ) -> dict[str, float] | None:
+    def flush(self, step: int | None = None, *, block: bool = False) -> dict[str, float] | None:
         """Reduce everything logged since the last flush over all ranks and write it on rank 0.
 
         Collective: every rank of the group calls it, with the same ``step`` (default: the
-        previous step + 1). Returns the written row on rank 0 when ``block`` (the default when
-        payloads live on the host, as with gloo); with NCCL it returns None by default, and
-        rank 0 waits for the device on its writer thread, not in the training loop.
+        previous step + 1). What other threads log while the exchange runs goes to the next
+        row. The row is decoded and written on rank 0's writer thread; ``block=True`` waits
+        for it and returns it on rank 0 (None elsewhere). With ``async_flush=True`` the
+        exchange itself runs in the background and this call returns at once.
         """
         if self._closed:
             self._raise_closed()
         step = self._next_step(step)
+        if self.async_flush:
+            return self._flush_async(step, block)
         pending = self._agg.flush(step)
         self._step = step
         row: dict[str, float] | None = None
         if pending is not None:
             job = self._write_job(step, pending)
             self._inflight = job  # from here on, a signal handler writes this row too
-            if block or (block is None and pending.ready is None):
+            self._agg.settle()
+            if block:
                 row = job.row()
-            if step > self._resume_after:
-                self._submit(job)
-            else:
-                self._skip_resumed(step)
+            self._queue_row(job)
             self._inflight = None
-        self._agg.raise_pending_conflict()
+        self._agg.raise_conflict()
         return row
+
+    def _flush_async(self, step: int, block: bool) -> dict[str, float] | None:
+        self._agg.wait_async()  # the previous exchange's error, if any, is raised here
+        job = self._write_job(step, None) if self.world.is_global_zero else None
+
+        def deliver(pending: PendingRow | None) -> None:  # on the exchange thread
+            if job is not None:
+                job.pending = pending
+                self._queue_row(job)
+
+        self._agg.flush_async(step, deliver)
+        self._step = step
+        if not block:
+            return None
+        self._agg.wait_async()
+        return job.row() if job is not None else None
+
+    def _queue_row(self, job: WriteJob) -> None:
+        if job.step > self._resume_after:
+            self._submit(job)
+        else:
+            self._skip_resumed(job.step)
 
     def _skip_resumed(self, step: int) -> None:
         if not self._warned_resume_skip:
@@ -705,31 +627,11 @@ class Logger:
             )
         return int(step)
 
-    def _finish_row(self, row: dict[str, float], extra: dict[str, float]) -> dict[str, float]:
-        row.update(extra)
-        if self.nonfinite != "ignore" and not all(map(math.isfinite, row.values())):
-            bad = [k for k, v in row.items() if not math.isfinite(v)]
-            for key in bad:
-                if self.nonfinite == "drop":
-                    del row[key]
-                elif key not in self._warned_nonfinite:
-                    self._warned_nonfinite.add(key)
-                    warnings.warn(
-                        f"distlog: key {key!r} has a non-finite value ({row[key]}); it is "
-                        "written as is (further warnings for this key are suppressed)",
-                        stacklevel=4,
-                    )
-        return row
-
-    def _write_job(self, step: int, pending: PendingRow | None) -> _WriteJob:
+    def _write_job(self, step: int, pending: PendingRow | None) -> WriteJob:
         """A writer-thread job for one flush; media queued so far go with it, at its step."""
         media, self._media = self._media, []
         extra, self._precomputed = self._precomputed, {}
-
-        def make_row() -> dict[str, float]:
-            return self._finish_row(pending.resolve() if pending is not None else {}, extra)
-
-        return _WriteJob(self, step, make_row, media)
+        return WriteJob(step, self._sinks, self._policy, extra, media, pending)
 
     def _submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
         if self._writer is not None:
@@ -738,19 +640,10 @@ class Logger:
         else:
             job()
 
-    def _each_sink(self, what: str, call: Callable[[Sink], None]) -> None:
-        for sink in list(self.sinks):
-            try:
-                call(sink)
-            except Exception as exc:  # one broken backend must not take the others down
-                self._sink_errors.append(exc)
-                warnings.warn(
-                    f"distlog: {type(sink).__name__}.{what} failed: {type(exc).__name__}: {exc}",
-                    stacklevel=2,
-                )
-
     def wait(self) -> None:
-        """Block until the writer thread has written everything queued so far."""
+        """Block until the writer thread has written everything flushed so far (an
+        asynchronous exchange in flight included; its error, if any, is raised here)."""
+        self._agg.wait_async()
         if self._writer is not None:
             self._writer.drain()
 
@@ -769,6 +662,7 @@ class Logger:
         try:
             if exit_code == 0:
                 self._last_flush(step)
+                self._agg.wait_async()  # the last exchange, and its error if it had one
         except BaseException as exc:
             code = code or _exit_code_of(exc)
             raise
@@ -811,9 +705,15 @@ class Logger:
             return
         self._closed = True
         lifecycle.unregister(self)
+        self._wait_for_exchange(timeout)
+        self._agg.close()
         if not self.world.is_global_zero:
             return
         inflight = self._inflight
+        if inflight is None:
+            salvaged = self._agg.salvage()  # a signal right after a gather returned
+            if salvaged is not None:
+                inflight = self._write_job(salvaged.step, salvaged)
         if inflight is not None and inflight.step > self._resume_after:
             self._submit(inflight, wait_for_room=False)
         if self._precomputed or self._media:
@@ -828,11 +728,27 @@ class Logger:
                 )
             self._writer.stop(timeout=0.1 if timeout is not None else 60.0)
 
+    def _wait_for_exchange(self, timeout: float | None) -> None:
+        """Let an asynchronous exchange in flight finish, so a row whose flush returned is
+        written. Polls (no lock a signal handler could find held); errors become warnings."""
+        try:
+            done = self._agg.wait_async(timeout if timeout is not None else self._agg.timeout,
+                                        polling=True)  # fmt: skip
+        except Exception as exc:
+            warnings.warn(f"distlog: the last flush failed: {exc}", stacklevel=3)
+            return
+        if not done:
+            warnings.warn(
+                "distlog: the exchange in flight did not finish in time; its row is not written",
+                stacklevel=3,
+            )
+
     def _close_sinks(self, exit_code: int) -> None:
-        self._each_sink("close", lambda s: s.close(exit_code))
+        self._sinks.each("close", lambda s: s.close(exit_code))
         if self.run_dir is not None and self.run_id is not None:
+            last = self._sinks.last_written_step
             try:
-                runlog.end_run(self.run_dir, exit_code=exit_code, last_step=self._last_written_step)
+                runlog.end_run(self.run_dir, exit_code=exit_code, last_step=last)
             except OSError as exc:
                 warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
 

@@ -50,16 +50,26 @@ def represented(value: float, kind: str) -> float:
     return float(obj.item()) if isinstance(obj, torch.Tensor) else float(obj)
 
 
+def exchange_options(collective: str) -> distlog.ExchangeOptions:
+    """The exchange protocol a test names by its collective."""
+    protocol = {"auto": "auto", "all_gather": "gather", "all_reduce": "all_reduce"}[collective]
+    return distlog.ExchangeOptions(protocol=protocol)
+
+
 def play(rank: int, scenario, run_root: str, collective: str = "auto"):
     """Log every flush of a scenario on this rank; return rows (rank 0) and collective counts."""
-    logger = distlog.Logger(run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore")
-    logger._agg.fused_collective = collective
+    logger = distlog.Logger(
+        run_dir=Path(run_root) / "run",
+        async_write=False,
+        nonfinite="ignore",
+        exchange=exchange_options(collective),
+    )
     rows, counts = [], []
     for step, per_rank in enumerate(scenario):
         for key, value, red, weight, kind in per_rank[rank]:
             logger.log_scalar(key, make_value(value, kind), reduce=red, weight=weight)
-        rows.append(logger.flush(step))
-        counts.append((logger.collectives_last_flush, logger._agg.layout_version))
+        rows.append(logger.flush(step, block=True))
+        counts.append((logger.collectives_last_flush, logger.aggregator.layout_version))
     logger.finish()
     written = distlog.read_metrics(Path(run_root) / "run") if rank == 0 else None
     return rows, counts, written
@@ -154,8 +164,7 @@ def test_random_key_subsets_match_reference(pool3, scenario, collective):
 
 # ---------------------------------------------------------------------------- explicit cases
 def every_reduction(rank: int, tmp: str, collective: str):
-    logger = distlog.Logger(run_dir=tmp, async_write=False)
-    logger._agg.fused_collective = collective
+    logger = distlog.Logger(run_dir=tmp, async_write=False, exchange=exchange_options(collective))
     # rank r logs r+1 samples of each kind
     for i in range(rank + 1):
         v = 10.0 * rank + i
@@ -165,10 +174,10 @@ def every_reduction(rank: int, tmp: str, collective: str):
         logger.log_scalar("min", v, reduce="min")
         logger.log_scalar("max", torch.tensor(v, dtype=torch.bfloat16), reduce="max")
         logger.log_scalar("last", v, reduce="last")
-    row = logger.flush(7)
+    row = logger.flush(7, block=True)
     count = logger.collectives_last_flush
     logger.log_scalar("mean", 1.0)
-    row2 = logger.flush()
+    row2 = logger.flush(block=True)
     count2 = logger.collectives_last_flush
     logger.finish()
     return row, count, row2, count2
@@ -207,15 +216,14 @@ def test_every_reduction_on_four_ranks(tmp_path, collective):
 
 
 def spread_and_subsets(rank: int, tmp: str, collective: str):
-    logger = distlog.Logger(run_dir=tmp, async_write=False)
-    logger._agg.fused_collective = collective
+    logger = distlog.Logger(run_dir=tmp, async_write=False, exchange=exchange_options(collective))
     logger.log_scalar("time/step", 1.0 + rank * 0.5, spread=True)
     logger.log_scalar("time/step", 2.0 + rank * 0.5, spread=True)
     if rank == 2:  # only the "last pipeline stage" has the loss
         logger.log_scalar("train/loss", 0.25)
     if rank in (0, 1):
         logger.log_scalar("class/7/acc", 0.5 + rank)
-    row = logger.flush(0)
+    row = logger.flush(0, block=True)
     logger.log_scalar("time/step", 1.0, spread=True)
     logger.flush(1)
     steady = logger.collectives_last_flush
@@ -227,7 +235,8 @@ def spread_and_subsets(rank: int, tmp: str, collective: str):
 def test_spread_and_keys_only_some_ranks_log(tmp_path, collective):
     results = run_ranks(spread_and_subsets, 3, str(tmp_path), collective)
     row = results[0][0]
-    assert all(steady == 1 for _, steady in results)  # one fused collective
+    # one all_gather; the all-reduce protocol carries the spread's extremes in a MAX all_reduce
+    assert all(steady == (1 if collective == "all_gather" else 2) for _, steady in results)
     per_rank = [1.5 + r * 0.5 for r in range(3)]
     mean = sum(per_rank) / 3
     assert row["time/step"] == pytest.approx(mean)
@@ -257,7 +266,7 @@ def bad_input_on_one_rank(rank: int, tmp: str):
                 bad()
             except distlog.DistlogError as exc:
                 errors.append(str(exc))
-    row = logger.flush(0)
+    row = logger.flush(0, block=True)
     logger.finish()
     return row, errors
 
@@ -334,14 +343,13 @@ def test_a_rank_that_never_flushes_is_reported_not_a_hang(tmp_path):
 
 
 def gather_or_reduce(rank: int, tmp: str, limit: int | None):
-    logger = distlog.Logger(run_dir=tmp, async_write=False)
-    if limit is not None:
-        logger._agg.gather_limit_bytes = limit
+    options = distlog.ExchangeOptions(gather_limit_bytes=limit) if limit is not None else None
+    logger = distlog.Logger(run_dir=tmp, async_write=False, exchange=options)
     counts, rows = [], []
     for step in range(3):
         logger.log_scalar("loss", float(rank + step))
         logger.log_scalar("lat", float(10 * rank + step), reduce="max")
-        rows.append(logger.flush(step))
+        rows.append(logger.flush(step, block=True))
         counts.append(logger.collectives_last_flush)
     logger.finish()
     return counts, rows

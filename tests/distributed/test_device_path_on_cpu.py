@@ -24,16 +24,18 @@ import distlog
 
 
 def play_buffered(rank: int, scenario, run_root: str, fold: bool):
-    logger = distlog.Logger(run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore")
-    logger._agg.fold_host_tensors = fold
-    if not fold:  # and the protocol device payloads use: control all_gather, then reduce
-        logger._agg.protocol = "control"
+    # Unfolded, CPU tensors are buffered as device tensors are, and the flush uses the protocol
+    # of device payloads: a header all_gather, then reduce.
+    options = distlog.ExchangeOptions(fold_host_tensors=fold, protocol="auto" if fold else "device")
+    logger = distlog.Logger(
+        run_dir=Path(run_root) / "run", async_write=False, nonfinite="ignore", exchange=options
+    )
     rows, buffered = [], 0
     for step, per_rank in enumerate(scenario):
         for key, value, red, weight, kind in per_rank[rank]:
             logger.log_scalar(key, make_value(value, kind), reduce=red, weight=weight)
-        buffered += len(logger._agg._t_vals)  # "last" tensors are kept apart, per key
-        rows.append(logger.flush(step))
+        buffered += logger.aggregator.buffer.tensor_samples  # "last" tensors are kept apart
+        rows.append(logger.flush(step, block=True))
     logger.finish()
     return rows, buffered
 

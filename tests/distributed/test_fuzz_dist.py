@@ -63,7 +63,7 @@ def play_rank(rank: int, flushes, run_dir: str):
                 tf.apply(logger, model, op)  # asserts accept/reject agrees with the oracle
             accepted.append(list(model.samples))
             model.samples = []
-            rows.append(logger.flush(step))
+            rows.append(logger.flush(step, block=True))
     finally:
         logger.finish(exit_code=0)
     written = distlog.read_metrics(run_dir) if rank == 0 else None

@@ -135,7 +135,7 @@ def dp_tp_mesh(rank: int, tmp: str):
         logger.log_scalar("loss", 10.0 * dp + step)
         logger.log_scalar("samples", 8, reduce="sum")
         logger.log_scalar("loss_max", 10.0 * dp + step, reduce="max")
-        rows.append(logger.flush(step))
+        rows.append(logger.flush(step, block=True))
         collectives.append(logger.collectives_last_flush)
     logger.finish()
     return (dp, tp), logger.world.group_ranks, rows, collectives, refused

@@ -46,7 +46,7 @@ def main() -> None:
         logger.log_scalar("rank/min", r, reduce="min")
         logger.log_scalar("node/mean", world.node_rank)
         logger.log_scalar("spread", 10.0 * r, spread=True)
-        rows.append(logger.flush(step))
+        rows.append(logger.flush(step, block=True))
     report = {
         "world": {
             "rank": world.rank,

@@ -1,0 +1,756 @@
+"""Per-rank accumulators: what ``log_scalar`` touches, and the swap a flush takes.
+
+Every key gets a *slot* the first time this rank logs it and keeps it for the run. A call folds a
+Python number into the slot's items of three plain lists (value, weight or NaN flag, count) under
+one lock; a device tensor is appended untouched (no ``.item()``, no host sync). A flush
+[swaps][distlog.buffer.Buffer.swap] the lists for a clean set in O(1) under the same lock and
+reduces the [Snapshot][distlog.buffer.Snapshot] it took: whatever any thread logs meanwhile
+lands in the fresh lists and is in the next row, so no sample is ever lost or counted twice.
+
+``log_*`` may be called from any thread; ``flush`` and ``finish`` from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import unicodedata
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from distlog.errors import LogTypeError, LogValueError
+from distlog.layout import REDUCTIONS, SPREAD_SUFFIXES, KeySpec, Layout, Slots, pack_rank
+from distlog.layout import spread_keys as _spread_keys
+from distlog.values import as_float, plain_tensor
+
+__all__ = ["Buffer", "Payloads", "Sample", "Snapshot"]
+
+# (spec, float value, tensor value or None, float weight, tensor weight or None)
+Sample = tuple[KeySpec, float, "torch.Tensor | None", float, "torch.Tensor | None"]
+
+
+def initial(reduce: str) -> float:
+    """An accumulator's value before any sample: neutral for its reduction."""
+    return math.inf if reduce == "min" else (-math.inf if reduce == "max" else 0.0)
+
+
+@dataclass
+class Snapshot:
+    """What one rank logged between two flushes, taken by [swap][distlog.buffer.Buffer.swap].
+
+    Nobody logs into it any more: only the flush that took it reads it.
+    """
+
+    a: list[float]
+    b: list[float]
+    n: list[int]
+    size: int  # slots at the swap; later slots are not in this snapshot
+    specs: list[KeySpec]  # the buffer's slot specs (shared; read the first ``size``)
+    t_vals: list[torch.Tensor] = field(default_factory=list)
+    t_slots: list[int] = field(default_factory=list)
+    t_weights: list[float | torch.Tensor] = field(default_factory=list)
+    lasts: dict[int, torch.Tensor] = field(default_factory=dict)
+    weighted: dict[int, int] = field(default_factory=dict)  # slot -> weighted mean samples
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.n)
+
+    def logged_specs(self) -> list[KeySpec]:
+        """Specs of every key logged in this snapshot (sorted)."""
+        n, specs = self.n, self.specs
+        return sorted(specs[i] for i in range(self.size) if n[i])
+
+
+@dataclass
+class Payloads:
+    """One rank's partial results laid out by a [Layout][distlog.layout.Layout]."""
+
+    sums: torch.Tensor
+    maxes: torch.Tensor | None
+
+
+class Buffer:
+    """Slot accumulators of one rank, double-buffered so a flush never waits for the loggers.
+
+    Args:
+        reserved: names the row format uses itself (``step``, ``time``, ...).
+        fold_host_tensors: fold CPU tensors into the float accumulators at the call (reading a
+            CPU tensor is no device sync); False buffers them like device tensors.
+    """
+
+    def __init__(self, reserved: Collection[str] = (), *, fold_host_tensors: bool = True) -> None:
+        self.reserved = frozenset(reserved)
+        self.fold_host_tensors = fold_host_tensors
+        self.lock = threading.Lock()
+        self.known: dict[str, KeySpec] = {}  # every spec this rank may log: layout + local
+        self._slot: dict[str, int] = {}
+        self._red: list[str] = []
+        self._spr: list[bool] = []
+        self.specs: list[KeySpec] = []
+        self._a0: list[float] = []
+        # The active window, per slot: ``_a`` the weighted sum (mean), sum, latest value (last)
+        # or extreme (min/max); ``_b`` the weight sum of weighted samples (mean) or a NaN
+        # flag (min/max); ``_wc`` the weighted samples per slot (sparse), so an unweighted call
+        # touches two items (weight sum = _n - _wc + _b); ``_n``
+        # the calls, tensors included, so presence is known without a device sync.
+        self._a: list[float] = []
+        self._b: list[float] = []
+        self._n: list[int] = []
+        self._tv: list[torch.Tensor] = []
+        self._ts: list[int] = []
+        self._tw: list[float | torch.Tensor] = []
+        self._lasts: dict[int, torch.Tensor] = {}
+        self._wc: dict[int, int] = {}
+        self.respecs = 0  # counts slot spec changes (payload plans depend on the specs)
+
+    # ------------------------------------------------------------------ hot path
+    def add(
+        self,
+        key: Any,
+        value: Any,
+        reduce: str = "mean",
+        weight: Any = None,
+        spread: bool = False,
+    ) -> None:
+        """Buffer one sample. Never synchronises with a device; validates before touching state."""
+        kind = type(value)
+        if (kind is float or kind is int) and weight is None:
+            try:
+                i = self._slot.get(key)
+                if kind is int:
+                    value = float(value)
+            except (TypeError, OverflowError):  # unhashable key, huge int: prepare() names it
+                i = None
+            if i is not None and self._red[i] == reduce and self._spr[i] is spread:
+                with self.lock:
+                    if reduce == "mean":
+                        self._a[i] += value  # weight 1: nothing to add to the excess weight
+                    elif reduce == "sum":
+                        self._a[i] += value
+                    elif reduce == "last":
+                        self._a[i] = value
+                        if self._lasts:
+                            self._lasts.pop(i, None)
+                    elif value != value:
+                        self._b[i] = 1.0  # NaN: min/max report NaN, like torch.amax
+                    elif reduce == "max":
+                        if value > self._a[i]:
+                            self._a[i] = value
+                    elif value < self._a[i]:
+                        self._a[i] = value
+                    self._n[i] += 1
+                return
+        sample = self.prepare(key, value, reduce, weight, spread)
+        with self.lock:
+            self._commit(sample)
+
+    def add_many(
+        self,
+        values: Mapping[Any, Any],
+        reduce: str = "mean",
+        weight: Any = None,
+        spread: bool = False,
+    ) -> None:
+        """Buffer several samples with one reduction: all or nothing (a bad entry logs none)."""
+        if weight is None and spread is False:
+            fast = self._fast_slots(values, reduce)
+            if fast is not None:
+                with self.lock:
+                    a, n = self._a, self._n
+                    if reduce == "mean" or reduce == "sum":
+                        for i, v in fast:
+                            a[i] += v
+                            n[i] += 1
+                    else:
+                        for i, v in fast:
+                            self._fold(i, v, reduce)
+                return
+        samples = [self.prepare(k, v, reduce, weight, spread) for k, v in values.items()]
+        if spread:
+            names = set(values)
+            for key in values:
+                taken = [k for k in _spread_keys(key) if k in names]
+                if taken:
+                    raise LogValueError(
+                        f"key {key!r} with spread=True would write {taken[0]!r}, which this "
+                        "call also logs as a key of its own; use another name"
+                    )
+        with self.lock:
+            for sample in samples:
+                self._commit(sample)
+
+    def _fast_slots(self, values: Mapping[Any, Any], reduce: str) -> list[tuple[int, float]] | None:
+        """(slot, float) for every entry if all are floats of known plain keys, else None."""
+        slot, red, spr = self._slot, self._red, self._spr
+        out = []
+        try:
+            for key, v in values.items():
+                i = slot.get(key)
+                if i is None or type(v) is not float or red[i] != reduce or spr[i]:
+                    return None
+                out.append((i, v))
+        except TypeError:
+            return None
+        return out
+
+    def _fold(self, i: int, value: float, reduce: str) -> None:
+        """Fold one float into slot ``i`` for "last", "min" or "max". Call with the lock held."""
+        if reduce == "last":
+            self._a[i] = value
+            if self._lasts:
+                self._lasts.pop(i, None)
+        elif value != value:
+            self._b[i] = 1.0
+        elif reduce == "max":
+            if value > self._a[i]:
+                self._a[i] = value
+        elif value < self._a[i]:
+            self._a[i] = value
+        self._n[i] += 1
+
+    def prepare(
+        self, key: Any, value: Any, reduce: str = "mean", weight: Any = None, spread: bool = False
+    ) -> Sample:
+        """Validate one sample without buffering it; errors name the key."""
+        spec = self.spec_for(key, reduce, spread)
+        if weight is not None and reduce != "mean":
+            raise LogValueError(f"weight= is only meaningful with reduce='mean' (key {key!r})")
+        v = 0.0
+        tensor: torch.Tensor | None = None
+        if type(value) is float:
+            v = value
+        elif type(value) is int:
+            try:
+                v = float(value)
+            except OverflowError:
+                v = as_float(key, value)  # raises the clear error
+        elif isinstance(value, torch.Tensor):
+            if self.fold_host_tensors and value.is_cpu and type(value) is torch.Tensor:
+                # A host tensor is read without any device sync: fold it like a Python number.
+                # What .item() refuses (several elements, nested, ...) or float() refuses
+                # (complex) gets its clear error from plain_tensor.
+                try:
+                    v = float(value.item())
+                except Exception:
+                    plain_tensor(key, value)
+                    raise
+            else:
+                value = plain_tensor(key, value)
+                # Buffered as is on its device: no .item(), so no host-device sync. detach()
+                # and reshape() cost ~1-2 us each, so only when they change something.
+                tensor = value.detach() if value.requires_grad else value
+                if tensor.dim():
+                    tensor = tensor.reshape(())
+                if tensor.untyped_storage().nbytes() > tensor.element_size():
+                    tensor = tensor.clone()  # don't keep a large tensor alive until the flush
+        else:
+            v = as_float(key, value)
+        w = 1.0
+        w_tensor: torch.Tensor | None = None
+        if weight is not None:
+            if isinstance(weight, torch.Tensor):
+                weight = plain_tensor(key, weight, "weight")
+                if weight.device.type != "cpu":
+                    w_tensor = weight.detach().reshape(())  # trusted: checking it would sync
+                else:
+                    weight = weight.item()
+            if w_tensor is None:
+                w = as_float(key, weight, "weight")
+                if not (w >= 0 and math.isfinite(w)):
+                    raise LogValueError(f"weight for key {key!r} must be finite and >= 0, got {w}")
+        return spec, v, tensor, w, w_tensor
+
+    def spec_for(self, key: Any, reduce: str, spread: bool) -> KeySpec:
+        """The spec for ``key`` (registered at its first commit); errors name the key."""
+        try:
+            spec = self.known.get(key)
+        except TypeError:  # unhashable
+            spec = None
+        if spec is not None and spec.reduce == reduce and spec.spread is spread:
+            return spec
+        check_key(key, self.reserved)
+        if reduce not in REDUCTIONS:
+            raise LogValueError(
+                f"unknown reduction {reduce!r} for key {key!r}; choose one of {', '.join(REDUCTIONS)}"
+            )
+        if not isinstance(spread, bool):
+            raise LogTypeError(f"spread for key {key!r} must be a bool, got {spread!r}")
+        self._check_spread_names(key, spread)
+        if spec is not None:
+            raise LogValueError(
+                f"key {key!r} was logged with reduce={spec.reduce!r}, spread={spec.spread} "
+                f"and now with reduce={reduce!r}, spread={spread}; a key keeps one reduction "
+                "for the whole run (use another key name)"
+            )
+        return KeySpec(key, reduce, spread)
+
+    def _check_spread_names(self, key: str, spread: bool) -> None:
+        """A key may not share its name with the spread columns of another key."""
+        owner = spread_owner(key, self.known)
+        if owner is not None:
+            raise LogValueError(
+                f"key {key!r} is a spread column of key {owner!r} (logged with spread=True); "
+                "use another name"
+            )
+        if spread:
+            taken = [k for k in _spread_keys(key) if k in self.known]
+            if taken:
+                raise LogValueError(
+                    f"key {key!r} with spread=True would write {taken[0]!r}, which is already "
+                    "a key of its own; use another name"
+                )
+
+    def _commit(self, sample: Sample) -> None:
+        """Buffer a prepared sample. Call with the lock held."""
+        spec, v, tensor, w, w_tensor = sample
+        i = self._slot.get(spec.key)
+        if i is None:
+            i = self._register(spec)
+        self._n[i] += 1
+        reduce = spec.reduce
+        if tensor is None and w_tensor is None:
+            if reduce == "mean":
+                if w != 0.0:
+                    self._a[i] += v * w
+                self._b[i] += w
+                self._wc[i] = self._wc.get(i, 0) + 1
+            elif reduce == "sum":
+                self._a[i] += v
+            elif reduce == "last":
+                self._a[i] = v
+                if self._lasts:
+                    self._lasts.pop(i, None)
+            elif v != v:
+                self._b[i] = 1.0
+            elif reduce == "max":
+                if v > self._a[i]:
+                    self._a[i] = v
+            elif v < self._a[i]:
+                self._a[i] = v
+            return
+        if reduce == "last":
+            assert tensor is not None  # weights are only accepted with reduce="mean"
+            self._lasts[i] = tensor
+            return
+        if tensor is None:
+            assert w_tensor is not None
+            tensor = torch.tensor(v, dtype=torch.float64, device=w_tensor.device)
+        if reduce == "mean":  # its weight travels with the tensor, not in the count
+            self._wc[i] = self._wc.get(i, 0) + 1
+        self._tv.append(tensor)
+        self._ts.append(i)
+        self._tw.append(w_tensor if w_tensor is not None else w)
+
+    def _register(self, spec: KeySpec) -> int:
+        """Give a key its slot (once per run). Call with the lock held."""
+        i = len(self.specs)
+        self._slot[spec.key] = i
+        self.specs.append(spec)
+        self._red.append(spec.reduce)
+        self._spr.append(spec.spread)
+        a0 = initial(spec.reduce)
+        self._a0.append(a0)
+        self._a.append(a0)
+        self._b.append(0.0)
+        self._n.append(0)
+        self.known.setdefault(spec.key, spec)
+        return i
+
+    # ------------------------------------------------------------------ flush side
+    @property
+    def tensor_samples(self) -> int:
+        """Tensors buffered as they are since the last swap ("last" tensors not counted)."""
+        return len(self._tv)
+
+    @property
+    def pending_keys(self) -> list[str]:
+        """Keys logged on this rank since the last swap."""
+        n = self._n
+        return [key for key, i in self._slot.items() if n[i]]
+
+    def swap(self) -> Snapshot:
+        """Take everything logged since the last swap and start a clean window.
+
+        The clean lists are built before the lock is taken; under it, the swap itself is a
+        handful of reference assignments, so a thread logging meanwhile waits O(1).
+        """
+        a0 = self._a0
+        size = len(a0)
+        fresh_a, fresh_b, fresh_n = list(a0), [0.0] * size, [0] * size
+        with self.lock:
+            if len(self.specs) > size:  # a key was registered since: give it its slot too
+                extra = self._a0[size:]
+                fresh_a += extra
+                fresh_b += [0.0] * len(extra)
+                fresh_n += [0] * len(extra)
+            snap = Snapshot(
+                self._a, self._b, self._n, len(self.specs), self.specs,
+                self._tv, self._ts, self._tw, self._lasts, self._wc,
+            )  # fmt: skip
+            self._a, self._b, self._n = fresh_a, fresh_b, fresh_n
+            self._tv, self._ts, self._tw, self._lasts, self._wc = [], [], [], {}, {}
+        return snap
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put a snapshot's samples back into the active window (a flush that could not run).
+
+        Used when an error that every rank sees alike stops a flush before any number left
+        this rank, so nothing already logged is lost.
+        """
+        with self.lock:
+            for i in range(snap.size):
+                if not snap.n[i]:
+                    continue
+                red = self._red[i]
+                a = snap.a[i]
+                if red in ("mean", "sum"):
+                    self._a[i] += a
+                    self._b[i] += snap.b[i]
+                elif red == "last":
+                    if not self._n[i]:
+                        self._a[i] = a
+                elif red == "max":
+                    self._a[i] = max(self._a[i], a)
+                    self._b[i] = max(self._b[i], snap.b[i])
+                else:
+                    self._a[i] = min(self._a[i], a)
+                    self._b[i] = max(self._b[i], snap.b[i])
+                self._n[i] += snap.n[i]
+            self._tv[:0] = snap.t_vals
+            self._ts[:0] = snap.t_slots
+            self._tw[:0] = snap.t_weights
+            for i, t in snap.lasts.items():
+                self._lasts.setdefault(i, t)
+            for i, c in snap.weighted.items():
+                self._wc[i] = self._wc.get(i, 0) + c
+
+    def respec(self, key: str, spec: KeySpec, snap: Snapshot | None) -> None:
+        """Give a key's slot the agreed spec, dropping what was buffered under its old one."""
+        with self.lock:
+            i = self._slot[key]
+            active = Snapshot(
+                self._a, self._b, self._n, 0, self.specs,
+                self._tv, self._ts, self._tw, self._lasts, self._wc,
+            )  # fmt: skip
+            for window in (snap, active):
+                if window is None or i >= len(window.a):
+                    continue
+                window.a[i], window.b[i], window.n[i] = initial(spec.reduce), 0.0, 0
+                window.lasts.pop(i, None)
+                window.weighted.pop(i, None)
+                keep = [j for j, s in enumerate(window.t_slots) if s != i]
+                window.t_vals[:] = [window.t_vals[j] for j in keep]
+                window.t_weights[:] = [window.t_weights[j] for j in keep]
+                window.t_slots[:] = [window.t_slots[j] for j in keep]
+            self.specs[i] = spec
+            self._red[i], self._spr[i] = spec.reduce, spec.spread
+            self._a0[i] = initial(spec.reduce)
+            self.known[key] = spec
+            self.respecs += 1
+
+    def refuse(self, key: str, snap: Snapshot | None) -> None:
+        """Drop a key the group refused (a spread column of another key): its samples go,
+        and later calls with it get a clear error at the call."""
+        spec = self.known.get(key)
+        if spec is None:
+            return
+        self.respec(key, spec, snap)  # drops what was buffered
+        with self.lock:
+            self._slot.pop(key, None)
+            self.known.pop(key, None)
+
+
+def spread_owner(key: str, known: Mapping[str, KeySpec]) -> str | None:
+    """The key whose spread columns include ``key``, if it was logged with spread=True."""
+    base, _, suffix = key.rpartition("/")
+    if suffix in SPREAD_SUFFIXES:
+        owner = known.get(base)
+        if owner is not None and owner.spread:
+            return base
+    return None
+
+
+def check_key(key: Any, reserved: Collection[str] = ()) -> str:
+    """The rule for a metric key: a non-empty str, no surrounding whitespace, no control
+    characters or lone surrogates (they can't be written as UTF-8), not a reserved column."""
+    if not isinstance(key, str):
+        raise LogTypeError(f"metric keys must be strings, got {type(key).__name__} {key!r}")
+    if not key or key != key.strip() or any(unicodedata.category(c) in ("Cc", "Cs") for c in key):
+        raise LogValueError(
+            f"invalid key {key!r}: keys must be non-empty, without surrounding whitespace, "
+            "control characters or lone surrogates (they can't be written as UTF-8)"
+        )
+    if key in reserved:
+        raise LogValueError(
+            f"key {key!r} is reserved: every row already has {', '.join(sorted(reserved))}"
+            " columns; use another name"
+        )
+    return key
+
+
+# ---------------------------------------------------------------------- payload building
+class PayloadPlan:
+    """Per reduction, the snapshot slots and payload offsets of a layout: a few vectorised
+    writes build a payload whatever the number of keys. Rebuilt when the layout or the slot
+    count changes."""
+
+    def __init__(self, layout: Layout, specs: list[KeySpec], size: int) -> None:
+        self.layout, self.size = layout, size
+        self.by_reduce: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for red in REDUCTIONS:
+            offs = layout.max_off if red in ("min", "max") else layout.sum_off
+            pairs = [
+                (i, offs[specs[i].key])
+                for i in range(size)
+                if specs[i].reduce == red and specs[i].key in offs
+                and layout.by_key[specs[i].key] == specs[i]
+            ]  # fmt: skip
+            if pairs:
+                src, dst = zip(*pairs, strict=True)
+                self.by_reduce[red] = (np.array(src, np.int64), np.array(dst, np.int64))
+        spread = [
+            i for i in range(size) if specs[i].spread and specs[i].key in layout.spread_sum_off
+        ]
+        self.spread_slots = np.array(spread, dtype=np.int64)
+        self.spread_specs = [specs[i] for i in spread]
+
+
+def host_payloads(
+    snap: Snapshot, plan: PayloadPlan, group_rank: int, group_size: int, prefix: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's float accumulators laid out by ``plan``'s layout, as numpy arrays.
+
+    ``prefix`` leading zero slots of the SUM payload are left for a header. Slots of keys not
+    logged since the last flush hold neutral values (0, or -inf in the MAX payload).
+    """
+    lay = plan.layout
+    sums = np.zeros(prefix + lay.sum_size)
+    maxes = lay.max_init.copy()
+    if snap.empty:
+        return sums, maxes
+    body = sums[prefix:]
+    size = plan.size
+    a = np.array(snap.a[:size])
+    b = np.array(snap.b[:size])
+    n = np.array(snap.n[:size], dtype=np.float64)
+    S = Slots
+    for red, (src, dst) in plan.by_reduce.items():
+        if red == "mean":
+            body[dst + S.MEAN_VALUE] = a[src]
+            weights = n.copy()  # one per unweighted sample ...
+            for i, c in snap.weighted.items():
+                weights[i] -= c  # ... the weighted ones bring their own
+            body[dst + S.MEAN_WEIGHT] = weights[src] + b[src]
+            body[dst + S.MEAN_COUNT] = n[src]
+        elif red == "sum":
+            body[dst + S.SUM_VALUE] = a[src]
+            body[dst + S.SUM_COUNT] = n[src]
+        elif red == "last":
+            body[dst + S.LAST_VALUE] = a[src]
+            body[dst + S.LAST_RANKS] = n[src] > 0
+        else:
+            maxes[dst + S.EXT_VALUE] = -a[src] if red == "min" else a[src]
+            maxes[dst + S.EXT_PRESENT] = n[src] > 0
+            maxes[dst + S.EXT_NAN] = b[src]
+    if not (snap.t_vals or snap.lasts):
+        add_spread_host(body, maxes, plan, n, group_rank, group_size)
+    return sums, maxes
+
+
+def local_value_host(body: np.ndarray, maxes: np.ndarray, lay: Layout, spec: KeySpec) -> float:
+    """This rank's own reduced value of one key, from its payloads (for spread)."""
+    S = Slots
+    if spec.reduce in ("min", "max"):
+        o = lay.max_off[spec.key]
+        if maxes[o + S.EXT_NAN] > 0:
+            return math.nan
+        v = float(maxes[o + S.EXT_VALUE])
+        return -v if spec.reduce == "min" else v
+    o = lay.sum_off[spec.key]
+    if spec.reduce == "mean":
+        den = body[o + S.MEAN_WEIGHT]
+        return float(body[o + S.MEAN_VALUE] / den) if den != 0 else math.nan
+    return float(body[o])
+
+
+def add_spread_host(
+    body: np.ndarray,
+    maxes: np.ndarray,
+    plan: PayloadPlan,
+    n: np.ndarray,
+    group_rank: int,
+    group_size: int,
+) -> None:
+    """Each logged spread key's own value into its spread block (numpy payloads)."""
+    if not len(plan.spread_slots):
+        return
+    lay = plan.layout
+    logged = n[plan.spread_slots] > 0
+    specs = [s for s, keep in zip(plan.spread_specs, logged.tolist(), strict=True) if keep]
+    if not specs:
+        return
+    v = np.array([local_value_host(body, maxes, lay, s) for s in specs])
+    so = np.array([lay.spread_sum_off[s.key] for s in specs], dtype=np.int64)
+    mo = np.array([lay.spread_max_off[s.key] for s in specs], dtype=np.int64)
+    S = Slots
+    number = ~np.isnan(v)
+    body[so + S.SPREAD_SUM] = v
+    body[so + S.SPREAD_SQUARES] = v * v
+    body[so + S.SPREAD_RANKS] = 1.0
+    body[so + S.SPREAD_NUMBERS] = number
+    maxes[mo + S.SPREAD_MAX] = np.where(number, v, -np.inf)
+    maxes[mo + S.SPREAD_NEG_MIN] = np.where(number, -v, -np.inf)
+    maxes[mo + S.SPREAD_ARGMAX] = pack_rank(v, group_rank, group_size)
+
+
+def tensor_payloads(
+    snap: Snapshot,
+    plan: PayloadPlan,
+    device: torch.device,
+    group_rank: int,
+    group_size: int,
+    prefix: int = 0,
+) -> Payloads:
+    """This rank's partial results with its buffered tensors, on ``device`` (NCCL) or the host.
+
+    Float accumulators are laid out on the host first, copied without making the host wait,
+    then the tensor samples are added on their device: no ``.item()``, no host sync.
+    """
+    sums_np, maxes_np = host_payloads(snap, plan, group_rank, group_size, prefix)
+    has_tensors = bool(snap.t_vals or snap.lasts)
+    if not has_tensors:
+        return Payloads(
+            to_device(torch.from_numpy(sums_np), device),
+            to_device(torch.from_numpy(maxes_np), device) if plan.layout.max_size else None,
+        )
+    sums = to_device(torch.from_numpy(sums_np), device)
+    maxes = to_device(torch.from_numpy(maxes_np), device)
+    body = sums[prefix:] if prefix else sums
+    _add_tensor_samples(snap, plan, body, maxes)
+    _add_spread_tensor(snap, plan, body, maxes, group_rank, group_size)
+    return Payloads(sums, maxes if plan.layout.max_size else None)
+
+
+def _add_tensor_samples(
+    snap: Snapshot, plan: PayloadPlan, sum_p: torch.Tensor, max_p: torch.Tensor
+) -> None:
+    lay, dev, specs, S = plan.layout, sum_p.device, snap.specs, Slots
+    lasts = {i: t for i, t in snap.lasts.items() if i < plan.size and specs[i].key in lay.sum_off}
+    if lasts:
+        idx = [lay.sum_off[specs[i].key] + S.LAST_VALUE for i in lasts]
+        vals = torch.stack([t.to(dev, torch.float64) for t in lasts.values()])
+        sum_p.index_put_((_index(idx, dev),), vals)
+    members_by: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for j, t in enumerate(snap.t_vals):
+        slot = snap.t_slots[j]
+        if slot < plan.size and lay.by_key.get(specs[slot].key) == specs[slot]:
+            members_by.setdefault((t.device, t.dtype), []).append(j)
+    for members in members_by.values():
+        vals = torch.stack([snap.t_vals[j] for j in members]).to(dev, torch.float64)
+        mspecs = [specs[snap.t_slots[j]] for j in members]
+        reds = [s.reduce for s in mspecs]
+        if "mean" in reds:
+            sel = [k for k, r in enumerate(reds) if r == "mean"]
+            v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
+            w = _weights([snap.t_weights[members[k]] for k in sel], dev)
+            offs = [lay.sum_off[mspecs[k].key] for k in sel]
+            sum_p.index_add_(0, _index(offs, dev), torch.where(w == 0, 0.0, v * w))
+            sum_p.index_add_(0, _index([o + S.MEAN_WEIGHT for o in offs], dev), w)
+        if "sum" in reds:
+            sel = [k for k, r in enumerate(reds) if r == "sum"]
+            v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
+            offs = [lay.sum_off[mspecs[k].key] for k in sel]
+            sum_p.index_add_(0, _index(offs, dev), v)
+        if "min" in reds or "max" in reds:
+            sel = [k for k, r in enumerate(reds) if r in ("min", "max")]
+            v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
+            sign = torch.tensor([-1.0 if reds[k] == "min" else 1.0 for k in sel],
+                                dtype=torch.float64, device=dev)  # fmt: skip
+            v = v * sign
+            nan = torch.isnan(v)
+            slots = _index([lay.max_off[mspecs[k].key] for k in sel], dev)
+            max_p.scatter_reduce_(0, slots, torch.where(nan, -math.inf, v), "amax")
+            max_p.scatter_reduce_(0, slots + S.EXT_NAN, nan.to(torch.float64), "amax")
+
+
+def _add_spread_tensor(
+    snap: Snapshot,
+    plan: PayloadPlan,
+    sum_p: torch.Tensor,
+    max_p: torch.Tensor,
+    group_rank: int,
+    group_size: int,
+) -> None:
+    """Spread blocks when tensors were buffered: computed where the payload lives."""
+    if not len(plan.spread_slots):
+        return
+    n = snap.n
+    specs = [s for i, s in zip(plan.spread_slots.tolist(), plan.spread_specs, strict=True) if n[i]]
+    if not specs:
+        return
+    lay, dev, S = plan.layout, sum_p.device, Slots
+    vals: list[torch.Tensor] = []
+    for spec in specs:
+        if spec.reduce in ("min", "max"):
+            o = lay.max_off[spec.key]
+            v = torch.where(max_p[o + S.EXT_NAN] > 0, math.nan, max_p[o + S.EXT_VALUE])
+            vals.append(-v if spec.reduce == "min" else v)
+        else:
+            o = lay.sum_off[spec.key]
+            vals.append(sum_p[o] / sum_p[o + 1] if spec.reduce == "mean" else sum_p[o])
+    v = torch.stack(vals)
+    so = _index([lay.spread_sum_off[s.key] for s in specs], dev)
+    mo = _index([lay.spread_max_off[s.key] for s in specs], dev)
+    number = ~torch.isnan(v)
+    sum_p[so + S.SPREAD_SUM] = v
+    sum_p[so + S.SPREAD_SQUARES] = v * v
+    sum_p[so + S.SPREAD_RANKS] = 1.0
+    sum_p[so + S.SPREAD_NUMBERS] = number.to(torch.float64)
+    neg_inf = torch.full_like(v, -math.inf)
+    max_p[mo + S.SPREAD_MAX] = torch.where(number, v, neg_inf)
+    max_p[mo + S.SPREAD_NEG_MIN] = torch.where(number, -v, neg_inf)
+    max_p[mo + S.SPREAD_ARGMAX] = pack_rank_tensor(v, group_rank, group_size)
+
+
+def pack_rank_tensor(v: torch.Tensor, group_rank: int, group_size: int) -> torch.Tensor:
+    """[pack_rank][distlog.layout.pack_rank] on a float64 tensor where it lives (no host sync)."""
+    from distlog.layout import rank_bits
+
+    bits = rank_bits(group_size)
+    big = torch.finfo(torch.float64).max
+    i = v.clamp(-big, big).view(torch.int64)
+    flip = torch.tensor(0x7FFFFFFFFFFFFFFF, dtype=torch.int64, device=v.device)
+    key = torch.where(i >= 0, i, i ^ flip)
+    mask = (1 << bits) - 1
+    key = (key & ~mask) | (group_size - 1 - group_rank)
+    back = torch.where(key >= 0, key, key ^ flip).view(torch.float64)
+    return torch.where(torch.isnan(v), -math.inf, back)
+
+
+def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``dev`` without making the host wait (pinned, non-blocking)."""
+    if dev.type == "cpu":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def _index(idx: list[int], dev: torch.device) -> torch.Tensor:
+    return to_device(torch.from_numpy(np.array(idx, dtype=np.int64)), dev)
+
+
+def _weights(ws: list[float | torch.Tensor], dev: torch.device) -> torch.Tensor:
+    if all(isinstance(w, float) for w in ws):
+        return to_device(torch.tensor(ws, dtype=torch.float64), dev)
+    return torch.stack(
+        [
+            w.to(dev, torch.float64)
+            if isinstance(w, torch.Tensor)
+            else to_device(torch.tensor(w, dtype=torch.float64), dev)
+            for w in ws
+        ]
+    )

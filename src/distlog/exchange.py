@@ -1,0 +1,516 @@
+"""How one rank's [Snapshot][distlog.buffer.Snapshot] meets every other rank's: the protocols.
+
+Every protocol moves the same two payloads (see [distlog.layout][]) with a
+[Header][distlog.layout.Header] and ends the same way (a [PendingRow][distlog.exchange.PendingRow]
+for the writer); they differ in the collectives they use. [choose_protocol][distlog.exchange.choose_protocol]
+picks one per flush from facts every rank shares (the layout and the group), so all ranks agree:
+
+| protocol | when (``"auto"``) | steady flush | a flush that brings new keys |
+|---|---|---|---|
+| ``gather`` | host payloads, ranks x row <= ``gather_limit_bytes`` | 1 ``all_gather`` (min/max too) | 3 |
+| ``all_reduce`` | host payloads past that limit | 1 ``all_reduce`` (+1 with min/max) | 3 (+1) |
+| ``device`` | payloads on a GPU (NCCL) | host header ``all_gather`` + ``reduce`` to rank 0 (+1) | +1 |
+
+The gather sends O(keys) bytes a rank and receives ranks x that, so it is used only while that is
+small; the all-reduce moves O(keys) bytes a rank in O(log ranks) rounds at any scale
+(docs/aggregation.md has the cost model). All run on the logger's own gloo group (its own
+timeout: a missing rank becomes a [RankDivergenceError][distlog.errors.RankDivergenceError],
+never a hang), except device payloads, which NCCL reduces on the user's group.
+
+This module knows no sink.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from distlog.buffer import (
+    Buffer,
+    PayloadPlan,
+    Snapshot,
+    host_payloads,
+    spread_owner,
+    tensor_payloads,
+)
+from distlog.errors import KeyConflictError, LogValueError, RankDivergenceError
+from distlog.layout import (
+    Header,
+    KeySpec,
+    Layout,
+    check_headers,
+    decode_row,
+    decode_specs,
+    encode_specs,
+)
+from distlog.world import World
+
+__all__ = ["PROTOCOLS", "Exchange", "ExchangeOptions", "PendingRow", "choose_protocol"]
+
+PROTOCOLS = ("auto", "gather", "all_reduce", "device")
+
+
+@dataclass(frozen=True)
+class ExchangeOptions:
+    """Internal knobs of the exchange, validated; the defaults are right for almost everyone.
+
+    Args:
+        protocol: ``"auto"`` (see the module's table), or force ``"gather"``,
+            ``"all_reduce"`` (host payloads) or ``"device"`` (the NCCL protocol; on CPU it
+            runs on host tensors, which is how the tests exercise it without a GPU).
+        gather_limit_bytes: ``"auto"`` all-gathers while ranks x row bytes stay within it.
+        fold_host_tensors: fold CPU tensors into the float accumulators at the call; False
+            buffers them as a device tensor would be (tests of the device path on CPU).
+    """
+
+    protocol: str = "auto"
+    gather_limit_bytes: int = 1 << 20
+    fold_host_tensors: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise LogValueError(
+                f"exchange protocol {self.protocol!r} is unknown; choose one of "
+                f"{', '.join(PROTOCOLS)}"
+            )
+        limit = self.gather_limit_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise LogValueError(f"gather_limit_bytes must be an int >= 0, got {limit!r}")
+        if not isinstance(self.fold_host_tensors, bool):
+            raise LogValueError(f"fold_host_tensors must be a bool, got {self.fold_host_tensors!r}")
+
+
+def choose_protocol(options: ExchangeOptions, world: World, layout: Layout) -> str:
+    """The protocol of one flush: the same answer on every rank (shared facts only)."""
+    if options.protocol != "auto":
+        return options.protocol
+    if world.comm_device.type != "cpu":
+        return "device"
+    row = Header.WIDTH + layout.sum_size + layout.max_size
+    return "gather" if world.group_size * row * 8 <= options.gather_limit_bytes else "all_reduce"
+
+
+@dataclass
+class PendingRow:
+    """The writer's share of a flush: reduced payloads (maybe still in flight on a device), or
+    in a world of one the snapshot itself, laid out and decoded off the training thread.
+
+    [resolve][distlog.exchange.PendingRow.resolve] runs on the logger's writer thread.
+    """
+
+    step: int
+    layout: Layout
+    group_ranks: tuple[int, ...]
+    sums: np.ndarray | torch.Tensor | None = None
+    maxes: np.ndarray | torch.Tensor | None = None
+    ready: Any = None  # a torch.cuda.Event when the payloads come from a GPU
+    local: tuple[Snapshot, PayloadPlan, torch.device] | None = None
+
+    def resolve(self) -> dict[str, float]:
+        if self.local is not None:
+            snap, plan, device = self.local
+            p = tensor_payloads(snap, plan, device, 0, 1)
+            sums, maxes = (
+                p.sums.cpu().numpy(),
+                (p.maxes.cpu().numpy() if p.maxes is not None else np.zeros(0)),
+            )
+            return decode_row(self.layout, sums, maxes, self.group_ranks)
+        if self.ready is not None:
+            self.ready.synchronize()
+        sums = _numpy(self.sums)
+        maxes = _numpy(self.maxes) if self.maxes is not None else np.zeros(0)
+        return decode_row(self.layout, sums, maxes, self.group_ranks)
+
+
+def _numpy(x: np.ndarray | torch.Tensor | None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.numpy()
+    assert x is not None
+    return x
+
+
+class Disagreement(RankDivergenceError):
+    """The ranks' headers disagree (seen alike by every rank; the group is still sound)."""
+
+
+class Exchange:
+    """The state every protocol shares: the agreed layout, the flush count, the group's health.
+
+    Every rank of the group must construct it and call [run][distlog.exchange.Exchange.run]
+    the same number of times, with the same steps.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        buffer: Buffer,
+        group: Any,
+        *,
+        timeout: float,
+        options: ExchangeOptions,
+    ) -> None:
+        self.world = world
+        self.buffer = buffer
+        self.group = group  # the logger's gloo group, or None where nothing is communicated
+        self.timeout = timeout
+        self.options = options
+        self.layout = Layout([], 0)
+        self.flush_count = 0
+        self.collectives = 0  # issued by the last flush on this rank
+        self.last_protocol = ""
+        # Set when a collective failed (timeout, dead peer): the gloo group's state is unknown
+        # after that, so later flushes fail at once instead of pairing with stale messages.
+        self.failure: str | None = None
+        self.conflict: KeyConflictError | None = None
+        self._unplaced: list[int] = []  # slots whose key the layout lacks
+        self._checked = 0  # slots below this were sorted into placed / unplaced
+        self._plan: PayloadPlan | None = None
+        self._plan_key: tuple[int, int, int] = (-1, -1, -1)
+        self._inflight: tuple[Header, torch.Tensor, Layout] | None = None
+
+    @property
+    def communicates(self) -> bool:
+        """False where a flush moves nothing: a world of one, or a group without the writer."""
+        return self.group is not None
+
+    # ------------------------------------------------------------------ one flush
+    def run(self, snap: Snapshot, step: int) -> PendingRow | None:
+        """Reduce ``snap`` over the group (collective). Returns the writer's share on global
+        rank 0, None elsewhere. Raises [RankDivergenceError][distlog.errors.RankDivergenceError]
+        when the ranks are out of step; key conflicts are kept in ``conflict`` for the caller
+        to raise once the row is on its way."""
+        self.collectives = 0
+        self.check_usable()
+        if not self.communicates:
+            return self._run_locally(snap, step)
+        protocol = choose_protocol(self.options, self.world, self.layout)
+        self.last_protocol = protocol
+        run = _PROTOCOLS[protocol]
+        pending = run(self, snap, step)
+        self.flush_count += 1
+        return pending
+
+    def check_usable(self) -> None:
+        """Raise at once if an earlier collective failed (the group's state is unknown)."""
+        if self.failure is not None:
+            raise RankDivergenceError(
+                f"no flush is possible after the logging group failed ({self.failure}); "
+                "finish the logger with a non-zero exit code and restart the job"
+            )
+
+    def _run_locally(self, snap: Snapshot, step: int) -> PendingRow | None:
+        """Nothing to communicate: rank 0 decodes the snapshot on its writer thread."""
+        self.flush_count += 1
+        if not self.world.is_global_zero:
+            return None
+        new = self.new_specs(snap)
+        if new:
+            self.set_layout(self.layout.merged(new))
+        plan = self.plan(snap)
+        return PendingRow(
+            step, self.layout, self.world.group_ranks, local=(snap, plan, self.world.comm_device)
+        )
+
+    def salvage(self) -> PendingRow | None:
+        """The row of a gather interrupted by a signal right after its collective returned.
+
+        A signal handler runs between two bytecodes of the interrupted flush; if the last
+        all_gather had completed, its table is whole and every header in it matches: the row
+        is decoded from it, so a row whose flush returned on the other ranks is not lost.
+        """
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return None
+        header, out, lay = inflight
+        table = out.numpy()
+        want = np.array(header.gathered()[:3])
+        if not (table[:, :3] == want).all() or table[:, 3].any():
+            return None
+        return self.epilogue(header.step, *_reduce_table(table, lay))
+
+    def settle(self) -> None:
+        self._inflight = None
+
+    # ------------------------------------------------------------------ shared pieces
+    def new_specs(self, snap: Snapshot) -> list[KeySpec]:
+        """Specs of keys logged in ``snap`` that the layout lacks (usually none)."""
+        by_key, specs = self.layout.by_key, snap.specs
+        if self._checked < snap.size:
+            self._unplaced += [
+                i for i in range(self._checked, snap.size) if specs[i].key not in by_key
+            ]
+            self._checked = snap.size
+        n = snap.n
+        return sorted(specs[i] for i in self._unplaced if i < snap.size and n[i])
+
+    def set_layout(self, layout: Layout) -> None:
+        self.layout = layout
+        by_key, specs = layout.by_key, self.buffer.specs
+        self._unplaced = [i for i in self._unplaced if specs[i].key not in by_key]
+
+    def plan(self, snap: Snapshot) -> PayloadPlan:
+        key = (self.layout.version, snap.size, self.buffer.respecs)
+        if self._plan is None or self._plan_key != key:
+            self._plan = PayloadPlan(self.layout, snap.specs, snap.size)
+            self._plan_key = key
+        return self._plan
+
+    def host_rows(self, snap: Snapshot, prefix: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's payloads as numpy arrays (host protocols)."""
+        w = self.world
+        plan = self.plan(snap)
+        if snap.t_vals or snap.lasts:
+            p = tensor_payloads(snap, plan, torch.device("cpu"), w.group_rank, w.group_size, prefix)
+            maxes = p.maxes.numpy() if p.maxes is not None else np.zeros(0)
+            return p.sums.numpy(), maxes
+        return host_payloads(snap, plan, w.group_rank, w.group_size, prefix)
+
+    def header(self, step: int, new: list[KeySpec], blob: bytes) -> Header:
+        return Header(self.flush_count, step, self.layout.version, bool(new), len(blob))
+
+    def collective(self, step: int, call: Callable[[], Any]) -> None:
+        """Run one collective; a timeout or a dead peer becomes a named RankDivergenceError."""
+        self.collectives += 1
+        start = time.monotonic()
+        try:
+            call()
+        except RuntimeError as exc:  # gloo reports timeouts and dead peers as RuntimeError
+            waited = time.monotonic() - start
+            missing = self._missing_ranks()
+            who = f"; ranks that never reached it: {missing}" if missing else ""
+            self.failure = f"log step {step} on rank {self.world.rank}{who}"
+            raise RankDivergenceError(
+                f"the flush at log step {step} failed after {waited:.1f}s on rank "
+                f"{self.world.rank} (timeout {self.timeout:.0f}s): a rank crashed, skipped "
+                f"the flush or flushes on another schedule{who}. Cause: {exc}"
+            ) from exc
+
+    def _missing_ranks(self) -> list[int]:
+        """Best effort: ranks that did not mark their arrival in the job's store."""
+        try:
+            store = dist.distributed_c10d._get_default_store()  # no public accessor exists
+        except Exception:
+            return []
+        prefix = f"distlog/{self.world.group_ranks}/{self.flush_count}/"
+        try:
+            store.set(prefix + str(self.world.rank), "1")
+            time.sleep(min(2.0, self.timeout / 4))
+            return [r for r in self.world.group_ranks if not store.check([prefix + str(r)])]
+        except Exception:
+            return []
+
+    def check(self, step: int, heads: np.ndarray) -> None:
+        """The divergence rule on a gathered header table; a mismatch is a Disagreement."""
+        try:
+            check_headers(step, heads, self.world.group_ranks)
+        except RankDivergenceError as exc:
+            raise Disagreement(str(exc)) from None
+
+    def gather_headers(self, step: int, header: Header) -> np.ndarray:
+        """All-gather every rank's header (host) and check it: the device protocol's control
+        round, and the explanation of a mismatch the all-reduce protocol saw."""
+        mine = torch.tensor(header.gathered(), dtype=torch.float64)
+        out = torch.empty(self.world.group_size, Header.WIDTH, dtype=torch.float64)
+        rows = list(out.unbind(0))
+        self.collective(step, lambda: dist.all_gather(rows, mine, group=self.group))
+        table = out.numpy()
+        self.check(step, table)
+        return table
+
+    def exchange_specs(self, step: int, blob: bytes, length: int, snap: Snapshot) -> None:
+        """All-gather every rank's new key specs (JSON padded with spaces to ``length``, which
+        every rank knows to be at least the longest blob) and merge them into the layout."""
+        padded = torch.full((length,), ord(" "), dtype=torch.uint8)
+        if blob:
+            padded[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        blobs = [torch.empty_like(padded) for _ in range(self.world.group_size)]
+        self.collective(step, lambda: dist.all_gather(blobs, padded, group=self.group))
+        self.merge([bytes(b.tolist()) for b in blobs], snap, step)
+
+    def merge(self, blobs: list[bytes], snap: Snapshot, step: int) -> None:
+        """Merge every rank's new key specs into the next layout, identically on every rank.
+
+        A key that ranks logged with different specs keeps the first one (the layout's, else
+        the lowest rank's); a key that is a spread column of another key logged with
+        ``spread=True`` is refused. The other samples of such keys are dropped and a
+        [KeyConflictError][distlog.errors.KeyConflictError] is raised at the end of the flush.
+        """
+        ranks = self.world.group_ranks
+        old = self.layout.by_key
+        merged: dict[str, KeySpec] = dict(old)
+        origin: dict[str, int] = {}
+        conflicts: dict[str, set[str]] = {}
+        for i, raw in enumerate(blobs):
+            for spec in decode_specs(raw):
+                have = merged.get(spec.key)
+                if have is None:
+                    merged[spec.key] = spec
+                    origin[spec.key] = ranks[i]
+                elif have != spec:
+                    first = origin.get(spec.key, "an earlier flush")
+                    conflicts.setdefault(
+                        spec.key, {f"reduce={have.reduce!r} spread={have.spread} (rank {first})"}
+                    ).add(f"reduce={spec.reduce!r} spread={spec.spread} (rank {ranks[i]})")
+        refused = {
+            key: owner
+            for key in merged
+            if key not in old and (owner := spread_owner(key, merged)) is not None
+        }
+        for key in refused:
+            del merged[key]
+            if key in self.buffer.known:
+                self.buffer.refuse(key, snap)
+        for key in conflicts:
+            local = self.buffer.known.get(key)
+            if local is not None and local != merged[key]:
+                self.buffer.respec(key, merged[key], snap)
+        self.buffer.known.update(merged)
+        self.set_layout(Layout(list(merged.values()), self.layout.version + 1))
+        self._unplaced = [i for i in self._unplaced if self.buffer.specs[i].key not in refused]
+        problems = [f"{k}: {', '.join(sorted(v))}" for k, v in sorted(conflicts.items())]
+        problems += [
+            f"{k} is a spread column of {o!r}, which a rank logged with spread=True"
+            for k, o in sorted(refused.items())
+        ]
+        if problems:
+            self.conflict = KeyConflictError(
+                f"at log step {step}, ranks logged conflicting keys: "
+                + "; ".join(problems)
+                + ". The first spec was kept and the other samples of those keys were dropped."
+            )
+
+    def epilogue(
+        self, step: int, sums: np.ndarray | torch.Tensor, maxes: np.ndarray | torch.Tensor | None,
+        ready: Any = None,
+    ) -> PendingRow | None:  # fmt: skip
+        """Every protocol's end: the writer's share on global rank 0, nothing elsewhere."""
+        if not self.world.is_global_zero:
+            return None
+        return PendingRow(step, self.layout, self.world.group_ranks, sums, maxes, ready)
+
+    def raise_conflict(self) -> None:
+        err, self.conflict = self.conflict, None
+        if err is not None:
+            raise err
+
+
+# ---------------------------------------------------------------------- the protocols
+def _reduce_table(table: np.ndarray, lay: Layout) -> tuple[np.ndarray, np.ndarray | None]:
+    """Column sums of the SUM part and maxima of the MAX part of a gathered table, in rank
+    order, so every rank gets the same numbers."""
+    body = table[:, Header.WIDTH :]
+    sums = body[:, : lay.sum_size].sum(axis=0)
+    maxes = body[:, lay.sum_size :].max(axis=0) if lay.max_size else None
+    return sums, maxes
+
+
+def _gather_round(ex: Exchange, snap: Snapshot, step: int, header: Header) -> np.ndarray:
+    """All-gather this rank's header + payloads; raise if the ranks' headers disagree."""
+    lay = ex.layout
+    if header.new_keys:  # this round is redone with the new layout: send neutral payloads
+        sums, maxes = np.zeros(Header.WIDTH + lay.sum_size), lay.max_init
+    else:
+        sums, maxes = ex.host_rows(snap, prefix=Header.WIDTH)
+    row = np.concatenate([sums, maxes]) if len(maxes) else sums
+    row[: Header.WIDTH] = header.gathered()
+    mine = torch.from_numpy(row)
+    out = torch.full((ex.world.group_size, len(row)), float("nan"), dtype=torch.float64)
+    rows = list(out.unbind(0))  # views: gloo writes each rank's row in place
+    # Kept until the logger has taken the row (settle()): a signal handler that runs after the
+    # collective returned salvages the row from this table.
+    ex._inflight = None if header.new_keys else (header, out, lay)
+    ex.collective(step, lambda: dist.all_gather(rows, mine, group=ex.group))
+    table = out.numpy()
+    ex.check(step, table[:, : Header.WIDTH])
+    return table
+
+
+def gather_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
+    """One all_gather carries the header and every key, min/max included.
+
+    Every rank receives the whole table, checks the headers exactly (a rank out of step is
+    named at once, with no further collective) and reduces the columns itself.
+    """
+    new = ex.new_specs(snap)
+    blob = encode_specs(new)
+    table = _gather_round(ex, snap, step, ex.header(step, new, blob))
+    if table[:, 3].any():  # some rank brought keys the layout lacks
+        ex.exchange_specs(step, blob, int(table[:, 4].max()), snap)
+        table = _gather_round(ex, snap, step, ex.header(step, [], b""))
+    return ex.epilogue(step, *_reduce_table(table, ex.layout))
+
+
+def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
+    """One all_reduce carries the header (summed encoding) and every mean/sum/last key; a
+    second one (MAX) carries min/max keys and the extreme half of spread blocks."""
+    size = ex.world.group_size
+    new = ex.new_specs(snap)
+    blob = encode_specs(new)
+    header = ex.header(step, new, blob)
+    h = Header.SUMMED_WIDTH
+    lay = ex.layout
+    if new:  # redone with the new layout: send the header alone
+        sums, maxes = np.zeros(h + lay.sum_size), lay.max_init.copy()
+    else:
+        sums, maxes = ex.host_rows(snap, prefix=h)
+    sums[:h] = header.summed()
+    buf = torch.from_numpy(sums)
+    ex.collective(step, lambda: dist.all_reduce(buf, group=ex.group))
+    if not header.agrees_with_sum(sums[:h], size):
+        ex.gather_headers(step, header)  # names who is out of step; raises
+        raise Disagreement(f"ranks disagree on the flush at log step {step}")
+    if sums[1] > 0:  # some rank brought keys: every rank pads blobs to the summed length
+        ex.exchange_specs(step, blob, int(sums[2]), snap)
+        sums, maxes = ex.host_rows(snap, prefix=0)
+        buf = torch.from_numpy(sums)
+        ex.collective(step, lambda: dist.all_reduce(buf, group=ex.group))
+        body = sums
+    else:
+        body = sums[h:]
+    if not ex.layout.max_size:
+        return ex.epilogue(step, body, None)
+    mbuf = torch.from_numpy(np.ascontiguousarray(maxes))
+    ex.collective(step, lambda: dist.all_reduce(mbuf, op=dist.ReduceOp.MAX, group=ex.group))
+    return ex.epilogue(step, body, mbuf.numpy())
+
+
+def device_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
+    """For payloads on a GPU: reading a header from a device payload would make every rank
+    wait for the device, so the headers go first on the host (one small all_gather), then the
+    payloads are reduced to rank 0 where they live; the other ranks never wait."""
+    w = ex.world
+    new = ex.new_specs(snap)
+    blob = encode_specs(new)
+    table = ex.gather_headers(step, ex.header(step, new, blob))
+    if table[:, 3].any():
+        ex.exchange_specs(step, blob, int(table[:, 4].max()), snap)
+    p = tensor_payloads(snap, ex.plan(snap), w.comm_device, w.group_rank, w.group_size)
+    # The writer, global rank 0, is a member of every group that communicates. Host payloads
+    # (the device protocol run on CPU) ride on the logger's group, whose timeout guards them.
+    group = ex.group if w.comm_device.type == "cpu" else w.group
+    ex.collective(step, lambda: dist.reduce(p.sums, dst=0, op=dist.ReduceOp.SUM, group=group))
+    if p.maxes is not None:
+        maxes = p.maxes
+        ex.collective(step, lambda: dist.reduce(maxes, dst=0, op=dist.ReduceOp.MAX, group=group))
+    if not w.is_global_zero:
+        return None
+    sums, mx, ready = p.sums, p.maxes, None
+    if sums.device.type == "cuda":
+        sums = sums.to("cpu", non_blocking=True)
+        mx = mx.to("cpu", non_blocking=True) if mx is not None else None
+        ready = torch.cuda.Event()
+        ready.record()
+    return ex.epilogue(step, sums, mx, ready)
+
+
+_PROTOCOLS: dict[str, Callable[[Exchange, Snapshot, int], PendingRow | None]] = {
+    "gather": gather_protocol,
+    "all_reduce": all_reduce_protocol,
+    "device": device_protocol,
+}

@@ -1,0 +1,310 @@
+"""What every rank agrees on before numbers travel: key specs, the payload layout, the header.
+
+A flush moves two flat float64 payloads. The **SUM payload** is reduced by addition: every mean,
+weighted mean, sum and "last" key, and the additive half of each spread block. The **MAX
+payload** is reduced by maximum: every max and min key (a min travels negated) and the extreme
+half of each spread block. Each key owns a fixed run of slots in them, named by [Slots][]; the
+[Layout][distlog.layout.Layout] (sorted specs and their offsets) is identical on every rank, so a
+key a rank did not log contributes neutral values and is never paired with another key.
+
+Every payload is O(keys) floats whatever the number of ranks: a spread block is 4 SUM and 3 MAX
+slots (the rank with the maximum rides in the low mantissa bits of a MAX slot, see
+[pack_rank][distlog.layout.pack_rank]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from itertools import compress
+
+import numpy as np
+
+from distlog.errors import RankDivergenceError
+
+__all__ = [
+    "REDUCTIONS",
+    "SPREAD_SUFFIXES",
+    "Header",
+    "KeySpec",
+    "Layout",
+    "Slots",
+    "check_headers",
+    "decode_row",
+    "decode_specs",
+    "encode_specs",
+    "pack_rank",
+    "spread_keys",
+]
+
+REDUCTIONS = ("mean", "sum", "min", "max", "last")
+SPREAD_SUFFIXES = ("rank_min", "rank_max", "rank_std", "rank_argmax")
+
+
+def spread_keys(key: str) -> list[str]:
+    """The extra keys written for a key logged with ``spread=True``."""
+    return [f"{key}/{suffix}" for suffix in SPREAD_SUFFIXES]
+
+
+class Slots:
+    """The slot schema: what each slot of a key's run in a payload holds (offsets in the run)."""
+
+    # SUM payload, reduce="mean": sum of value * weight, sum of weights, number of samples.
+    MEAN_VALUE, MEAN_WEIGHT, MEAN_COUNT = 0, 1, 2
+    # SUM payload, reduce="sum": the sum, the number of samples.
+    SUM_VALUE, SUM_COUNT = 0, 1
+    # SUM payload, reduce="last": each rank's latest value (summed), ranks that logged it.
+    LAST_VALUE, LAST_RANKS = 0, 1
+    # MAX payload, reduce="min"/"max": the extreme (negated for min), present, any NaN.
+    EXT_VALUE, EXT_PRESENT, EXT_NAN = 0, 1, 2
+    # Spread block, SUM part: sum of the ranks' values, of their squares, ranks, non-NaN ranks.
+    SPREAD_SUM, SPREAD_SQUARES, SPREAD_RANKS, SPREAD_NUMBERS = 0, 1, 2, 3
+    # Spread block, MAX part: max of the non-NaN values, max of their negation, packed argmax.
+    SPREAD_MAX, SPREAD_NEG_MIN, SPREAD_ARGMAX = 0, 1, 2
+
+    SUM_WIDTH = {"mean": 3, "sum": 2, "last": 2, "min": 0, "max": 0}
+    MAX_WIDTH = {"mean": 0, "sum": 0, "last": 0, "min": 3, "max": 3}
+    SPREAD_SUM_WIDTH, SPREAD_MAX_WIDTH = 4, 3
+
+
+@dataclass(frozen=True, order=True)
+class KeySpec:
+    """What the ranks agree on for one key: its name, reduction and whether to report spread."""
+
+    key: str
+    reduce: str
+    spread: bool = False
+
+
+class Layout:
+    """Slot offsets of every agreed key in the SUM and MAX payloads. Identical on every rank."""
+
+    def __init__(self, specs: list[KeySpec], version: int = 0) -> None:
+        self.version = version
+        self.specs = sorted(specs)
+        self.by_key = {s.key: s for s in self.specs}
+        self.keys = [s.key for s in self.specs]
+        sum_off: dict[str, int] = {}
+        max_off: dict[str, int] = {}
+        s = m = 0
+        max_init: list[float] = []
+        for spec in self.specs:
+            if Slots.SUM_WIDTH[spec.reduce]:
+                sum_off[spec.key] = s
+                s += Slots.SUM_WIDTH[spec.reduce]
+            if Slots.MAX_WIDTH[spec.reduce]:
+                max_off[spec.key] = m
+                m += Slots.MAX_WIDTH[spec.reduce]
+                max_init += [-math.inf, 0.0, 0.0]
+        spread_sum: dict[str, int] = {}
+        spread_max: dict[str, int] = {}
+        for spec in self.specs:
+            if spec.spread:
+                spread_sum[spec.key], spread_max[spec.key] = s, m
+                s += Slots.SPREAD_SUM_WIDTH
+                m += Slots.SPREAD_MAX_WIDTH
+                max_init += [-math.inf] * Slots.SPREAD_MAX_WIDTH
+        self.sum_off, self.max_off = sum_off, max_off
+        self.spread_sum_off, self.spread_max_off = spread_sum, spread_max
+        self.sum_size, self.max_size = s, m
+        self.max_init = np.array(max_init, dtype=np.float64)
+        # Per reduction: positions in ``specs`` and payload offsets, for vectorised decoding.
+        self.positions: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, np.ndarray] = {}
+        for red in REDUCTIONS:
+            pos = [i for i, spec in enumerate(self.specs) if spec.reduce == red]
+            offs = max_off if red in ("min", "max") else sum_off
+            self.positions[red] = np.array(pos, dtype=np.int64)
+            self.offsets[red] = np.array([offs[self.keys[i]] for i in pos], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def merged(self, specs: list[KeySpec]) -> Layout:
+        """The next layout: these specs plus the current ones (a new version)."""
+        return Layout([*self.specs, *specs], self.version + 1)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The control numbers every rank sends with its payload; all must agree but the last two.
+
+    ``flush`` counts the logger's flushes, ``step`` is the log step, ``version`` the layout's
+    version; ``new_keys`` says this rank logged keys the layout lacks and ``blob_len`` is the
+    length of their JSON specs (the key exchange that follows pads every blob to the longest).
+    """
+
+    flush: int
+    step: int
+    version: int
+    new_keys: bool = False
+    blob_len: int = 0
+
+    WIDTH = 5
+    CHUNKS = 6  # 8-bit chunks per number in the summed encoding: 48 bits
+    SUMMED_WIDTH = 3 + 3 * 2 * CHUNKS
+
+    def gathered(self) -> list[float]:
+        """The encoding for an all-gather: the numbers as they are, checked exactly."""
+        return [self.flush, self.step, self.version, float(self.new_keys), self.blob_len]
+
+    def summed(self) -> list[float]:
+        """The encoding for an all-reduce: ``[1, new_keys, blob_len]`` then, per 8-bit chunk c of
+        flush, step and version, ``c`` and ``c*c``. Summed over W ranks, all ranks sent the same
+        numbers exactly when ``sum(c) == W*c`` and ``sum(c*c) == W*c*c`` for every chunk
+        (``sum((c_i - c)^2) == 0``); exact in float64 for any W below 10^5."""
+        slots = [1.0, float(self.new_keys), float(self.blob_len)]
+        for number in (self.flush, self.step, self.version):
+            for i in range(self.CHUNKS):
+                c = float((number >> (8 * i)) & 0xFF)
+                slots += [c, c * c]
+        return slots
+
+    def agrees_with_sum(self, summed: np.ndarray, size: int) -> bool:
+        """True when ``summed`` (the all-reduced [summed][distlog.layout.Header.summed]
+        encoding of ``size`` ranks) proves every rank sent this header's numbers."""
+        mine = self.summed()
+        if summed[0] != size:
+            return False
+        return all(summed[i] == size * mine[i] for i in range(3, len(mine)))
+
+
+def check_headers(step: int, rows: np.ndarray, ranks: tuple[int, ...]) -> None:
+    """The one rule for divergence: raise unless every rank's (flush, step, version) agree.
+
+    ``rows`` holds each rank's [gathered][distlog.layout.Header.gathered] header, in group order.
+    Every rank sees the same table, so every rank raises alike.
+    """
+    ids = np.asarray(rows)[:, :3]
+    if not (ids == ids[0]).all() or np.isnan(ids).any():
+        ints = [[int(x) if math.isfinite(x) else -1 for x in r] for r in ids.tolist()]
+        if len({r[0] for r in ints}) > 1 or len({r[1] for r in ints}) > 1:
+            detail = ", ".join(
+                f"rank {ranks[i]}: flush #{r[0]} at step {r[1]}" for i, r in enumerate(ints)
+            )
+            raise RankDivergenceError(
+                f"ranks flushed out of step at log step {step}: {detail}. Every rank must call "
+                "flush() at the same steps."
+            )
+        raise RankDivergenceError(
+            f"ranks disagree on the key layout at log step {step} (versions "
+            f"{[r[2] for r in ints]}): a rank restarted without the others?"
+        )
+
+
+def encode_specs(specs: list[KeySpec]) -> bytes:
+    """Key specs as JSON bytes for the key exchange (JSON, never pickle: safe to decode)."""
+    return json.dumps([[s.key, s.reduce, s.spread] for s in specs]).encode() if specs else b""
+
+
+def decode_specs(blob: bytes) -> list[KeySpec]:
+    text = blob.decode().strip()
+    return [KeySpec(k, r, bool(s)) for k, r, s in json.loads(text)] if text else []
+
+
+# --------------------------------------------------------------------------- spread: argmax
+_RANK_BITS_MAX = 24
+_FLIP = np.int64(0x7FFFFFFFFFFFFFFF)
+_BIG = np.finfo(np.float64).max
+
+
+def rank_bits(size: int) -> int:
+    """Low mantissa bits that carry a rank for a group of ``size``."""
+    return max(1, int(size - 1).bit_length())
+
+
+def pack_rank(values: np.ndarray, group_rank: int, size: int) -> np.ndarray:
+    """Values whose maximum over ranks also names the lowest rank holding it.
+
+    Each finite float64 is mapped to an order-preserving int64, its low ``rank_bits(size)`` bits
+    are replaced by ``size - 1 - group_rank`` and it is mapped back: a MAX reduction then picks
+    the largest value (to 2^-(52 - bits) relative, 2e-10 for 2^20 ranks) and, among equal ones,
+    the lowest rank. Infinities are clamped to the largest finite value first; NaN stays NaN
+    becomes -inf, the neutral value of a MAX reduction.
+    """
+    bits = rank_bits(size)
+    if bits > _RANK_BITS_MAX:
+        raise ValueError(f"a group of {size} ranks is too large for the packed argmax")
+    v = np.clip(np.asarray(values, dtype=np.float64), -_BIG, _BIG)
+    i = v.view(np.int64)
+    key = np.where(i >= 0, i, i ^ _FLIP)
+    mask = np.int64((1 << bits) - 1)
+    key = (key & ~mask) | np.int64(size - 1 - group_rank)
+    back = np.where(key >= 0, key, key ^ _FLIP)
+    out = back.view(np.float64).copy()
+    out[np.isnan(values)] = -np.inf
+    return out
+
+
+def unpack_rank(packed: float, size: int) -> int:
+    """The group rank a [pack_rank][distlog.layout.pack_rank]-ed maximum names."""
+    i = np.array([packed], dtype=np.float64).view(np.int64)[0]
+    key = i if i >= 0 else i ^ _FLIP
+    return int(size - 1 - (int(key) & ((1 << rank_bits(size)) - 1)))
+
+
+# --------------------------------------------------------------------------- decoding
+def decode_row(
+    layout: Layout, sums: np.ndarray, maxes: np.ndarray, group_ranks: tuple[int, ...]
+) -> dict[str, float]:
+    """Final values from reduced payloads. Keys that no rank logged this flush are left out.
+
+    Vectorised per reduction with numpy, so decoding costs about the same for 1 or 1000 keys.
+    """
+    n = len(layout)
+    values = np.full(n, np.nan)
+    present = np.zeros(n, dtype=bool)
+    S = Slots
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for red in REDUCTIONS:
+            pos, o = layout.positions[red], layout.offsets[red]
+            if not len(pos):
+                continue
+            if red == "mean":
+                present[pos] = sums[o + S.MEAN_COUNT] > 0
+                den = sums[o + S.MEAN_WEIGHT]
+                num = sums[o + S.MEAN_VALUE]
+                values[pos] = np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+            elif red == "sum":
+                present[pos] = sums[o + S.SUM_COUNT] > 0
+                values[pos] = sums[o + S.SUM_VALUE]
+            elif red == "last":  # each rank's latest value, averaged over the ranks that logged it
+                ranks = sums[o + S.LAST_RANKS]
+                present[pos] = ranks > 0
+                values[pos] = sums[o + S.LAST_VALUE] / np.maximum(ranks, 1.0)
+            else:
+                present[pos] = maxes[o + S.EXT_PRESENT] > 0
+                best = maxes[o + S.EXT_VALUE] if red == "max" else -maxes[o + S.EXT_VALUE]
+                values[pos] = np.where(maxes[o + S.EXT_NAN] > 0, np.nan, best)
+    if present.all():
+        row = dict(zip(layout.keys, values.tolist(), strict=True))
+    else:
+        kept = values[present].tolist()
+        row = dict(zip(compress(layout.keys, present.tolist()), kept, strict=True))
+    if layout.spread_sum_off:
+        size = len(group_ranks)
+        for key, so in layout.spread_sum_off.items():
+            if key in row:
+                mo = layout.spread_max_off[key]
+                row.update(_spread(key, sums[so : so + 4], maxes[mo : mo + 3], group_ranks, size))
+    return row
+
+
+def _spread(
+    key: str, s: np.ndarray, m: np.ndarray, group_ranks: tuple[int, ...], size: int
+) -> dict[str, float]:
+    total, squares, ranks, numbers = (float(x) for x in s)
+    if ranks <= 0:
+        return {}
+    mean = total / ranks
+    var = squares / ranks - mean * mean
+    std = math.sqrt(var) if var > 0 else (0.0 if var == var else math.nan)
+    out = {f"{key}/rank_std": std}
+    if numbers > 0:
+        out[f"{key}/rank_argmax"] = float(group_ranks[unpack_rank(float(m[2]), size)])
+        out[f"{key}/rank_max"] = float(m[0])
+        out[f"{key}/rank_min"] = -float(m[1])
+    else:
+        out[f"{key}/rank_argmax"] = out[f"{key}/rank_max"] = out[f"{key}/rank_min"] = math.nan
+    return dict(sorted(out.items()))

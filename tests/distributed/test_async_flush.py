@@ -1,0 +1,120 @@
+"""``Logger(async_flush=True)``: the same rows as a blocking flush, errors one flush later but
+named by their log step, and nothing lost at ``finish``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from dist_harness import run_ranks
+from reference import assert_rows_close, reference_row
+
+import distlog
+
+pytestmark = pytest.mark.slow
+
+KEYS = [("loss", "mean"), ("n", "sum"), ("lo", "min"), ("hi", "max"), ("lr", "last")]
+
+
+def scenario(seed: int, ranks: int, flushes: int) -> list[list[list[tuple]]]:
+    """Per flush, per rank: samples (key, value, reduce, weight); random key subsets."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(flushes):
+        per_rank = []
+        for _rank in range(ranks):
+            samples = []
+            for key, red in rng.sample(KEYS, rng.randint(0, len(KEYS))):
+                for _ in range(rng.randint(1, 3)):
+                    w = float(rng.randint(0, 3)) if red == "mean" else 1.0
+                    samples.append((key, rng.uniform(-5, 5), red, w))
+            per_rank.append(samples)
+        out.append(per_rank)
+    return out
+
+
+def play(rank: int, run_root: str, plan) -> None:
+    for async_flush in (False, True):
+        run_dir = Path(run_root) / ("async" if async_flush else "blocking")
+        logger = distlog.Logger(run_dir=run_dir, async_write=False, async_flush=async_flush)
+        for step, per_rank in enumerate(plan):
+            for key, value, red, w in per_rank[rank]:
+                logger.log_scalar(key, value, reduce=red, weight=w if red == "mean" else None)
+            logger.log_scalar("spread/x", float(rank * 10 + step), spread=True)
+            logger.flush(step)
+        logger.finish()  # waits for the last exchange: its row is written
+
+
+def test_async_rows_equal_blocking_rows_and_the_reference(tmp_path):
+    plan = scenario(7, 3, 6)
+    run_ranks(play, 3, str(tmp_path), plan, timeout=180)
+    blocking = distlog.read_metrics(tmp_path / "blocking")
+    async_rows = distlog.read_metrics(tmp_path / "async")
+    strip = lambda row: {k: v for k, v in row.items() if k != "time"}  # noqa: E731
+    assert [strip(r) for r in async_rows] == [strip(r) for r in blocking]
+    assert [r["step"] for r in async_rows] == list(range(6))
+    for row, per_rank in zip(async_rows, plan, strict=True):
+        want = reference_row(per_rank)
+        got = {k: v for k, v in row.items() if not k.startswith(("spread/", "step", "time"))}
+        assert_rows_close(got, want)
+        step = row["step"]
+        assert row["spread/x/rank_argmax"] == 2.0  # rank 2 logs the largest value
+        assert row["spread/x/rank_min"] == step and row["spread/x/rank_max"] == 20 + step
+
+
+def conflict(rank: int, run_dir: str):
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, async_flush=True)
+    logger.log_scalar("ok", 1.0)
+    logger.log_scalar("k", 1.0, reduce="mean" if rank == 0 else "sum")
+    logger.flush(0)  # returns at once; the conflict is found in the background
+    logger.log_scalar("ok", 2.0)
+    try:
+        logger.flush(1)
+    except distlog.KeyConflictError as exc:
+        message = str(exc)
+    else:
+        message = "no error"
+    logger.finish()
+    return message
+
+
+def test_a_key_conflict_is_raised_at_the_next_flush_naming_its_step(tmp_path):
+    messages = run_ranks(conflict, 2, str(tmp_path), timeout=120)
+    for message in messages:
+        assert "at log step 0" in message and "k: reduce='mean'" in message, message
+    rows = distlog.read_metrics(tmp_path)
+    # flush 0's row was written with the first spec kept; flush 1 was not taken (the error
+    # came first), so its sample went to finish()'s row
+    assert rows[0]["step"] == 0 and rows[0]["ok"] == 1.0
+    assert rows[-1]["ok"] == 2.0
+
+
+def other_schedule(rank: int, run_dir: str):
+    logger = distlog.Logger(
+        run_dir=run_dir, async_write=False, async_flush=True, timeout=5.0, handle_signals=False
+    )
+    every = 2 if rank == 0 else 3
+    for step in range(12):
+        logger.log_scalar("x", float(step))
+        if step % every == every - 1:
+            try:
+                logger.flush(step)
+            except distlog.RankDivergenceError as exc:
+                logger.finish(exit_code=1)
+                return step, str(exc)
+    try:
+        logger.finish()
+    except distlog.RankDivergenceError as exc:
+        return "finish", str(exc)
+    return None, "no error"
+
+
+def test_divergence_surfaces_at_the_next_flush_with_its_step(tmp_path):
+    results = run_ranks(other_schedule, 2, str(tmp_path), timeout=120)
+    for where, message in results:
+        assert where is not None, message
+        assert "rank 0: flush #0 at step 1" in message, message
+        assert "rank 1: flush #0 at step 2" in message, message
+    run = distlog.read_run_info(tmp_path)
+    assert run["exit_code"] == 1

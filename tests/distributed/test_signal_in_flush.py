@@ -1,0 +1,46 @@
+"""SIGTERM while rank 0 waits inside the flush collective keeps that row (issue 13, mode 4).
+
+Rank 1 enters the flush late, so rank 0 sits in the collective when SIGTERM arrives; Python runs
+the handler once the collective returns, i.e. after the exchange completed and rank 1's flush
+returned. The row must be written before the handler finishes the logger and the process dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from dist_harness import run_ranks
+
+import distlog
+
+pytestmark = pytest.mark.slow
+
+
+def late_peer(rank: int, run_dir: str, async_flush: bool):
+    logger = distlog.Logger(run_dir=run_dir, async_write=True, async_flush=async_flush)
+    logger.log_scalar("x", float(rank))
+    logger.flush(0)
+    logger.log_scalar("x", 10.0 + rank)
+    if rank == 0:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        logger.flush(1)  # SIGTERM arrives while this waits for rank 1
+        time.sleep(30)  # with async_flush the handler runs here, the exchange in flight
+        return "survived"
+    time.sleep(3.0)
+    logger.flush(1)  # completes the exchange; returns: the row must not be lost
+    return "flushed"
+
+
+@pytest.mark.parametrize("async_flush", [False, True], ids=["blocking", "async"])
+def test_sigterm_inside_the_flush_collective_keeps_the_row(tmp_path, async_flush):
+    res = run_ranks(late_peer, 2, str(tmp_path), async_flush, expect_errors=True, timeout=120)
+    assert res[0] == ("died", -signal.SIGTERM), res[0]
+    assert res[1] == "flushed", res[1]
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[1]["x"] == 10.5
+    assert distlog.read_run_info(tmp_path)["exit_code"] == 128 + signal.SIGTERM

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distlog.errors import LogTypeError, LogValueError
+from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
 from distlog.layout import REDUCTIONS, SPREAD_SUFFIXES, KeySpec, Layout, Slots, pack_rank
 from distlog.layout import spread_keys as _spread_keys
 from distlog.values import as_float, plain_tensor
@@ -89,6 +89,8 @@ class Buffer:
         self.lock = threading.Lock()
         self.known: dict[str, KeySpec] = {}  # every spec this rank may log: layout + local
         self._slot: dict[str, int] = {}
+        self._fast = self._slot  # the hot path's view of the slots: emptied when closed
+        self.closed = False
         self._red: list[str] = []
         self._spr: list[bool] = []
         self.specs: list[KeySpec] = []
@@ -121,33 +123,41 @@ class Buffer:
         kind = type(value)
         if (kind is float or kind is int) and weight is None:
             try:
-                i = self._slot.get(key)
+                i = self._fast.get(key)
                 if kind is int:
                     value = float(value)
             except (TypeError, OverflowError):  # unhashable key, huge int: prepare() names it
                 i = None
             if i is not None and self._red[i] == reduce and self._spr[i] is spread:
-                with self.lock:
-                    if reduce == "mean":
-                        self._a[i] += value  # weight 1: nothing to add to the excess weight
-                    elif reduce == "sum":
-                        self._a[i] += value
-                    elif reduce == "last":
-                        self._a[i] = value
-                        if self._lasts:
-                            self._lasts.pop(i, None)
-                    elif value != value:
-                        self._b[i] = 1.0  # NaN: min/max report NaN, like torch.amax
-                    elif reduce == "max":
-                        if value > self._a[i]:
-                            self._a[i] = value
-                    elif value < self._a[i]:
-                        self._a[i] = value
+                lock = self.lock
+                lock.acquire()  # no `with`: nothing below can raise, and this is the hot path
+                if reduce == "mean" or reduce == "sum":  # an unweighted mean: weight 1
+                    self._a[i] += value
                     self._n[i] += 1
+                else:
+                    self._fold(i, value, reduce)
+                lock.release()
                 return
         sample = self.prepare(key, value, reduce, weight, spread)
         with self.lock:
             self._commit(sample)
+
+    def add_floats(self, values: Mapping[Any, Any], reduce: str = "mean") -> bool:
+        """Buffer a dict of floats of known plain keys at once; False (nothing buffered) if an
+        entry is anything else, for [add_many][distlog.buffer.Buffer.add_many] to handle."""
+        fast = self._fast_slots(values, reduce)
+        if fast is None:
+            return False
+        with self.lock:
+            a, n = self._a, self._n
+            if reduce == "mean" or reduce == "sum":
+                for i, v in fast:
+                    a[i] += v
+                    n[i] += 1
+            else:
+                for i, v in fast:
+                    self._fold(i, v, reduce)
+        return True
 
     def add_many(
         self,
@@ -157,19 +167,8 @@ class Buffer:
         spread: bool = False,
     ) -> None:
         """Buffer several samples with one reduction: all or nothing (a bad entry logs none)."""
-        if weight is None and spread is False:
-            fast = self._fast_slots(values, reduce)
-            if fast is not None:
-                with self.lock:
-                    a, n = self._a, self._n
-                    if reduce == "mean" or reduce == "sum":
-                        for i, v in fast:
-                            a[i] += v
-                            n[i] += 1
-                    else:
-                        for i, v in fast:
-                            self._fold(i, v, reduce)
-                return
+        if weight is None and spread is False and self.add_floats(values, reduce):
+            return
         samples = [self.prepare(k, v, reduce, weight, spread) for k, v in values.items()]
         if spread:
             names = set(values)
@@ -186,7 +185,7 @@ class Buffer:
 
     def _fast_slots(self, values: Mapping[Any, Any], reduce: str) -> list[tuple[int, float]] | None:
         """(slot, float) for every entry if all are floats of known plain keys, else None."""
-        slot, red, spr = self._slot, self._red, self._spr
+        slot, red, spr = self._fast, self._red, self._spr
         out = []
         try:
             for key, v in values.items():
@@ -217,6 +216,10 @@ class Buffer:
         self, key: Any, value: Any, reduce: str = "mean", weight: Any = None, spread: bool = False
     ) -> Sample:
         """Validate one sample without buffering it; errors name the key."""
+        if self.closed:
+            raise LoggerClosedError(
+                "this distlog.Logger is finished; create a new one to log again"
+            )
         spec = self.spec_for(key, reduce, spread)
         if weight is not None and reduce != "mean":
             raise LogValueError(f"weight= is only meaningful with reduce='mean' (key {key!r})")
@@ -360,6 +363,11 @@ class Buffer:
         self._n.append(0)
         self.known.setdefault(spec.key, spec)
         return i
+
+    def close(self) -> None:
+        """Refuse every later sample with a LoggerClosedError (the hot path included)."""
+        self.closed = True
+        self._fast = {}
 
     # ------------------------------------------------------------------ flush side
     @property
@@ -513,6 +521,11 @@ class PayloadPlan:
             if pairs:
                 src, dst = zip(*pairs, strict=True)
                 self.by_reduce[red] = (np.array(src, np.int64), np.array(dst, np.int64))
+        # Absolute payload positions of each slot kind, so a flush indexes without arithmetic.
+        self.at = {
+            red: [dst + k for k in range(Slots.SUM_WIDTH[red] or Slots.MAX_WIDTH[red])]
+            for red, (_, dst) in self.by_reduce.items()
+        }
         spread = [
             i for i in range(size) if specs[i].spread and specs[i].key in layout.spread_sum_off
         ]
@@ -521,42 +534,58 @@ class PayloadPlan:
 
 
 def host_payloads(
-    snap: Snapshot, plan: PayloadPlan, group_rank: int, group_size: int, prefix: int = 0
+    snap: Snapshot,
+    plan: PayloadPlan,
+    group_rank: int,
+    group_size: int,
+    prefix: int = 0,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """This rank's float accumulators laid out by ``plan``'s layout, as numpy arrays.
 
-    ``prefix`` leading zero slots of the SUM payload are left for a header. Slots of keys not
-    logged since the last flush hold neutral values (0, or -inf in the MAX payload).
+    ``prefix`` leading slots of the SUM payload are left for a header. Slots of keys not
+    logged since the last flush hold neutral values (0, or -inf in the MAX payload). With
+    ``out`` (``prefix`` + SUM + MAX slots, reused from flush to flush), both payloads are views
+    of it: one row, nothing allocated.
     """
     lay = plan.layout
-    sums = np.zeros(prefix + lay.sum_size)
-    maxes = lay.max_init.copy()
+    split = prefix + lay.sum_size
+    if out is None:
+        out = np.empty(split + lay.max_size)
+    sums, maxes = out[:split], out[split:]
+    sums[prefix:] = 0.0
+    maxes[:] = lay.max_init
     if snap.empty:
         return sums, maxes
     body = sums[prefix:]
     size = plan.size
-    a = np.array(snap.a[:size])
-    b = np.array(snap.b[:size])
-    n = np.array(snap.n[:size], dtype=np.float64)
+    whole = len(snap.a) == size  # the usual case: no slot was added since the swap
+    a = np.array(snap.a if whole else snap.a[:size])
+    b = np.array(snap.b if whole else snap.b[:size])
+    n = np.array(snap.n if whole else snap.n[:size], dtype=np.float64)
     S = Slots
-    for red, (src, dst) in plan.by_reduce.items():
+    for red, (src, _) in plan.by_reduce.items():
+        at = plan.at[red]
         if red == "mean":
-            body[dst + S.MEAN_VALUE] = a[src]
-            weights = n.copy()  # one per unweighted sample ...
-            for i, c in snap.weighted.items():
-                weights[i] -= c  # ... the weighted ones bring their own
-            body[dst + S.MEAN_WEIGHT] = weights[src] + b[src]
-            body[dst + S.MEAN_COUNT] = n[src]
+            body[at[S.MEAN_VALUE]] = a[src]
+            if snap.weighted:
+                weights = n.copy()  # one per unweighted sample ...
+                for i, c in snap.weighted.items():
+                    weights[i] -= c  # ... the weighted ones bring their own
+                body[at[S.MEAN_WEIGHT]] = weights[src] + b[src]
+            else:
+                body[at[S.MEAN_WEIGHT]] = n[src]
+            body[at[S.MEAN_COUNT]] = n[src]
         elif red == "sum":
-            body[dst + S.SUM_VALUE] = a[src]
-            body[dst + S.SUM_COUNT] = n[src]
+            body[at[S.SUM_VALUE]] = a[src]
+            body[at[S.SUM_COUNT]] = n[src]
         elif red == "last":
-            body[dst + S.LAST_VALUE] = a[src]
-            body[dst + S.LAST_RANKS] = n[src] > 0
+            body[at[S.LAST_VALUE]] = a[src]
+            body[at[S.LAST_RANKS]] = n[src] > 0
         else:
-            maxes[dst + S.EXT_VALUE] = -a[src] if red == "min" else a[src]
-            maxes[dst + S.EXT_PRESENT] = n[src] > 0
-            maxes[dst + S.EXT_NAN] = b[src]
+            maxes[at[S.EXT_VALUE]] = -a[src] if red == "min" else a[src]
+            maxes[at[S.EXT_PRESENT]] = n[src] > 0
+            maxes[at[S.EXT_NAN]] = b[src]
     if not (snap.t_vals or snap.lasts):
         add_spread_host(body, maxes, plan, n, group_rank, group_size)
     return sums, maxes

@@ -194,8 +194,10 @@ class Logger:
         self._agg = Aggregator(
             self.world, timeout=timeout, reserved=runlog.RESERVED_KEYS, options=exchange
         )
-        self._add = self._agg.buffer.add
-        self._add_many = self._agg.buffer.add_many
+        self._buffer = self._agg.buffer
+        # The hot path is one call: log_scalar goes straight to the buffer, which refuses
+        # samples once the logger is finished (the method below documents it; same behaviour).
+        self.log_scalar = self._buffer.add  # type: ignore[method-assign]
         self._closed = False
         self._finishing = False
         self._step = -1
@@ -290,9 +292,7 @@ class Logger:
             spread: also write the spread of the per-rank values: ``key/rank_min``,
                 ``key/rank_max``, ``key/rank_std`` and ``key/rank_argmax`` (the straggler).
         """
-        if self._closed:
-            self._raise_closed()
-        self._add(key, value, reduce, weight, spread)
+        self._buffer.add(key, value, reduce, weight, spread)
 
     def log_dict(
         self,
@@ -308,6 +308,9 @@ class Logger:
         :meth:`log_metrics`; this makes the call collective) and written as they are under
         ``key`` (a collection's results under ``key/<name>``); ``reduce`` does not apply to them.
         """
+        if type(values) is dict and weight is None and spread is False:
+            if self._buffer.add_floats(values, reduce):  # the common case: known keys, floats
+                return
         if self._closed:
             self._raise_closed()
         if not isinstance(values, Mapping):
@@ -318,7 +321,7 @@ class Logger:
 
         metrics = [k for k, v in values.items() if is_metric(v)]
         if not metrics:
-            self._add_many(values, reduce, weight, spread)
+            self._buffer.add_many(values, reduce, weight, spread)
             return
         plain = {k: v for k, v in values.items() if k not in metrics}
         for key in plain:  # validate before computing: all or nothing
@@ -326,7 +329,7 @@ class Logger:
         computed: dict[str, float] = {}
         for key in metrics:
             computed.update(metric_values_under(key, values[key]))
-        self._add_many(plain, reduce, weight, spread)
+        self._buffer.add_many(plain, reduce, weight, spread)
         if computed:
             self.log_precomputed(computed)
 
@@ -704,6 +707,7 @@ class Logger:
         if self._closed:
             return
         self._closed = True
+        self._buffer.close()
         lifecycle.unregister(self)
         self._wait_for_exchange(timeout)
         self._agg.close()

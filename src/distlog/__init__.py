@@ -28,6 +28,7 @@ from distlog.mixins import (
 from distlog.runlog import last_step, read_metrics, read_run_info
 from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
 from distlog.sinks.wandb import WandbInitError, WandbSink
+from distlog.system import SystemMetrics, mfu
 from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
 from distlog.world import World, init_distributed
 
@@ -55,6 +56,7 @@ __all__ = [
     "ProgressSink",
     "RankDivergenceError",
     "Sink",
+    "SystemMetrics",
     "Table",
     "TensorBoardSink",
     "Video",
@@ -68,6 +70,7 @@ __all__ = [
     "__version__",
     "init_distributed",
     "metric_values",
+    "mfu",
     "last_step",
     "read_metrics",
     "read_run_info",

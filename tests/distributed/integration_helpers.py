@@ -18,18 +18,19 @@ def load_raw(folder: Path, world_size: int = 2) -> list[dict[str, Any]]:
     return [json.loads((folder / f"raw_rank{r}.json").read_text()) for r in range(world_size)]
 
 
-def expected_rows(raws: list[dict[str, Any]], steps: list[int]) -> dict[int, dict[str, float]]:
-    """step -> the reference row, built from each rank's samples (distinct row steps)."""
-    assert len(set(steps)) == len(steps), steps
-    per_step: dict[int, list[list[tuple[str, float, str, float]]]] = {
-        s: [[] for _ in raws] for s in steps
-    }
+def expected_rows(raws: list[dict[str, Any]], steps: list[int]) -> list[dict[str, float]]:
+    """The reference row of each written row (in order), from every rank's samples.
+
+    A sample logged when the logger's step was ``after`` lands in the first row whose step is
+    greater (the examples never log between two flushes of the same step).
+    """
+    per_row: list[list[list[tuple[str, float, str, float]]]] = [[[] for _ in raws] for _ in steps]
     for rank, raw in enumerate(raws):
         for item in raw["raw"]:
-            step = next(s for s in sorted(steps) if s > item["after"])
+            i = next(i for i, s in enumerate(steps) if s > item["after"])
             weight = 1.0 if item["weight"] is None else float(item["weight"])
-            per_step[step][rank].append((item["key"], item["value"], item["reduce"], weight))
-    return {s: reference_row(samples) for s, samples in per_step.items()}
+            per_row[i][rank].append((item["key"], item["value"], item["reduce"], weight))
+    return [reference_row(samples) for samples in per_row]
 
 
 def user_keys(row: dict[str, Any]) -> dict[str, float]:

@@ -194,7 +194,7 @@ class SystemMetrics:
         """Read this rank's values and log them under ``system/``; called by the flush.
 
         ``step`` is the step the flush was given (None: the previous one + 1). Returns the
-        values logged (also kept in [last][distlog.system.SystemMetrics.last]).
+        values logged (also kept in ``last``).
         """
         now = time.perf_counter()
         cpu = time.process_time()

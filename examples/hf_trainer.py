@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
+from distlog import WandbSink
 from distlog.integrations.transformers import DistlogCallback
 
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", default="runs/hf")
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--wandb", action="store_true", help="also write a wandb run (rank 0)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     config = GPT2Config(
@@ -115,7 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         dataloader_num_workers=0,
         learning_rate=1e-3,
     )
-    dl = DistlogCallback(run_dir=run_dir)
+
+    # A factory: wandb.init runs on global rank 0 only, when the logger is built.
+    def sinks(logger):  # the wandb run takes the distlog run's id
+        return [WandbSink(project="distlog-hf", dir=run_dir.parent, id=logger.run_id)]
+
+    sinks = sinks if args.wandb else None
+    dl = DistlogCallback(run_dir=run_dir, sinks=sinks)
     trainer = RankValuesTrainer(
         model=model,
         args=training_args,

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from dist_harness import subprocess_env
-from integration_helpers import expected_rows, load_raw
+from integration_helpers import expected_rows, load_raw, user_keys
 from reference import assert_rows_close
+from wandb_helpers import wandb_env
 
 import distlog
+from distlog.wandb_offline import find_run_dirs, read_run
 
 pytest.importorskip("transformers")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_trainer.py"
@@ -25,11 +27,10 @@ def test_hf_trainer_under_torchrun_writes_trainer_logs_and_reduced_rank_values(t
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--max-steps", "6",
+        str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--max-steps", "6", "--wandb",
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path
-    )
+    env = subprocess_env(**wandb_env(tmp_path))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = distlog.read_metrics(run_dir)
     raws = load_raw(tmp_path)
@@ -53,3 +54,14 @@ def test_hf_trainer_under_torchrun_writes_trainer_logs_and_reduced_rank_values(t
         assert len(train_flushes) == 3 and train_flushes[1:] == [1, 1], raw["collectives"]
     assert distlog.read_run_info(run_dir)["exit_code"] == 0
     assert '"logging_steps": 2' in (run_dir / "config.json").read_text()
+    # The same rows in one offline wandb run made by rank 0, read back from its .wandb file.
+    [wandb_dir] = find_run_dirs(tmp_path / "wandb")
+    run = read_run(wandb_dir)
+    assert run.exit_code == 0 and run.run_id == distlog.read_run_info(run_dir)["id"]
+    local: dict[int, dict[str, float]] = {}
+    for row in rows:
+        local.setdefault(row["step"], {}).update(user_keys(row))
+    got = run.rows_by_step()
+    assert sorted(got) == sorted(local)
+    for step, row in local.items():
+        assert_rows_close(got[step], row)

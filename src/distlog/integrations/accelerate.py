@@ -19,16 +19,16 @@ Two ways of running, chosen by whether ``tracker.logger`` is used:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from distlog.errors import DistlogError
+from distlog.integrations.common import SinksArg, make_logger
 from distlog.integrations.versions import require
 from distlog.logger import Logger
-from distlog.sinks.base import Sink
 from distlog.world import World
 
 require("accelerate", "accelerate", "accelerate", "0.30", "2")
@@ -47,7 +47,9 @@ class DistlogTracker(GeneralTracker):
 
     Args:
         run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
-        sinks: more backends (wandb, TensorBoard, ...), as for [Logger][distlog.Logger].
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
         system_metrics: also log every rank's step time, memory and CPU use (see
             [SystemMetrics][distlog.system.SystemMetrics]); with ``tracker.logger``.
         logger_kwargs: passed on to [Logger][distlog.Logger] (``timeout``, ``console``, ...).
@@ -60,14 +62,14 @@ class DistlogTracker(GeneralTracker):
     def __init__(
         self,
         run_dir: str | Path = "runs/accelerate",
-        sinks: Iterable[Sink] | None = None,
+        sinks: SinksArg = None,
         *,
         system_metrics: bool = False,
         **logger_kwargs: Any,
     ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
-        self._sinks = list(sinks) if sinks is not None else None
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
         self._system_metrics = system_metrics
         self._logger_kwargs = logger_kwargs
         self._logger: Logger | None = None
@@ -83,9 +85,9 @@ class DistlogTracker(GeneralTracker):
         """This process's cross-rank Logger; building it is collective, so touch it on every
         process (after the ``Accelerator`` exists, before the first ``accelerator.log``)."""
         if self._logger is None:
-            self._logger = Logger(
-                run_dir=self.run_dir,
-                sinks=self._sinks,
+            self._logger = make_logger(
+                self.run_dir,
+                self._sinks,
                 system_metrics=self._system_metrics,
                 **self._logger_kwargs,
             )
@@ -103,9 +105,9 @@ class DistlogTracker(GeneralTracker):
             # Nobody built the cross-rank logger: write the main process's values on its own,
             # as a world of one (no collective, the other processes never get here).
             self._writer_only = True
-            self._logger = Logger(
-                run_dir=self.run_dir,
-                sinks=self._sinks,
+            self._logger = make_logger(
+                self.run_dir,
+                self._sinks,
                 world=World(world_size=_world_size()),
                 **self._logger_kwargs,
             )

@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogValueError
+from distlog.integrations.common import SinksArg, make_logger
 from distlog.integrations.versions import require
 from distlog.logger import Logger
-from distlog.sinks.base import Sink
 from distlog.world import World
 
 require("lightning.pytorch", "lightning", "lightning", "2.4", "3")
@@ -87,7 +87,9 @@ class DistlogCallback(pl.Callback):
 
     Args:
         run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
-        sinks: more backends (wandb, TensorBoard, ...), as for [Logger][distlog.Logger].
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
         system_metrics: also log every rank's step time, memory and CPU use (see
             [SystemMetrics][distlog.system.SystemMetrics]).
         log_every_n_steps: flush every this many optimizer steps; default: the Trainer's
@@ -106,7 +108,7 @@ class DistlogCallback(pl.Callback):
     def __init__(
         self,
         run_dir: str | Path | None = None,
-        sinks: Iterable[Sink] | None = None,
+        sinks: SinksArg = None,
         *,
         system_metrics: bool = False,
         log_every_n_steps: int | None = None,
@@ -120,7 +122,7 @@ class DistlogCallback(pl.Callback):
         ):
             raise LogValueError(f"log_every_n_steps must be an int >= 1, got {log_every_n_steps!r}")
         self.run_dir = run_dir
-        self._sinks = list(sinks) if sinks is not None else None
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
         self._system_metrics = system_metrics
         self._every = log_every_n_steps
         self._spread_all = spread is True
@@ -142,9 +144,9 @@ class DistlogCallback(pl.Callback):
     # ------------------------------------------------------------------ set-up and the log hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._logger is None or self._logger.closed:
-            self._logger = Logger(
-                run_dir=self.run_dir,
-                sinks=self._sinks,
+            self._logger = make_logger(
+                self.run_dir,
+                self._sinks,
                 system_metrics=self._system_metrics,
                 **self._logger_kwargs,
             )
@@ -246,7 +248,9 @@ class DistlogLightningLogger(LightningLoggerBase):
 
     Args:
         run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
-        sinks: more backends (wandb, TensorBoard, ...).
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
         name: the experiment name Lightning shows.
         logger_kwargs: passed on to [Logger][distlog.Logger].
     """
@@ -254,14 +258,14 @@ class DistlogLightningLogger(LightningLoggerBase):
     def __init__(
         self,
         run_dir: str | Path = "runs/lightning",
-        sinks: Iterable[Sink] | None = None,
+        sinks: SinksArg = None,
         *,
         name: str = "distlog",
         **logger_kwargs: Any,
     ) -> None:
         super().__init__()
         self._run_dir = Path(run_dir)
-        self._sinks = list(sinks) if sinks is not None else None
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
         self._name = name
         self._logger_kwargs = logger_kwargs
         self._logger: Logger | None = None
@@ -292,9 +296,9 @@ class DistlogLightningLogger(LightningLoggerBase):
         a no-op stand-in on the other ranks."""
         if self._logger is None:
             size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            self._logger = Logger(
-                run_dir=self._run_dir,
-                sinks=self._sinks,
+            self._logger = make_logger(
+                self._run_dir,
+                self._sinks,
                 world=World(world_size=size),
                 **self._logger_kwargs,
             )

@@ -11,13 +11,13 @@ ranks in that same flush: one fused exchange per logging step, however many keys
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from distlog.integrations.common import SinksArg, make_logger
 from distlog.integrations.versions import require
 from distlog.logger import Logger
-from distlog.sinks.base import Sink
 
 require("transformers", "transformers", "transformers", "4.40", "6")
 
@@ -31,7 +31,9 @@ class DistlogCallback(TrainerCallback):
 
     Args:
         run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
-        sinks: more backends (wandb, TensorBoard, ...), as for [Logger][distlog.Logger].
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
         system_metrics: also log every rank's step time, memory and CPU use (see
             [SystemMetrics][distlog.system.SystemMetrics]).
         log_config: record the ``TrainingArguments`` in ``config.json`` at the start of training.
@@ -45,14 +47,14 @@ class DistlogCallback(TrainerCallback):
     def __init__(
         self,
         run_dir: str | Path | None = None,
-        sinks: Iterable[Sink] | None = None,
+        sinks: SinksArg = None,
         *,
         system_metrics: bool = False,
         log_config: bool = True,
         **logger_kwargs: Any,
     ) -> None:
         self.run_dir = run_dir
-        self._sinks = list(sinks) if sinks is not None else None
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
         self._system_metrics = system_metrics
         self._log_config = log_config
         self._logger_kwargs = logger_kwargs
@@ -62,9 +64,9 @@ class DistlogCallback(TrainerCallback):
     def logger(self) -> Logger:
         """This rank's distlog Logger, built on first use (after the process group exists)."""
         if self._logger is None or self._logger.closed:
-            self._logger = Logger(
-                run_dir=self.run_dir,
-                sinks=self._sinks,
+            self._logger = make_logger(
+                self.run_dir,
+                self._sinks,
                 system_metrics=self._system_metrics,
                 **self._logger_kwargs,
             )

@@ -80,7 +80,12 @@ class TinyRegressor(pl.LightningModule):
     def on_fit_end(self):
         if self._raw_path is not None:
             out = Path(self._raw_path) / f"raw_rank{self.global_rank}.json"
-            out.write_text(json.dumps({"raw": self.raw, "collectives": self.collectives}))
+            # What Lightning itself saw: the prog_bar key and the monitored one (the rest went
+            # to distlog only, which keeps self.log cheap).
+            seen = sorted(self.trainer.callback_metrics)
+            out.write_text(
+                json.dumps({"raw": self.raw, "collectives": self.collectives, "lightning": seen})
+            )
 
     _raw_path: str | None = None
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         devices=2,
         max_epochs=args.epochs,
         log_every_n_steps=args.log_every,
-        callbacks=[callback],
+        # EarlyStopping monitors val/loss: the callback passes that key on to Lightning too.
+        callbacks=[callback, pl.callbacks.EarlyStopping(monitor="val/loss", patience=100)],
         # Lightning's own logger path, written by rank 0 into a distlog run directory too.
         logger=DistlogLightningLogger(run_dir=run_dir.parent / (run_dir.name + "-pl")),
         enable_checkpointing=False,

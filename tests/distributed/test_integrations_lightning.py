@@ -40,6 +40,8 @@ def test_lightning_ddp_rows_equal_the_reference_with_one_collective_per_step(tmp
     # Every steady train flush is one collective on every rank (the first agrees on the keys).
     for raw in raws:
         assert raw["collectives"][1:] and set(raw["collectives"][1:]) == {1}, raw["collectives"]
+    # Lightning still got the progress-bar key and the monitored key (EarlyStopping), nothing else.
+    assert raws[0]["lightning"] == ["train/loss", "val/loss"]
     info = distlog.read_run_info(run_dir)
     assert info["exit_code"] == 0 and info["world_size"] == 2
     # DistlogLightningLogger: Lightning's own logger path into a distlog run directory.

@@ -95,6 +95,12 @@ class DistlogCallback(pl.Callback):
         log_every_n_steps: flush every this many optimizer steps; default: the Trainer's
             ``log_every_n_steps``.
         spread: keys (or True for all) whose per-rank spread is also written.
+        lightning_log: which calls Lightning's own ``self.log`` also gets. ``"needed"`` (the
+            default): ``prog_bar=True`` calls, keys that a callback or LR scheduler monitors
+            (``ModelCheckpoint(monitor=...)``, ``EarlyStopping``, ...), and values distlog does
+            not reduce (torchmetrics objects). True: every call (Lightning's loggers and
+            ``trainer.callback_metrics`` then see everything, at Lightning's cost of about a
+            millisecond a call). False: only what distlog does not reduce.
         logger_kwargs: passed on to [Logger][distlog.Logger] (``timeout``, ``console``, ...).
 
     What the module logs with ``logger=False`` is left to Lightning. During the sanity check
@@ -113,8 +119,11 @@ class DistlogCallback(pl.Callback):
         system_metrics: bool = False,
         log_every_n_steps: int | None = None,
         spread: bool | Iterable[str] = False,
+        lightning_log: bool | str = "needed",
         **logger_kwargs: Any,
     ) -> None:
+        if lightning_log not in (True, False, "needed"):
+            raise LogValueError(f"lightning_log={lightning_log!r}; choose True, False or 'needed'")
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
             or not isinstance(log_every_n_steps, int)
@@ -133,6 +142,8 @@ class DistlogCallback(pl.Callback):
         self._stage: str | None = None
         self._last_flushed = -1
         self._warned: set[str] = set()
+        self._lightning_log = lightning_log
+        self._monitored: set[str] | None = None
 
     @property
     def logger(self) -> Logger:
@@ -152,9 +163,11 @@ class DistlogCallback(pl.Callback):
             )
             self._stage = stage
             self._last_flushed = -1
+        self._monitored = None  # callbacks and schedulers may differ between stages
         self._wrap(trainer, pl_module)
 
     def _wrap(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        module.distlog = self._logger  # type: ignore[assignment]  # the module's own handle
         if self._module is module:
             return
         self._module = module
@@ -163,13 +176,28 @@ class DistlogCallback(pl.Callback):
 
         def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
             reduce = reduction_of(name, _arg(args, kwargs, "reduce_fx", 5, "mean"))
-            original(name, value, *args, **kwargs)
+            ours = isinstance(value, torch.Tensor | numbers.Number)
+            if not ours or callback._forward(
+                trainer, name, _arg(args, kwargs, "prog_bar", 0, False)
+            ):
+                original(name, value, *args, **kwargs)
             if trainer.sanity_checking or _arg(args, kwargs, "logger", 1, None) is False:
                 return
             callback._record(name, value, reduce, _arg(args, kwargs, "batch_size", 10, None))
 
         module.log = log  # type: ignore[method-assign]
-        module.distlog = self._logger  # type: ignore[assignment]  # the module's own handle for spread, media, weights
+
+    def _forward(self, trainer: pl.Trainer, name: str, prog_bar: Any) -> bool:
+        """Whether Lightning's own ``self.log`` should see this call too."""
+        if self._lightning_log is True:
+            return True
+        if self._lightning_log is False:
+            return False
+        if prog_bar:
+            return True
+        if self._monitored is None:
+            self._monitored = _monitored_keys(trainer)
+        return name in self._monitored
 
     def _record(self, name: str, value: Any, reduce: str, batch_size: Any) -> None:
         if not isinstance(value, torch.Tensor | numbers.Number):
@@ -188,6 +216,9 @@ class DistlogCallback(pl.Callback):
         self.logger.log_scalar(name, value, reduce, weight=weight, spread=spread)
 
     # ------------------------------------------------------------------ flushes
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._monitored = _monitored_keys(trainer)  # the schedulers exist by now
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
@@ -221,6 +252,14 @@ class DistlogCallback(pl.Callback):
     ) -> None:
         if self._logger is not None:
             self._logger.finish(exit_code=_exit_code(exception) or 1)
+
+
+def _monitored_keys(trainer: pl.Trainer) -> set[str]:
+    """Keys Lightning's callbacks and LR schedulers read from ``trainer.callback_metrics``."""
+    keys = {getattr(cb, "monitor", None) for cb in trainer.callbacks}  # type: ignore[attr-defined]
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        keys.add(getattr(config, "monitor", None))
+    return {k for k in keys if isinstance(k, str)}
 
 
 def _arg(

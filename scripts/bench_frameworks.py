@@ -35,8 +35,8 @@ KEYS = 32
 LOG_EVERY = 10
 
 
-def _lightning_round(kind: str, steps: int, root: Path) -> float:
-    """Mean step time (s) of one fit with ``kind`` logging, on this rank."""
+def _lightning_round(kind: str, steps: int, root: Path) -> tuple[float, float]:
+    """(mean step time, mean time inside the logging calls and the flush) of one fit."""
     import lightning.pytorch as pl
     import torch
     from torch import nn
@@ -47,22 +47,33 @@ def _lightning_round(kind: str, steps: int, root: Path) -> float:
     class Timer(pl.Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.hooks: list[float] = []  # time in the callbacks between BeforeFlush and here
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.times.append(time.perf_counter())
+            now = time.perf_counter()
+            self.times.append(now)
+            self.hooks.append(now - pl_module.flush_t0)
+
+    class BeforeFlush(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pl_module.flush_t0 = time.perf_counter()
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
+            self.in_logging: list[float] = []
+            self.flush_t0 = 0.0
 
         def training_step(self, batch, batch_idx):
             x, y = batch
             loss = nn.functional.mse_loss(self.net(x), y)
             if kind != "bare":
+                t0 = time.perf_counter()
                 detached = loss.detach()
                 for k in range(KEYS):
                     self.log(f"m/k{k}", detached + k, sync_dist=(kind == "sync_dist"))
+                self.in_logging.append(time.perf_counter() - t0)
             return loss
 
         def configure_optimizers(self):
@@ -72,10 +83,11 @@ def _lightning_round(kind: str, steps: int, root: Path) -> float:
     x = torch.randn(64 * (steps + 1), 64, generator=g)
     data = DataLoader(TensorDataset(x, x[:, :1]), batch_size=64)
     timer = Timer()
-    callbacks: list = []
+    callbacks: list = [BeforeFlush()]
     if kind == "distlog":
         callbacks.append(DistlogCallback(run_dir=root / f"pl-{kind}-{time.time_ns()}"))
     callbacks.append(timer)  # after the distlog callback: its flush is inside the step
+    module = Module()
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
@@ -88,9 +100,11 @@ def _lightning_round(kind: str, steps: int, root: Path) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(Module(), data)
+    trainer.fit(module, data)
     t = timer.times[10:]  # warm-up steps left out
-    return (t[-1] - t[0]) / (len(t) - 1)
+    calls = module.in_logging[10:]
+    logging = (sum(calls) / len(calls) if calls else 0.0) + statistics.mean(timer.hooks[10:])
+    return (t[-1] - t[0]) / (len(t) - 1), logging
 
 
 def _busy(seconds: float) -> None:
@@ -155,10 +169,13 @@ def worker(args: argparse.Namespace) -> None:
     root = Path(args.root)
     kinds = ["bare", "sync_dist", "distlog"]
     pl_times: dict[str, list[float]] = {k: [] for k in kinds}
+    pl_inside: dict[str, list[float]] = {k: [] for k in kinds}
     sys_times: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for _ in range(args.rounds):
         for kind in kinds:
-            pl_times[kind].append(_lightning_round(kind, args.steps, root))
+            wall, inside = _lightning_round(kind, args.steps, root)
+            pl_times[kind].append(wall)
+            pl_inside[kind].append(inside)
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     costs: dict[str, list[float]] = {"off": [], "on": []}
@@ -178,6 +195,13 @@ def worker(args: argparse.Namespace) -> None:
         "log_every": LOG_EVERY,
         "lightning_step_ms": {k: 1e3 * v for k, v in med.items()},
         "lightning_added_ms": {k: 1e3 * (v - bare) for k, v in med.items() if k != "bare"},
+        # Time inside the 32 self.log calls and the batch-end callbacks (distlog's flush), per
+        # step, minus the bare step's: robust to the noise of a busy machine.
+        "lightning_inside_logging_ms": {
+            k: 1e3 * (statistics.median(pl_inside[k]) - statistics.median(pl_inside["bare"]))
+            for k in kinds
+            if k != "bare"
+        },
         "added_ratio_sync_dist_over_distlog": (
             (med["sync_dist"] - bare) / (med["distlog"] - bare) if med["distlog"] > bare else None
         ),
@@ -226,6 +250,12 @@ def main() -> None:
     print(f"  bare step                     {step['bare']:8.2f} ms")
     for kind in ("sync_dist", "distlog"):
         print(f"  {kind:<12} step {step[kind]:8.2f} ms   added {added[kind]:8.2f} ms")
+    inside = result["lightning_inside_logging_ms"]
+    print(
+        f"  inside the logging calls and the flush, per step: sync_dist {inside['sync_dist']:.2f}"
+        f" ms, distlog {inside['distlog']:.2f} ms: "
+        f"{inside['sync_dist'] / max(inside['distlog'], 1e-9):.1f}x less with distlog"
+    )
     if added["distlog"] > 0:
         print(
             f"  sync_dist adds {result['added_ratio_sync_dist_over_distlog']:.1f}x distlog's time"

@@ -211,6 +211,8 @@ class DistlogCallback(pl.Callback):
                 stacklevel=3,
             )
             return
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            value = value.detach()  # as Lightning does: a buffered value must not hold the graph
         weight = batch_size if reduce == "mean" and isinstance(batch_size, int) else None
         spread = self._spread_all or name in self._spread
         self.logger.log_scalar(name, value, reduce, weight=weight, spread=spread)

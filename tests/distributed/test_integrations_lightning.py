@@ -21,19 +21,29 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_ddp.py"
 @pytest.mark.slow
 def test_lightning_ddp_rows_equal_the_reference_with_one_collective_per_step(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--log-every", "3"]
+    cmd = [
+        sys.executable, str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--log-every", "3",
+        "--system-metrics",
+    ]  # fmt: skip
     proc = subprocess.run(
         cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = distlog.read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    # 5 optimizer steps an epoch, 2 epochs: flushes at every 3rd step and after each validation.
-    assert steps == [3, 5, 6, 9, 10]
+    # 5 optimizer steps an epoch, 2 epochs: flushes at every 3rd step and after each validation;
+    # teardown's finish adds a last row of system metrics only.
+    assert steps == [3, 5, 6, 9, 10, 10]
+    assert all(k.startswith("system/") for k in user_keys(rows[-1]))
     raws = load_raw(tmp_path)
     want = expected_rows(raws, steps)
     for row, ref in zip(rows, want, strict=True):
-        assert_rows_close(user_keys(row), ref)
+        mine = {k: v for k, v in user_keys(row).items() if not k.startswith("system/")}
+        assert_rows_close(mine, ref)
+        # DistlogCallback(system_metrics=True): every rank's figures with their spread.
+        assert row["system/rss_mib/rank_argmax"] in (0.0, 1.0)
+    for row in rows[:-1]:  # the tail row's step did not advance: no step time in it
+        assert 0 < row["system/step_time_s/rank_min"] <= row["system/step_time_s/rank_max"]
     assert "train/only_rank1" in rows[0] and "val/loss" in rows[1] and "val/loss" not in rows[2]
     # The values differ by rank, so a rank-0-only logger would have written something else.
     assert rows[0]["train/rank_low"] == 0.0 and rows[0]["train/rank_scaled"] == 6.0

@@ -29,11 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--log-every", type=int, default=4)
     parser.add_argument("--raw", action="store_true")
+    parser.add_argument(
+        "--also-main-only",
+        action="store_true",
+        help="a second tracker, used through accelerator.log only, in <run-dir>-main-only",
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
 
     tracker = DistlogTracker(run_dir=run_dir)
-    accelerator = Accelerator(cpu=True, log_with=tracker)
+    trackers = [tracker]
+    if args.also_main_only:  # nobody touches its .logger: the main process writes on its own
+        trackers.append(DistlogTracker(run_dir=run_dir.parent / (run_dir.name + "-main-only")))
+    accelerator = Accelerator(cpu=True, log_with=trackers)
     logger = tracker.logger  # on every process: the cross-rank logger
     accelerator.init_trackers("distlog-example", config={"lr": 0.05, "steps": args.steps})
 

@@ -28,7 +28,7 @@ def test_accelerate_launch_rows_equal_the_reference_with_one_collective_per_step
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--steps", "12", "--log-every", "4",
+        str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--steps", "12", "--log-every", "4", "--also-main-only",
     ]  # fmt: skip
     env = subprocess_env(HF_HUB_OFFLINE="1", ACCELERATE_CONFIG_FILE=str(tmp_path / "none.yaml"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -46,3 +46,12 @@ def test_accelerate_launch_rows_equal_the_reference_with_one_collective_per_step
         assert raw["collectives"][1:] == [1, 1], raw["collectives"]
     assert json.loads((run_dir / "config.json").read_text()) == {"lr": 0.05, "steps": 12}
     assert distlog.read_run_info(run_dir)["exit_code"] == 0
+    # A tracker used through accelerator.log only: the main process's rows at their steps,
+    # written without any collective (a world of one on the main process).
+    main_only = tmp_path / "run-main-only"
+    got = [(r["step"], r["main/rank"], r["main/loss"]) for r in distlog.read_metrics(main_only)]
+    assert got == [(r["step"], 0.0, r["main/loss"]) for r in rows]
+    assert all(not k.startswith("train/") for r in distlog.read_metrics(main_only) for k in r)
+    assert json.loads((main_only / "config.json").read_text()) == {"lr": 0.05, "steps": 12}
+    info = distlog.read_run_info(main_only)
+    assert info["exit_code"] == 0 and info["world_size"] == 2

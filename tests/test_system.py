@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from dist_harness import run_ranks
 
 import distlog
@@ -117,3 +118,18 @@ def test_two_ranks_name_the_memory_hog_and_add_no_collective(tmp_path):
     assert all(math.isfinite(v) for v in row.values())
     written = distlog.read_metrics(tmp_path / "on")
     assert written[-1]["system/rss_mib/rank_argmax"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_memory_keys_come_from_the_allocator_without_a_sync(tmp_path):
+    world = distlog.World(device=torch.device("cuda", 0))
+    logger = distlog.Logger(run_dir=tmp_path, world=world, system_metrics=True, async_write=False)
+    buf = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda")  # 64 MiB
+    row = logger.flush(step=0, block=True)  # a CUDA world of one returns no row unless asked
+    logger.finish()
+    assert row is not None
+    assert row["system/cuda_allocated_mib"] >= 64
+    assert row["system/cuda_max_allocated_mib"] >= row["system/cuda_allocated_mib"]
+    assert row["system/cuda_reserved_mib"] >= row["system/cuda_allocated_mib"]
+    assert "system/cuda_max_allocated_mib/rank_argmax" in row
+    del buf

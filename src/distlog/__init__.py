@@ -29,6 +29,7 @@ from distlog.mixins import (
 from distlog.runlog import last_step, read_metrics, read_run_info
 from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
 from distlog.sinks.wandb import WandbInitError, WandbSink
+from distlog.system import SystemMetrics, mfu
 from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
 from distlog.world import World, init_distributed
 
@@ -57,6 +58,7 @@ __all__ = [
     "ProgressSink",
     "RankDivergenceError",
     "Sink",
+    "SystemMetrics",
     "Table",
     "TensorBoardSink",
     "Video",
@@ -70,6 +72,7 @@ __all__ = [
     "__version__",
     "init_distributed",
     "metric_values",
+    "mfu",
     "last_step",
     "read_metrics",
     "read_run_info",

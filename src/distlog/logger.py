@@ -28,6 +28,7 @@ from distlog.exchange import PendingRow
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
+from distlog.system import SystemMetrics
 from distlog.values import as_float, plain_tensor
 from distlog.world import World
 from distlog.writer import NonFinitePolicy, SinkSet, WriteJob, WriterThread
@@ -150,6 +151,9 @@ class Logger:
             ``"auto"`` (the default) resumes when the launcher says this is a restart
             (``TORCHELASTIC_RESTART_COUNT`` or ``SLURM_RESTART_COUNT`` > 0); True always;
             False never (rows are appended as they come).
+        system_metrics: also log this rank's step time, memory, CPU and CUDA use under
+            ``system/`` at each flush, with their cross-rank spread, in the same exchange
+            (see [SystemMetrics][distlog.system.SystemMetrics], reached as ``logger.system``).
 
     Every rank of the group must construct the logger and call :meth:`flush` at the same steps.
     On the writer, ``<run_dir>/run.json`` keeps the run's id across restarts (:attr:`run_id`).
@@ -173,6 +177,7 @@ class Logger:
         queue_size: int = 1024,
         handle_signals: bool | Iterable[int] = True,
         resume: bool | str = "auto",
+        system_metrics: bool = False,
     ) -> None:
         if resume not in (True, False, "auto"):
             raise LogValueError(f"resume={resume!r}; choose True, False or 'auto'")
@@ -230,6 +235,14 @@ class Logger:
         if self.world.is_global_zero and handle_signals is not False:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
         lifecycle.register(self, signals)
+        self._system: SystemMetrics | None = (
+            SystemMetrics(self, self.world.device) if system_metrics else None
+        )
+
+    @property
+    def system(self) -> SystemMetrics | None:
+        """The system-metrics sampler (``Logger(system_metrics=True)``), else None."""
+        return self._system
 
     def _start_run(self, resume: bool | str) -> None:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
@@ -554,6 +567,8 @@ class Logger:
         """
         if self._closed:
             self._raise_closed()
+        if self._system is not None:
+            self._system.sample(step)  # buffered like any key: rides this flush's exchange
         step = self._next_step(step)
         if self.async_flush:
             return self._flush_async(step, block)

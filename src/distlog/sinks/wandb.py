@@ -50,6 +50,8 @@ def import_wandb() -> Any:
 def _settings(wandb: Any, init_timeout: float, user: Any) -> Any:
     """Quiet defaults (no system-stats thread, no console capture) that the user may override."""
     values: dict[str, Any] = {
+        # wandb's own system stats would come from rank 0's process only; distlog's
+        # Logger(system_metrics=True) reports every rank. wandb 0.31 honours x_disable_stats.
         "x_disable_stats": True,
         "console": "off",
         "init_timeout": float(init_timeout),

@@ -1,0 +1,364 @@
+"""Lightning: cross-rank values for plain ``self.log`` calls, in one fused exchange per log step.
+
+``Trainer(callbacks=[DistlogCallback(run_dir="runs/x")])`` is the whole change. On every rank
+the callback builds a [Logger][distlog.Logger] at ``setup`` and wraps the module's ``log`` (so
+``log_dict`` too): each value still goes to Lightning (progress bar, callback metrics,
+checkpoint monitors) and is also buffered by distlog with the reduction Lightning was given.
+At every ``log_every_n_steps`` optimizer step and at the end of each validation or test run the
+callback flushes: every key is reduced over the buffered calls and over the ranks that logged
+it, in one exchange, with no per-key collective and no barrier. Global rank 0 writes the row at
+``trainer.global_step``.
+
+[DistlogLightningLogger][distlog.integrations.lightning.DistlogLightningLogger] is the other
+way in: a Lightning ``Logger`` that writes what Lightning already reduced (rank 0's values, or
+``sync_dist=True`` ones) to distlog's run directory and sinks.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from argparse import Namespace
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distlog.errors import LogValueError
+from distlog.integrations.common import SinksArg, make_logger
+from distlog.integrations.versions import require
+from distlog.logger import Logger
+from distlog.world import World
+
+require("lightning.pytorch", "lightning", "lightning", "2.4", "3")
+
+import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.loggers import Logger as LightningLoggerBase  # noqa: E402
+from lightning.pytorch.loggers.logger import rank_zero_experiment  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
+
+__all__ = ["DistlogCallback", "DistlogLightningLogger", "reduction_of"]
+
+_BY_NAME = {"mean": "mean", "avg": "mean", "sum": "sum", "min": "min", "max": "max"}
+_BY_FUNCTION: dict[Any, str] = {
+    torch.mean: "mean",
+    torch.sum: "sum",
+    torch.min: "min",
+    torch.max: "max",
+    torch.amin: "min",
+    torch.amax: "max",
+}
+
+
+def reduction_of(name: str, reduce_fx: Any) -> str:
+    """distlog's ``reduce`` for a Lightning ``reduce_fx``; a clear error for one it can't honour.
+
+    Raises:
+        LogValueError: ``reduce_fx`` is a callable other than ``torch.mean/sum/min/max``, or an
+            unknown string. The message names the key.
+    """
+    if isinstance(reduce_fx, str) and reduce_fx.lower() in _BY_NAME:
+        return _BY_NAME[reduce_fx.lower()]
+    try:
+        found = _BY_FUNCTION.get(reduce_fx)
+    except TypeError:  # unhashable
+        found = None
+    if found is not None:
+        return found
+    raise LogValueError(
+        f"self.log({name!r}, ..., reduce_fx={reduce_fx!r}): distlog reduces across ranks with "
+        "mean, sum, min or max only; pass one of those (or torch.mean/sum/min/max), or log a "
+        "torchmetrics Metric with self.distlog.log_metrics(...)"
+    )
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+class DistlogCallback(pl.Callback):
+    """Give every ``self.log`` call of a LightningModule a cross-rank value, written by rank 0.
+
+    Args:
+        run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
+        system_metrics: also log every rank's step time, memory and CPU use (see
+            [SystemMetrics][distlog.system.SystemMetrics]).
+        log_every_n_steps: flush every this many optimizer steps; default: the Trainer's
+            ``log_every_n_steps``.
+        spread: keys (or True for all) whose per-rank spread is also written.
+        lightning_log: which calls Lightning's own ``self.log`` also gets. ``"needed"`` (the
+            default): ``prog_bar=True`` calls, keys that a callback or LR scheduler monitors
+            (``ModelCheckpoint(monitor=...)``, ``EarlyStopping``, ...), and values distlog does
+            not reduce (torchmetrics objects). True: every call (Lightning's loggers and
+            ``trainer.callback_metrics`` then see everything, at Lightning's cost of about a
+            millisecond a call). False: only what distlog does not reduce.
+        logger_kwargs: passed on to [Logger][distlog.Logger] (``timeout``, ``console``, ...).
+
+    What the module logs with ``logger=False`` is left to Lightning. During the sanity check
+    nothing is recorded (Lightning discards those values too). A ``mean`` is weighted by the
+    ``batch_size=`` given to ``self.log`` when one is given, else every call counts once.
+    Values logged in the module's own ``on_train_batch_end`` (which Lightning runs after the
+    callbacks') land in the next row. The module reaches the Logger as ``self.distlog``, the
+    callback as ``callback.logger``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        sinks: SinksArg = None,
+        *,
+        system_metrics: bool = False,
+        log_every_n_steps: int | None = None,
+        spread: bool | Iterable[str] = False,
+        lightning_log: bool | str = "needed",
+        **logger_kwargs: Any,
+    ) -> None:
+        if lightning_log not in (True, False, "needed"):
+            raise LogValueError(f"lightning_log={lightning_log!r}; choose True, False or 'needed'")
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool)
+            or not isinstance(log_every_n_steps, int)
+            or log_every_n_steps < 1
+        ):
+            raise LogValueError(f"log_every_n_steps must be an int >= 1, got {log_every_n_steps!r}")
+        self.run_dir = run_dir
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
+        self._system_metrics = system_metrics
+        self._every = log_every_n_steps
+        self._spread_all = spread is True
+        self._spread = set() if isinstance(spread, bool) else set(spread)
+        self._logger_kwargs = logger_kwargs
+        self._logger: Logger | None = None
+        self._module: Any = None
+        self._stage: str | None = None
+        self._last_flushed = -1
+        self._warned: set[str] = set()
+        self._lightning_log = lightning_log
+        self._monitored: set[str] | None = None
+
+    @property
+    def logger(self) -> Logger:
+        """The distlog Logger of this rank (built at the Trainer's ``setup``)."""
+        if self._logger is None:
+            raise RuntimeError("DistlogCallback.logger exists from the Trainer's setup on")
+        return self._logger
+
+    # ------------------------------------------------------------------ set-up and the log hook
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._logger is None or self._logger.closed:
+            self._logger = make_logger(
+                self.run_dir,
+                self._sinks,
+                system_metrics=self._system_metrics,
+                **self._logger_kwargs,
+            )
+            self._stage = stage
+            self._last_flushed = -1
+        self._monitored = None  # callbacks and schedulers may differ between stages
+        self._wrap(trainer, pl_module)
+
+    def _wrap(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        module.distlog = self._logger  # type: ignore[assignment]  # the module's own handle
+        if self._module is module:
+            return
+        self._module = module
+        original: Callable[..., None] = module.log
+        callback = self
+
+        def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            reduce = reduction_of(name, _arg(args, kwargs, "reduce_fx", 5, "mean"))
+            ours = isinstance(value, torch.Tensor | numbers.Number)
+            if not ours or callback._forward(
+                trainer, name, _arg(args, kwargs, "prog_bar", 0, False)
+            ):
+                original(name, value, *args, **kwargs)
+            if trainer.sanity_checking or _arg(args, kwargs, "logger", 1, None) is False:
+                return
+            callback._record(name, value, reduce, _arg(args, kwargs, "batch_size", 10, None))
+
+        module.log = log  # type: ignore[method-assign]
+
+    def _forward(self, trainer: pl.Trainer, name: str, prog_bar: Any) -> bool:
+        """Whether Lightning's own ``self.log`` should see this call too."""
+        if self._lightning_log is True:
+            return True
+        if self._lightning_log is False:
+            return False
+        if prog_bar:
+            return True
+        if self._monitored is None:
+            self._monitored = _monitored_keys(trainer)
+        return name in self._monitored
+
+    def _record(self, name: str, value: Any, reduce: str, batch_size: Any) -> None:
+        if not isinstance(value, torch.Tensor | numbers.Number):
+            if name in self._warned:
+                return
+            self._warned.add(name)
+            warnings.warn(
+                f"distlog: self.log({name!r}, <{type(value).__name__}>) is left to Lightning "
+                "(distlog reduces numbers and tensors); log a torchmetrics Metric with "
+                "self.distlog.log_metrics(...)",
+                stacklevel=3,
+            )
+            return
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            value = value.detach()  # as Lightning does: a buffered value must not hold the graph
+        weight = batch_size if reduce == "mean" and isinstance(batch_size, int) else None
+        spread = self._spread_all or name in self._spread
+        self.logger.log_scalar(name, value, reduce, weight=weight, spread=spread)
+
+    # ------------------------------------------------------------------ flushes
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._monitored = _monitored_keys(trainer)  # the schedulers exist by now
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        every = self._every or int(getattr(trainer, "log_every_n_steps", 50) or 0)
+        if every <= 0:  # Trainer(barebones=True): no logging within the epoch
+            return
+        step = trainer.global_step
+        if step > 0 and step % every == 0 and step != self._last_flushed:
+            self._flush(step)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._flush(trainer.global_step)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer.global_step)
+
+    def _flush(self, step: int) -> None:
+        if self._logger is not None and not self._logger.closed:
+            self._logger.flush(step=step)
+            self._last_flushed = step
+
+    # ------------------------------------------------------------------ the end
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._logger is not None and stage == self._stage and not self._logger.closed:
+            self._logger.finish(step=max(trainer.global_step, self._logger.step))
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self._logger is not None:
+            self._logger.finish(exit_code=_exit_code(exception) or 1)
+
+
+def _monitored_keys(trainer: pl.Trainer) -> set[str]:
+    """Keys Lightning's callbacks and LR schedulers read from ``trainer.callback_metrics``."""
+    keys = {getattr(cb, "monitor", None) for cb in trainer.callbacks}  # type: ignore[attr-defined]
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        keys.add(getattr(config, "monitor", None))
+    return {k for k in keys if isinstance(k, str)}
+
+
+def _arg(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str, index: int, default: Any
+) -> Any:
+    """An argument of ``LightningModule.log(name, value, prog_bar, logger, on_step, on_epoch,
+    reduce_fx, enable_graph, sync_dist, sync_dist_group, add_dataloader_idx, batch_size, ...)``
+    given by keyword or by position (``index`` counts from ``prog_bar``)."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _global_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class DistlogLightningLogger(LightningLoggerBase):
+    """A Lightning ``Logger`` that writes to distlog's run directory and sinks, from rank 0.
+
+    Lightning calls its loggers on global rank 0 only, with values it has already reduced
+    (``sync_dist=True``) or rank 0's own. Use it for distlog's run directory, config and
+    backends; use [DistlogCallback][distlog.integrations.lightning.DistlogCallback] for values
+    reduced across ranks without ``sync_dist``.
+
+    Args:
+        run_dir: the run directory (``metrics.jsonl``, ``config.json``, ``run.json``).
+        sinks: more backends (wandb, TensorBoard, ...), or a function that makes them on
+            global rank 0 only, given the Logger
+            (``lambda logger: [WandbSink(project="x", id=logger.run_id)]``).
+        name: the experiment name Lightning shows.
+        logger_kwargs: passed on to [Logger][distlog.Logger].
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path = "runs/lightning",
+        sinks: SinksArg = None,
+        *,
+        name: str = "distlog",
+        **logger_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self._run_dir = Path(run_dir)
+        self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
+        self._name = name
+        self._logger_kwargs = logger_kwargs
+        self._logger: Logger | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        """The run's id on rank 0 (Lightning broadcasts paths built from it); "0" elsewhere."""
+        if _global_rank() != 0:
+            return "0"
+        return self.experiment.run_id or "0"
+
+    @property
+    def save_dir(self) -> str:
+        return str(self._run_dir)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self._run_dir)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Logger:
+        """The rank-0 distlog Logger (a world of one: Lightning calls loggers on rank 0 only);
+        a no-op stand-in on the other ranks."""
+        if self._logger is None:
+            size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            self._logger = make_logger(
+                self._run_dir,
+                self._sinks,
+                world=World(world_size=size),
+                **self._logger_kwargs,
+            )
+        return self._logger
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        plain = vars(params) if isinstance(params, Namespace) else dict(params)
+        self.experiment.log_config(plain)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        logger = self.experiment
+        logger.log_precomputed(metrics)
+        logger.flush(step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._logger is not None and not self._logger.closed:
+            self._logger.finish(exit_code=0 if status == "success" else 1)

@@ -1,0 +1,249 @@
+"""System metrics from every rank, carried in the flush's own fused exchange.
+
+[Logger][distlog.Logger] with ``system_metrics=True`` builds a
+[SystemMetrics][distlog.system.SystemMetrics] sampler. At the start of each flush the sampler
+reads this process's clocks and counters and logs them through the public
+[log_scalar][distlog.Logger.log_scalar] with ``spread=True``: they ride the same collective as
+the user's keys (no extra collective), and ``rank_argmax`` names the straggler or the memory
+hog. Nothing here synchronises with a device: the CUDA allocator counters are host-side, and
+NVML is read only where ``pynvml`` is importable.
+
+Keys (all under ``system/``; each also gets ``/rank_min``, ``/rank_max``, ``/rank_std`` and
+``/rank_argmax``):
+
+| key | per rank | across ranks |
+|---|---|---|
+| ``step_time_s`` | wall time since the previous flush / steps advanced | mean |
+| ``rss_mib`` | resident memory of the process | mean |
+| ``cpu_pct`` | CPU time of the process / wall time, in % (100 = one core busy) | mean |
+| ``data_wait_s`` | time per step spent waiting for data (when the loop reports it) | mean |
+| ``samples_per_s``, ``tokens_per_s`` | counts reported with ``count()`` / wall time | sum |
+| ``cuda_allocated_mib``, ``cuda_reserved_mib``, ``cuda_max_allocated_mib`` | CUDA allocator | mean |
+| ``gpu_util_pct`` | NVML utilisation of the rank's GPU | mean |
+| ``mfu`` | model FLOPs utilisation, after ``set_flops()`` | mean |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import operator
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from distlog.errors import LogTypeError, LogValueError
+
+__all__ = ["PREFIX", "SystemMetrics", "mfu"]
+
+PREFIX = "system/"
+_MIB = 1024.0 * 1024.0
+T = TypeVar("T")
+
+
+class _LogsScalars(Protocol):
+    """What the sampler needs from its logger: the public buffering call and the last step."""
+
+    @property
+    def step(self) -> int: ...
+
+    def log_scalar(
+        self,
+        key: str,
+        value: Any,
+        reduce: str = "mean",
+        *,
+        weight: Any = None,
+        spread: bool = False,
+    ) -> None: ...
+
+
+def mfu(flops_per_step: float, step_time_s: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s over the hardware's peak, in [0, 1].
+
+    Args:
+        flops_per_step: FLOPs one rank computes per optimizer step (forward + backward; for a
+            dense transformer about ``6 * n_params * tokens_per_step``).
+        step_time_s: seconds per step (e.g. ``system/step_time_s``).
+        peak_flops: the device's peak FLOP/s for the dtype in use (e.g. ``989e12`` for an
+            H100 SXM in bf16 dense).
+    """
+    for name, value in (
+        ("flops_per_step", flops_per_step),
+        ("step_time_s", step_time_s),
+        ("peak_flops", peak_flops),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise LogTypeError(f"mfu: {name} must be a number, got {type(value).__name__}")
+        if not value > 0:
+            raise LogValueError(f"mfu: {name} must be > 0, got {value!r}")
+    return float(flops_per_step) / (float(step_time_s) * float(peak_flops))
+
+
+def _rss_bytes() -> float:
+    """Current resident set size; /proc on Linux, psutil elsewhere, else the peak RSS."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return float(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss)
+    except Exception:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return float(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class SystemMetrics:
+    """Per-rank system metrics, logged through the logger at the start of each flush.
+
+    Built by ``Logger(system_metrics=True)`` and reached as ``logger.system``. The loop may
+    report what it processed and how long it waited for data::
+
+        for batch in logger.system.timed(loader):      # or: with logger.system.data_wait(): ...
+            loss = step(batch)
+            logger.system.count(samples=len(batch), tokens=batch.numel())
+
+    Every rank must have the sampler on (the keys are the same on every rank); what a rank
+    never reports (counts, data wait, CUDA) is simply not logged by it.
+    """
+
+    def __init__(self, logger: _LogsScalars, device: torch.device | str | None = None) -> None:
+        self._logger = logger
+        self._device = torch.device(device) if device is not None else None
+        self._t_last = time.perf_counter()
+        self._cpu_last = time.process_time()
+        self._samples = 0.0
+        self._tokens = 0.0
+        self._wait = 0.0
+        self._counting_samples = False
+        self._counting_tokens = False
+        self._timing_data = False
+        self._flops_per_step: float | None = None
+        self._peak_flops: float | None = None
+        self._nvml = importlib.util.find_spec("pynvml") is not None
+        self.last: dict[str, float] = {}
+        """This rank's values at the last flush (before the cross-rank reduction)."""
+
+    # ------------------------------------------------------------------ what the loop reports
+    def count(self, samples: int | float = 0, tokens: int | float = 0) -> None:
+        """Add processed samples and tokens; rates per second are logged at each flush.
+
+        Plain Python numbers only (``len(batch)``, ``mask.numel()``): a device tensor here
+        would need a host sync.
+        """
+        for name, value in (("samples", samples), ("tokens", tokens)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LogTypeError(
+                    f"system.count({name}=...) takes a Python number, got {type(value).__name__}"
+                )
+            if value < 0:
+                raise LogValueError(f"system.count({name}=...) must be >= 0, got {value!r}")
+        if samples:
+            self._counting_samples = True
+            self._samples += samples
+        if tokens:
+            self._counting_tokens = True
+            self._tokens += tokens
+
+    def add_data_wait(self, seconds: float) -> None:
+        """Add time spent waiting for the next batch (if the loop measures it itself)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise LogValueError(
+                f"system.add_data_wait(seconds) takes a number >= 0, got {seconds!r}"
+            )
+        self._timing_data = True
+        self._wait += float(seconds)
+
+    @contextlib.contextmanager
+    def data_wait(self) -> Iterator[None]:
+        """Time the block as waiting for data: ``with logger.system.data_wait(): b = next(it)``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_data_wait(time.perf_counter() - t0)
+
+    def timed(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Iterate ``iterable``, counting the time each ``next()`` takes as data wait."""
+        it = iter(iterable)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.add_data_wait(time.perf_counter() - t0)
+            yield item
+
+    def set_flops(self, flops_per_step: float, peak_flops: float) -> None:
+        """Log ``system/mfu`` at each flush from the measured step time (see [mfu][distlog.system.mfu])."""
+        mfu(flops_per_step, 1.0, peak_flops)  # validates both
+        self._flops_per_step = float(flops_per_step)
+        self._peak_flops = float(peak_flops)
+
+    # ------------------------------------------------------------------ at each flush
+    def sample(self, step: Any = None) -> dict[str, float]:
+        """Read this rank's values and log them under ``system/``; called by the flush.
+
+        ``step`` is the step the flush was given (None: the previous one + 1). Returns the
+        values logged (also kept in ``last``).
+        """
+        now = time.perf_counter()
+        cpu = time.process_time()
+        wall = max(now - self._t_last, 1e-9)
+        prev = self._logger.step
+        target = prev + 1 if step is None else step
+        try:
+            advanced = operator.index(target) - prev
+        except TypeError:  # a bad step: the flush itself raises on it
+            advanced = 0
+        values: dict[str, float] = {}
+        if advanced > 0:
+            values["step_time_s"] = wall / advanced
+            if self._timing_data:
+                values["data_wait_s"] = self._wait / advanced
+        values["rss_mib"] = _rss_bytes() / _MIB
+        values["cpu_pct"] = 100.0 * (cpu - self._cpu_last) / wall
+        rates: dict[str, float] = {}
+        if self._counting_samples:
+            rates["samples_per_s"] = self._samples / wall
+        if self._counting_tokens:
+            rates["tokens_per_s"] = self._tokens / wall
+        values.update(self._cuda())
+        if self._flops_per_step is not None and self._peak_flops is not None and advanced > 0:
+            values["mfu"] = self._flops_per_step / (values["step_time_s"] * self._peak_flops)
+        self._t_last, self._cpu_last = now, cpu
+        self._samples = self._tokens = self._wait = 0.0
+        log = self._logger.log_scalar
+        for key, value in values.items():
+            log(PREFIX + key, value, spread=True)
+        for key, value in rates.items():  # the job's throughput is the sum over the ranks
+            log(PREFIX + key, value, "sum", spread=True)
+        values.update(rates)
+        self.last = values
+        return values
+
+    def _cuda(self) -> dict[str, float]:
+        """The CUDA caching allocator's counters (host-side, no sync) and NVML utilisation."""
+        dev = self._device
+        if dev is None or dev.type != "cuda" or not torch.cuda.is_initialized():
+            return {}
+        out = {
+            "cuda_allocated_mib": torch.cuda.memory_allocated(dev) / _MIB,
+            "cuda_reserved_mib": torch.cuda.memory_reserved(dev) / _MIB,
+            "cuda_max_allocated_mib": torch.cuda.max_memory_allocated(dev) / _MIB,
+        }
+        if self._nvml:
+            try:  # torch maps the device through CUDA_VISIBLE_DEVICES for NVML
+                out["gpu_util_pct"] = float(torch.cuda.utilization(dev))
+            except Exception:
+                self._nvml = False  # no driver access: stop asking
+        return out

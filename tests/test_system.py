@@ -1,0 +1,135 @@
+"""System metrics: sane per-rank values, their spread across real gloo ranks, no extra collective."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dist_harness import run_ranks
+
+import distlog
+from distlog.system import SystemMetrics, mfu
+
+BASE = ["step_time_s", "rss_mib", "cpu_pct", "data_wait_s", "samples_per_s", "tokens_per_s"]
+SPREAD = ["rank_min", "rank_max", "rank_std", "rank_argmax"]
+
+
+def test_mfu_is_achieved_over_peak_and_rejects_bad_input():
+    assert mfu(6e12, 0.5, 24e12) == pytest.approx(0.5)
+    with pytest.raises(distlog.LogValueError, match="step_time_s"):
+        mfu(1e12, 0.0, 1e12)
+    with pytest.raises(distlog.LogTypeError, match="peak_flops"):
+        mfu(1e12, 1.0, "fast")  # type: ignore[arg-type]
+
+
+def test_one_process_logs_every_key_with_spread(tmp_path):
+    logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False)
+    assert isinstance(logger.system, SystemMetrics)
+    rows = []
+    for step in range(2):
+        for _ in logger.system.timed([1, 2]):
+            logger.system.count(samples=8, tokens=128)
+        with logger.system.data_wait():
+            time.sleep(0.02)
+        rows.append(logger.flush(step=step))
+    logger.finish()
+    row = rows[-1]
+    for key in BASE:
+        assert f"system/{key}" in row, key
+        for col in SPREAD:
+            assert f"system/{key}/{col}" in row
+    assert row["system/data_wait_s"] >= 0.02
+    assert row["system/step_time_s"] >= row["system/data_wait_s"]
+    assert 50 < row["system/rss_mib"] < 1e6
+    assert row["system/tokens_per_s"] == pytest.approx(16 * row["system/samples_per_s"])
+    written = distlog.read_metrics(tmp_path)
+    # finish() flushes once more, and the sampler has values for it: one tail row at step 2.
+    assert [r["step"] for r in written] == [0, 1, 2]
+    assert "system/cuda_allocated_mib" not in row  # CPU run: no CUDA keys
+
+
+def test_bad_counts_raise_naming_the_argument(tmp_path):
+    logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False)
+    with pytest.raises(distlog.LogTypeError, match="tokens"):
+        logger.system.count(tokens="12")  # type: ignore[arg-type]
+    with pytest.raises(distlog.LogValueError, match="samples"):
+        logger.system.count(samples=-1)
+    logger.finish()
+    assert distlog.Logger(run_dir=tmp_path / "off").system is None
+
+
+def _job(rank: int, run_root: str) -> tuple[dict, dict]:
+    """The same loop without and then with system metrics, on one gloo group."""
+    return _loop(rank, run_root, False), _loop(rank, run_root, True)
+
+
+def _loop(rank: int, run_root: str, system: bool) -> dict:
+    logger = distlog.Logger(
+        run_dir=Path(run_root) / ("on" if system else "off"),
+        system_metrics=system,
+        async_write=False,
+    )
+    hog = None
+    if rank == 1:
+        hog = np.ones(300 * 1024 * 1024 // 8)  # 300 MiB, every page touched
+    rows, counts, last = [], [], []
+    for step in range(3):
+        logger.log_scalar("train/loss", float(rank + step))
+        if system:
+            logger.system.count(samples=4 * (rank + 1), tokens=100 * (rank + 1))
+            with logger.system.data_wait():
+                time.sleep(0.01 * (rank + 1))
+        rows.append(logger.flush(step=step))
+        counts.append(logger.collectives_last_flush)
+        if system:
+            last.append(dict(logger.system.last))
+    logger.finish()
+    del hog
+    return {"rows": rows, "counts": counts, "last": last}
+
+
+@pytest.mark.slow
+def test_two_ranks_name_the_memory_hog_and_add_no_collective(tmp_path):
+    off, on = zip(*run_ranks(_job, 2, str(tmp_path), timeout=120), strict=True)
+    # Steady flushes (after the first, which agrees on the new keys) cost the same with and
+    # without system metrics: the values ride the one fused exchange.
+    assert [r["counts"][1:] for r in on] == [r["counts"][1:] for r in off]
+    row = on[0]["rows"][-1]
+    per_rank = [on[r]["last"][-1] for r in range(2)]
+    for key in BASE:
+        assert f"system/{key}" in row, key
+        for col in SPREAD:
+            assert f"system/{key}/{col}" in row, (key, col)
+        vals = [p[key] for p in per_rank]
+        assert row[f"system/{key}/rank_min"] == pytest.approx(min(vals))
+        assert row[f"system/{key}/rank_max"] == pytest.approx(max(vals))
+        assert row[f"system/{key}/rank_argmax"] == float(int(np.argmax(vals)))
+        assert row[f"system/{key}/rank_std"] == pytest.approx(float(np.std(vals)))
+    assert row["system/rss_mib/rank_argmax"] == 1.0
+    assert per_rank[1]["rss_mib"] - per_rank[0]["rss_mib"] > 250
+    # Throughput of the job is the sum of the ranks' rates; everything else the mean.
+    assert row["system/samples_per_s"] == pytest.approx(sum(p["samples_per_s"] for p in per_rank))
+    assert row["system/rss_mib"] == pytest.approx(np.mean([p["rss_mib"] for p in per_rank]))
+    assert row["system/data_wait_s/rank_argmax"] == 1.0  # rank 1 sleeps twice as long
+    assert all(math.isfinite(v) for v in row.values())
+    written = distlog.read_metrics(tmp_path / "on")
+    assert written[-1]["system/rss_mib/rank_argmax"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_memory_keys_come_from_the_allocator_without_a_sync(tmp_path):
+    world = distlog.World(device=torch.device("cuda", 0))
+    logger = distlog.Logger(run_dir=tmp_path, world=world, system_metrics=True, async_write=False)
+    buf = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda")  # 64 MiB
+    row = logger.flush(step=0, block=True)  # a CUDA world of one returns no row unless asked
+    logger.finish()
+    assert row is not None
+    assert row["system/cuda_allocated_mib"] >= 64
+    assert row["system/cuda_max_allocated_mib"] >= row["system/cuda_allocated_mib"]
+    assert row["system/cuda_reserved_mib"] >= row["system/cuda_allocated_mib"]
+    assert "system/cuda_max_allocated_mib/rank_argmax" in row
+    del buf

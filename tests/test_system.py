@@ -35,7 +35,7 @@ def test_one_process_logs_every_key_with_spread(tmp_path):
             logger.system.count(samples=8, tokens=128)
         with logger.system.data_wait():
             time.sleep(0.02)
-        rows.append(logger.flush(step=step))
+        rows.append(logger.flush(step=step, block=True))
     logger.finish()
     row = rows[-1]
     for key in BASE:
@@ -83,7 +83,7 @@ def _loop(rank: int, run_root: str, system: bool) -> dict:
             logger.system.count(samples=4 * (rank + 1), tokens=100 * (rank + 1))
             with logger.system.data_wait():
                 time.sleep(0.01 * (rank + 1))
-        rows.append(logger.flush(step=step))
+        rows.append(logger.flush(step=step, block=True))
         counts.append(logger.collectives_last_flush)
         if system:
             last.append(dict(logger.system.last))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU check for distlog (issue 6, item 4): one short script for a 1-GPU box (< 4 minutes).
+"""GPU check for distlog (issues 6 and 11): one short script for a 1-GPU box (< 4 minutes).
 
     OUT=/some/dir python scripts/gpu_check.py        # on the GPU machine, from the repo root
     python scripts/gpu_check.py --cpu-dry-run         # anywhere: the same code paths on CPU
@@ -14,6 +14,7 @@ Sections (each in its own try/except; results go to $OUT/gpu.json after every se
    thread's ``log_scalar`` and ``flush`` run under sync-debug "error"; the writer thread resolves
    the row afterwards (held back until the mode is off). Values are checked against a reference,
    and flush latency vs keys is timed (training-thread time and time until the row is written).
+   The same check with ``async_flush=True``: neither ``flush()`` nor the exchange thread syncs.
 3. ``gloo_shared_gpu``: up to 8 gloo ranks sharing the one GPU, logging CUDA tensors (f32, bf16,
    f16, f64, int64; mean, weighted mean with CUDA weights, sum, min, max, last, a key only even
    ranks log), rows checked against a reference built from every rank's raw inputs; then flush
@@ -229,6 +230,35 @@ def section_nccl(device: str) -> dict[str, Any]:
         )
         if row is None:
             out["rows written"] = rows[-3:]
+
+        # The same with async_flush=True: flush() swaps and hands the exchange to a thread;
+        # neither the call nor the exchange thread may sync (the writer, held, may).
+        arun = tmpdir()
+        alogger = distlog.Logger(run_dir=arun, async_flush=True)
+        log_async = lambda items_: [alogger.log_scalar(k, t) for k, t in items_]  # noqa: E731
+        log_async(samples(0))
+        alogger.flush(step=0)
+        alogger.wait()
+        for k in names:
+            raw[k].clear()
+        items = samples(1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with HoldWriter(alogger) as hold, SyncDebug(device):
+            out["async: log_scalar under sync-debug error"] = attempt(lambda: log_async(items))
+            out["async: flush and its exchange under sync-debug error"] = attempt(
+                lambda: (alogger.flush(step=1), alogger.aggregator.wait_async())
+            )
+        alogger.wait()
+        alogger.finish()
+        arows = [
+            json.loads(line) for line in (Path(arun) / "metrics.jsonl").read_text().splitlines()
+        ]
+        arow = next((r for r in arows if r.get("step") == 1 and "k/00" in r), None)
+        want = {k: sum(v) / len(v) for k, v in raw.items()}
+        out["async: values match the reference"] = arow is not None and all(
+            abs(arow[k] - want[k]) <= 1e-6 * max(1.0, abs(want[k])) for k in names
+        )
 
         # Flush latency vs keys: the training thread's time, and until the row is written.
         lat: dict[str, Any] = {}

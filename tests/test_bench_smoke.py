@@ -54,8 +54,21 @@ def test_quick_benchmark_writes_a_parsable_report(tmp_path: Path) -> None:
     assert sum(steady["trace"].values()) == steady["counter"]
 
     md = (tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Machine", "## Targets (issue 6)", "## Flush latency", "## Collectives"):
+    for heading in (
+        "## Machine",
+        "## Targets (issues 6 and 11)",
+        "## At the floor",
+        "## Flush latency",
+        "## Collectives",
+    ):
         assert heading in md
+    # The floor job ran on every rank, and the loader thread's samples all reached a row.
+    for world, per_rank in res["floor"].items():
+        assert isinstance(per_rank, list) and len(per_rank) == int(world), (world, per_rank)
+        for n, row in per_rank[0].items():
+            assert row["distlog"] > 0 and row["all_gather"] > 0 and row["all_reduce"] > 0, n
+    for label, got in res["threads"]["2"][0].items():
+        assert got["written"] == got["logged"], (label, got)
     assert "![flush latency against keys](benchmarks.png)" in md
     png = (tmp_path / "benchmarks.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,13 @@ every comparison is made in the same processes, interleaved, so machine load hit
 - step-time overhead of logging 32 keys every step over a bare ~10 ms step on 2 ranks;
 - a Lightning loop (when ``lightning`` is importable): ``self.log(sync_dist=True)`` against
   the same loop logging through distlog, 2 gloo ranks;
-- Python memory of the buffers with 10,000 keys (tracemalloc).
+- Python memory of the buffers with 10,000 keys (tracemalloc);
+- the floor: distlog's flush against one hand-written ``all_reduce`` and ``all_gather`` of the
+  same payload, 1 .. 4096 keys on 2, 4 and 8 gloo ranks, with the training thread's time inside
+  an asynchronous ``flush()``; a loader thread's samples against what was written; 32 keys
+  flushed every step with ``async_flush`` against one hand-written async all_reduce a step;
+- the frameworks (scripts/bench_frameworks.py): Lightning's ``sync_dist`` against
+  ``DistlogCallback``, and the cost of ``system_metrics=True``.
 """
 
 from __future__ import annotations
@@ -897,6 +903,28 @@ def _world_of_one_flush(inner: int, repeats: int) -> dict[str, float]:
     return {"us_per_call": med(per_flush) * 1e6, "min_us": min(per_flush) * 1e6}
 
 
+def bench_frameworks(quick: bool) -> dict[str, Any]:
+    """scripts/bench_frameworks.py (Lightning callback vs sync_dist, system metrics), 2 ranks."""
+    if quick:
+        return {"skipped": "quick mode"}
+    try:
+        import lightning  # noqa: F401
+    except Exception:
+        return {"skipped": "lightning is not importable"}
+    out = Path(_tmpdir()) / "frameworks.json"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    script = str(Path(__file__).with_name("bench_frameworks.py"))
+    subprocess.run(
+        [sys.executable, script, "--json", str(out), "--rounds", "3"],
+        env=env,
+        check=True,
+        timeout=1200,
+        stdout=subprocess.DEVNULL,
+    )
+    return json.loads(out.read_text())
+
+
 def bench_memory(n_keys: int) -> dict[str, Any]:
     """Python heap held by a logger's buffers with ``n_keys`` distinct keys (tracemalloc)."""
     import tracemalloc
@@ -1025,6 +1053,7 @@ def run_all(quick: bool) -> dict[str, Any]:
     section("hot_path", lambda: bench_hot_path(quick))
     section("cuda", bench_cuda_hot_path)
     section("memory", lambda: bench_memory(1000 if quick else 10_000))
+    section("frameworks", lambda: bench_frameworks(quick))
 
     try:
         import lightning  # noqa: F401
@@ -1265,6 +1294,30 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     share < TARGET_ASYNC_SHARE,
                 )
             )
+    fw = res.get("frameworks", {})
+    if isinstance(fw, dict) and "lightning_inside_logging_ms" in fw:
+        inside = fw["lightning_inside_logging_ms"]
+        ratio = inside["sync_dist"] / max(inside["distlog"], 1e-9)
+        out.append(
+            (
+                "Lightning, 32 keys a step: DistlogCallback adds >= 10x less than "
+                "self.log(sync_dist=True), 2 gloo ranks",
+                f"{ratio:.0f}x less time inside the logging calls and flush "
+                f"({inside['sync_dist']:.2f} vs {inside['distlog']:.2f} ms a step)",
+                "",
+                ratio >= 10,
+            )
+        )
+        pct = fw.get("system_cost_pct_of_10ms_steps")
+        if pct is not None:
+            out.append(
+                (
+                    "system metrics: <= 1% of a ~10 ms step, flush every 10 steps",
+                    f"{pct:.2f}% ({fw['system_cost_us_per_flush']:.0f} us a flush)",
+                    "",
+                    pct <= 1.0,
+                )
+            )
     th = res.get("threads", {}).get("2")
     if isinstance(th, list):
         for label, got in th[0].items():
@@ -1496,6 +1549,31 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
                     f"{us(r['all_reduce'][0])} | {us(r['all_gather'][0])} | "
                     f"{r0:.2f}x / {slow:.2f}x | {us(a[0])} |"
                 )
+        add("")
+
+    fw = res.get("frameworks", {})
+    if isinstance(fw, dict) and "lightning_step_ms" in fw:
+        add("## Frameworks (scripts/bench_frameworks.py, 2 gloo ranks)")
+        add("")
+        add("| Lightning, 32 keys a step | step | added over bare | inside logging + flush |")
+        add("|---|---|---|---|")
+        step, added = fw["lightning_step_ms"], fw["lightning_added_ms"]
+        inside = fw["lightning_inside_logging_ms"]
+        add(f"| bare | {step['bare']:.2f} ms | | |")
+        for kind, label in (
+            ("sync_dist", "`self.log(sync_dist=True)`"),
+            ("distlog", "`DistlogCallback`"),
+        ):
+            add(
+                f"| {label} | {step[kind]:.2f} ms | {added[kind]:+.2f} ms | {inside[kind]:.2f} ms |"
+            )
+        add("")
+        add(
+            f"System metrics on a ~10 ms step, flush every 10 steps: the sampler costs "
+            f"{fw.get('system_cost_us_per_flush', math.nan):.0f} us a flush, "
+            f"{fw.get('system_cost_pct_of_10ms_steps', math.nan):.2f}% of 10 steps; wall "
+            f"{fw.get('system_added_pct', math.nan):+.2f}% (mostly noise on a shared host)."
+        )
         add("")
 
     # hot path

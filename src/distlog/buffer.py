@@ -314,7 +314,6 @@ class Buffer:
         i = self._slot.get(spec.key)
         if i is None:
             i = self._register(spec)
-        self._n[i] += 1
         reduce = spec.reduce
         if tensor is None and w_tensor is None:
             if reduce == "mean":
@@ -322,20 +321,14 @@ class Buffer:
                     self._a[i] += v * w
                 self._b[i] += w
                 self._wc[i] = self._wc.get(i, 0) + 1
+                self._n[i] += 1
             elif reduce == "sum":
                 self._a[i] += v
-            elif reduce == "last":
-                self._a[i] = v
-                if self._lasts:
-                    self._lasts.pop(i, None)
-            elif v != v:
-                self._b[i] = 1.0
-            elif reduce == "max":
-                if v > self._a[i]:
-                    self._a[i] = v
-            elif v < self._a[i]:
-                self._a[i] = v
+                self._n[i] += 1
+            else:
+                self._fold(i, v, reduce)
             return
+        self._n[i] += 1
         if reduce == "last":
             assert tensor is not None  # weights are only accepted with reduce="mean"
             self._lasts[i] = tensor

@@ -11,6 +11,7 @@ of being dropped by wandb with a warning few people read.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import warnings
@@ -45,6 +46,22 @@ def import_wandb() -> Any:
             "the Weights & Biases backend needs the wandb package: pip install 'distlog[wandb]'"
         ) from exc
     return wandb
+
+
+def has_login() -> bool:
+    """True when wandb could log in online without asking: ``WANDB_API_KEY``, or a netrc entry
+    for the wandb host (``wandb login`` writes one). Reads no network."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _settings(wandb: Any, init_timeout: float, user: Any) -> Any:

@@ -156,11 +156,26 @@ def test_bad_directories(tmp_path, capsys, case, command):
 def test_bad_directory_as_a_command_has_no_traceback(tmp_path):
     foreign = tmp_path / "logs"
     (foreign / "exp1").mkdir(parents=True)
-    write_run(foreign / "exp1")
+    (foreign / "exp1" / "notes.txt").write_text("not a run")
     done = run_cli("show", str(foreign))
     assert done.returncode == 1 and done.stdout == ""
-    assert "not a distlog run directory" in done.stderr and "exp1" in done.stderr  # a hint
+    assert "not a distlog run directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_show_lists_the_runs_of_a_project_directory(tmp_path):
+    project = tmp_path / "runs" / "proj"
+    for name in ("exp1/20261201-100000", "exp1/20261201-110000", "exp2/20261201-120000"):
+        write_run(project / name)
+    done = run_cli("show", str(project))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{project}: 3 runs"
+    assert [line.split()[0] for line in lines[2:]] == [
+        "exp1/20261201-100000",
+        "exp1/20261201-110000",
+        "exp2/20261201-120000",
+    ]
 
 
 def test_usage_errors_exit_with_2(capsys):

@@ -13,6 +13,7 @@ from distlog.errors import (
     LogTypeError,
     LogValueError,
     RankDivergenceError,
+    RunDirError,
 )
 from distlog.logger import Logger, to_config_dict
 from distlog.media import Histogram, Images, MediaWarning, Table, Video, Videos
@@ -54,6 +55,7 @@ __all__ = [
     "MediaWarning",
     "ProgressSink",
     "RankDivergenceError",
+    "RunDirError",
     "Sink",
     "Table",
     "TensorBoardSink",

@@ -1,7 +1,8 @@
 """The ``distlog`` command: look at a run directory without writing any code.
 
 - ``distlog show RUN_DIR``: a summary of the run and, per key, the last/min/max value and how
-  many steps logged it;
+  many steps logged it; given a project or experiment directory (``runs/<project>``), the
+  list of its runs;
 - ``distlog plot RUN_DIR -o curves.png [--keys PATTERN ...]``: the curves, one panel per key;
 - ``distlog demo [--nproc N]``: runs the demo job under torchrun.
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from distlog import runlog
 
-__all__ = ["KeySummary", "RunSummary", "load_run", "main"]
+__all__ = ["KeySummary", "RunSummary", "format_runs", "load_run", "main"]
 
 
 class CliError(Exception):
@@ -401,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    show = sub.add_parser("show", help="summary of a run: per key last, min, max, steps")
+    show = sub.add_parser(
+        "show", help="summary of a run (per key last, min, max, steps), or a project's runs"
+    )
     show.add_argument("run_dir", metavar="RUN_DIR")
 
     plot = sub.add_parser("plot", help="draw the curves of a run into an image")
@@ -428,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "show":
+            path = Path(args.run_dir)
+            if path.is_dir() and not (path / runlog.METRICS_FILE).is_file():
+                runs = runlog.find_runs(path)
+                if runs:  # a project or experiment directory: list its runs
+                    print(format_runs(path, runs))
+                    return 0
             print(format_summary(_load_and_note(args.run_dir)))
         elif args.command == "plot":
             summary = _load_and_note(args.run_dir)
@@ -445,6 +454,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def format_runs(root: Path, runs: Sequence[Path]) -> str:
+    """One line per run below ``root`` (oldest start first): where, id, start, steps, exit."""
+    lines = [f"{root}: {len(runs)} run{'s' if len(runs) != 1 else ''}"]
+    table = [("run", "id", "started", "starts", "last step", "exit")]
+    for run in runs:
+        info = runlog.read_run_info(run) or {}
+        raw = info.get("starts")
+        starts: list[Any] = raw if isinstance(raw, list) else []
+        begun = starts[0].get("time") if starts and isinstance(starts[0], dict) else None
+        begun = begun or info.get("created")
+        when = (
+            _dt.datetime.fromtimestamp(float(begun)).strftime("%Y-%m-%d %H:%M:%S")
+            if isinstance(begun, int | float)
+            else "-"
+        )
+        last = runlog.last_step(run)
+        code = info.get("exit_code")
+        table.append(
+            (
+                str(run.relative_to(root)) if run != root else ".",
+                str(info.get("id", "-")),
+                when,
+                str(len(starts)),
+                "-" if last is None else str(last),
+                "running" if code is None and starts else str(code if code is not None else "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _load_and_note(run_dir: str) -> RunSummary:

@@ -33,3 +33,8 @@ class RankDivergenceError(DistlogError, RuntimeError):
 
     Raised on every rank that noticed it, naming the log step and, where known, the ranks.
     """
+
+
+class RunDirError(DistlogError, ValueError):
+    """A run directory distlog cannot use: it holds another tool's files under distlog's names,
+    or the run asked to be resumed is not there. Raised on every rank of the logger's group."""

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from distlog import lifecycle, runlog
 from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
-from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.errors import DistlogError, LoggerClosedError, LogTypeError, LogValueError, RunDirError
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
@@ -314,10 +314,8 @@ class Logger:
         self.sinks: list[Sink] = []
         self.run_dir: Path | None = None
         given = list(sinks) if sinks is not None else []
-        if run_dir is None and sinks is None:
-            run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if run_dir is not None:
-            self.run_dir = Path(run_dir)
+        if run_dir is not None or sinks is None:
+            self.run_dir, resume = self._claim_run_dir(run_dir, resume)
         self._writer: _WriterThread | None = None
         if self.world.is_global_zero:
             if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
@@ -334,13 +332,49 @@ class Logger:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
         lifecycle.register(self, signals)
 
+    def _claim_run_dir(self, run_dir: str | Path | None, resume: bool | str) -> tuple[Path, bool]:
+        """The run directory of this launch, the same on every rank, and whether it resumes.
+
+        The writer applies [claim_run_dir][distlog.runlog.claim_run_dir] (a new run never lands
+        in a directory holding another: it gets the next version) and sends its choice, or its
+        error, to the group's other ranks, so all of them agree or all of them raise.
+        """
+        choice: list[Any] = [None, False, None]
+        if self.world.is_global_zero:
+            try:
+                if run_dir is None:
+                    path, resuming = runlog.new_version_dir("runs"), False
+                else:
+                    path, resuming = runlog.claim_run_dir(
+                        run_dir, resume=resume, restart=_restart_count()
+                    )
+                choice = [str(path), resuming, None]
+            except DistlogError as exc:
+                choice = [None, False, str(exc)]
+        group = self._agg.control_group
+        if group is not None:
+            dist.broadcast_object_list(choice, src=0, group=group)
+        elif not self.world.is_global_zero:  # no exchange with the writer: our own view
+            path = Path(run_dir) if run_dir is not None else Path("runs")
+            choice = [str(path), False, None]
+        if choice[2] is not None:
+            raise RunDirError(choice[2])
+        path = Path(choice[0])
+        if self.world.is_global_zero and run_dir is not None and path != Path(run_dir):
+            warnings.warn(
+                f"distlog: {run_dir} holds a run from an earlier launch; this launch is a new "
+                f"run in {path} (resume=True continues the old one)",
+                stacklevel=3,
+            )
+        return path, bool(choice[1])
+
     def _start_run(self, resume: bool | str) -> None:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
         assert self.run_dir is not None
         restart = _restart_count()
         written = runlog.last_step(self.run_dir)  # reads the file's tail only
         self._last_written_step = written
-        after = written if resume is True or (resume == "auto" and restart > 0) else None
+        after = written if resume is True else None
         info = runlog.start_run(
             self.run_dir, world_size=self.world.world_size, restart=restart, resumed_after=after
         )

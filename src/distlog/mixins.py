@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distlog import runlog
-from distlog.errors import LoggerClosedError
+from distlog.errors import LoggerClosedError, RunDirError
 from distlog.logger import Logger, _restart_count
 from distlog.world import World, init_distributed
 
@@ -56,13 +56,19 @@ class LoggingParameters:
     """How and where a trainer logs.
 
     ``enabled=False`` makes every ``log_*`` call a no-op (no run directory, no collective).
-    ``run_dir`` defaults to ``runs/<project>/<experiment>``, so a restarted job appends to the
-    same run log.
+    ``run_dir=None`` (the default) gives each launch its own run directory
+    ``runs/<project>/<experiment>/<YYYYmmdd-HHMMSS>``; a restarted job (torchrun
+    ``--max-restarts``, SLURM requeue) continues the one its launch started. ``resume_from``
+    continues an earlier run on purpose: ``"latest"``, a run id or a version's name. An
+    explicit ``run_dir`` is the run directory itself, under
+    [Logger][distlog.Logger]'s rule (a new launch of a taken directory writes
+    ``<run_dir>-2``; ``resume_from`` set continues it).
     """
 
     enabled: bool = True
     log_every_n_steps: int = 10
     run_dir: str | None = None
+    resume_from: str | None = None
     console: bool = False
     async_write: bool = True
     timeout: float = 300.0
@@ -179,12 +185,47 @@ class LoggerMixin(AbstractTrainer):
         return self.config.logging_parameters
 
     @property
-    def run_dir(self) -> Path:
-        """The local run directory (written on global rank 0 only)."""
-        configured = self.logging_parameters.run_dir
-        if configured is not None:
-            return Path(configured)
+    def experiment_dir(self) -> Path:
+        """Where this experiment's runs go: ``runs/<project>/<experiment>``, one per launch."""
         return Path("runs") / self.project / self.experiment
+
+    @property
+    def run_dir(self) -> Path:
+        """This launch's run directory (written on global rank 0 only; the same on every rank
+        once the logger is built)."""
+        logger = getattr(self, "_distlog_logger", None)
+        if logger is not None and logger.run_dir is not None:
+            return logger.run_dir
+        planned = getattr(self, "_planned_run_dir", None)
+        if planned is not None:
+            return planned
+        configured = self.logging_parameters.run_dir
+        return Path(configured) if configured is not None else self.experiment_dir
+
+    def _plan_run_dir(self) -> tuple[Path, bool | str]:
+        """On global rank 0: this launch's run directory, and the Logger's ``resume``."""
+        params = self.logging_parameters
+        restart = _restart_count()
+        if params.run_dir is not None:
+            resume: bool | str = True if params.resume_from is not None else "auto"
+            path, resuming = runlog.claim_run_dir(params.run_dir, resume=resume, restart=restart)
+            if path != Path(params.run_dir):
+                warnings.warn(
+                    f"distlog: {params.run_dir} holds a run from an earlier launch; this launch "
+                    f"is a new run in {path} (logging_parameters.resume_from continues the old "
+                    "one)",
+                    stacklevel=4,
+                )
+            return path, True if resuming else resume
+        parent = self.experiment_dir
+        if (parent / runlog.RUN_FILE).is_file() or (parent / runlog.METRICS_FILE).is_file():
+            warnings.warn(
+                f"distlog: {parent} holds a run in the old layout (one directory per "
+                "experiment); new launches get their own run directories inside it",
+                stacklevel=4,
+            )
+        path = runlog.choose_version(parent, restart=restart, resume_from=params.resume_from)
+        return path, True if runlog.holds_run(path) else "auto"
 
     @property
     def logger(self) -> Logger | None:
@@ -193,16 +234,28 @@ class LoggerMixin(AbstractTrainer):
             params = self.logging_parameters
             logger: Logger | None = None
             if params.enabled:
-                sinks = self.make_sinks() if self.world.is_global_zero else []
+                run_dir: Path = self.run_dir
+                resume: bool | str = "auto"
+                sinks: list[Any] = []
+                if self.world.is_global_zero:
+                    try:
+                        run_dir, resume = self._plan_run_dir()
+                    except RunDirError:
+                        if params.resume_from is not None and params.run_dir is None:
+                            raise  # only rank 0 can look; the launcher stops the others
+                    else:  # (another tool's directory: the Logger raises on every rank)
+                        self._planned_run_dir = run_dir
+                        sinks = self.make_sinks()
                 try:
                     logger = Logger(
-                        run_dir=self.run_dir,
+                        run_dir=run_dir,
                         sinks=sinks,
                         world=self.world,
                         console=params.console,
                         async_write=params.async_write,
                         timeout=params.timeout,
                         nonfinite=params.nonfinite,
+                        resume=resume,
                     )
                 except BaseException:
                     for sink in sinks:  # don't leave a tracker run open

@@ -22,12 +22,16 @@ from distlog.mixins import (
     LoggerConfigMixin,
     LoggerMixin,
     LoggingParameters,
+    MLflowLoggerConfigMixin,
+    MLflowLoggerMixin,
+    MlflowLoggingParameters,
     WandBLoggerConfigMixin,
     WandBLoggerMixin,
     WandbLoggingParameters,
 )
 from distlog.runlog import last_step, read_metrics, read_run_info
 from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
+from distlog.sinks.mlflow import MlflowInitError, MlflowSink
 from distlog.sinks.wandb import WandbInitError, WandbSink
 from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
 from distlog.world import World, init_distributed
@@ -53,6 +57,11 @@ __all__ = [
     "LoggerMixin",
     "LoggingParameters",
     "MediaWarning",
+    "MLflowLoggerConfigMixin",
+    "MLflowLoggerMixin",
+    "MlflowInitError",
+    "MlflowLoggingParameters",
+    "MlflowSink",
     "ProgressSink",
     "RankDivergenceError",
     "RunDirError",

@@ -32,6 +32,9 @@ __all__ = [
     "LoggerConfigMixin",
     "LoggerMixin",
     "LoggingParameters",
+    "MLflowLoggerConfigMixin",
+    "MLflowLoggerMixin",
+    "MlflowLoggingParameters",
     "WandBLoggerConfigMixin",
     "WandBLoggerMixin",
     "WandbLoggingParameters",
@@ -111,6 +114,20 @@ class WandbLoggingParameters(LoggingParameters):
 
 
 @dataclass(kw_only=True)
+class MlflowLoggingParameters(LoggingParameters):
+    """MLflow settings. ``tracking_uri=None`` lets MLflow decide (``MLFLOW_TRACKING_URI``,
+    else ``./mlruns``); ``experiment`` and ``run_name`` default to the trainer's ``project``
+    and ``experiment``. A store not reached within ``init_timeout`` seconds: one warning, and
+    the job goes on with the local run log."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    init_timeout: float = 30.0
+
+
+@dataclass(kw_only=True)
 class LoggerConfigMixin(AbstractTrainerConfig):
     logging_parameters: LoggingParameters = field(default_factory=LoggingParameters)
 
@@ -118,6 +135,11 @@ class LoggerConfigMixin(AbstractTrainerConfig):
 @dataclass(kw_only=True)
 class WandBLoggerConfigMixin(LoggerConfigMixin):
     logging_parameters: WandbLoggingParameters = field(default_factory=WandbLoggingParameters)
+
+
+@dataclass(kw_only=True)
+class MLflowLoggerConfigMixin(LoggerConfigMixin):
+    logging_parameters: MlflowLoggingParameters = field(default_factory=MlflowLoggingParameters)
 
 
 # ------------------------------------------------------------------------------ trainers
@@ -463,6 +485,67 @@ class WandBLoggerMixin(LoggerMixin):
         self.wandb_sink = sink
         _record_wandb_run_id(self.run_dir, sink.run_id)
         return [*super().make_sinks(), sink]
+
+
+class MLflowLoggerMixin(LoggerMixin):
+    """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes to MLflow from global rank 0.
+
+    One MLflow run per distlog run: its id is kept in ``<run_dir>/run.json`` as
+    ``mlflow_id``, so a restart of the job (and ``resume_from``) continues the same MLflow run,
+    and a new launch makes a new one. If mlflow is missing, every rank raises ImportError at
+    construction (naming ``distlog[mlflow]``); if the store cannot be reached, rank 0 warns
+    once and the job goes on with the local run log.
+    """
+
+    config: MLflowLoggerConfigMixin
+
+    def __init__(self, config: MLflowLoggerConfigMixin) -> None:
+        params = getattr(config, "logging_parameters", None)
+        if params is not None and getattr(params, "enabled", False):
+            from distlog.sinks.mlflow import import_mlflow
+
+            import_mlflow()  # on every rank, before any collective
+        self.mlflow_sink: Any = None
+        super().__init__(config)
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The MLflow run's id on global rank 0 (None elsewhere, or when the store failed)."""
+        return self.mlflow_sink.run_id if self.mlflow_sink is not None else None
+
+    def make_sinks(self) -> list[Any]:
+        from distlog.sinks.mlflow import MlflowInitError, MlflowSink
+
+        params = self.logging_parameters
+        if not isinstance(params, MlflowLoggingParameters):
+            raise TypeError(
+                "MLflowLoggerMixin needs logging_parameters=MlflowLoggingParameters(...) "
+                "(derive the config from MLflowLoggerConfigMixin)"
+            )
+        info = runlog.ensure_run_info(self.run_dir)
+        recorded = info.get(_MLFLOW_ID_KEY)
+        try:
+            sink = MlflowSink(
+                tracking_uri=params.tracking_uri,
+                experiment=params.experiment or self.project,
+                run_name=params.run_name or self.experiment,
+                run_id=recorded if isinstance(recorded, str) and recorded else None,
+                tags={"distlog.run_id": str(info["id"]), **params.tags},
+                init_timeout=params.init_timeout,
+            )
+        except MlflowInitError as exc:
+            warnings.warn(
+                f"distlog: {exc}. Logging goes on to the local run log {self.run_dir} only.",
+                stacklevel=2,
+            )
+            return [*super().make_sinks()]
+        self.mlflow_sink = sink
+        runlog.ensure_run_info(self.run_dir, **{_MLFLOW_ID_KEY: sink.run_id})
+        return [*super().make_sinks(), sink]
+
+
+_MLFLOW_ID_KEY = "mlflow_id"
+"""Where ``run.json`` keeps the MLflow run of a distlog run."""
 
 
 # The wandb run of a run directory is the run's own id (``run.json``'s ``id``, the Logger's

@@ -667,6 +667,42 @@ class Logger:
             self._submit(lambda: self._each_sink("log_config", lambda s: s.log_config(plain)))
         return plain
 
+    def log_artifact(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        type: str = "artifact",  # noqa: A002 - the trackers' name for it
+    ) -> None:
+        """Keep a file or directory (a checkpoint, a sample of the data) with the run.
+
+        On global rank 0: copied into ``<run_dir>/artifacts/<name>/``, uploaded as a wandb
+        Artifact (offline too) and as MLflow artifacts under ``name`` (default: the file's
+        name), by the writer thread in order with the rows. A no-op on every other rank, so all
+        ranks may call it. A path that does not exist raises
+        [LogValueError][distlog.errors.LogValueError] naming it, at the call. The file is read
+        on the writer thread: call [wait][distlog.Logger.wait] before changing or deleting it.
+        """
+        if self._closed:
+            self._raise_closed()
+        if not self.world.is_global_zero:
+            return
+        src = Path(path)
+        if not src.exists():
+            raise LogValueError(f"log_artifact: {src} does not exist (no such file or directory)")
+        label = src.name if name is None else name
+        if not isinstance(label, str) or not label.strip():
+            raise LogValueError(f"log_artifact(name={name!r}): give a non-empty string")
+        if not isinstance(type, str) or not type.strip():
+            raise LogValueError(f"log_artifact(type={type!r}): give a non-empty string")
+
+        def write(sink: Sink) -> None:
+            method = getattr(sink, "log_artifact", None)
+            if callable(method):
+                method(src, label, type)
+
+        self._submit(lambda: self._each_sink("log_artifact", write))
+
     def add_sink(self, sink: Sink) -> None:
         """Attach another sink (on the writer; elsewhere a no-op)."""
         if self.world.is_global_zero:

@@ -370,6 +370,19 @@ class LoggerMixin(AbstractTrainer):
         if logger is not None:
             logger.log_table(columns, data, desc=desc, **kwargs)
 
+    def log_artifact(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        type: str = "artifact",  # noqa: A002 - the trackers' name for it
+    ) -> None:
+        """Keep a file or directory (e.g. a checkpoint) with the run, from global rank 0: the
+        run directory's ``artifacts/``, wandb and MLflow. A no-op on other ranks. See
+        [Logger.log_artifact][distlog.Logger.log_artifact]."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_artifact(path, name=name, type=type)
+
     # -- tracker extras: offered by sinks that have them (wandb), a no-op elsewhere -------
     def log_model(
         self,

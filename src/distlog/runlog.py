@@ -22,6 +22,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 MEDIA_DIR = "media"
+ARTIFACTS_DIR = "artifacts"
 RESERVED_KEYS = ("step", "time", "media")
 """Columns every ``metrics.jsonl`` row has itself: no metric may be called so."""
 

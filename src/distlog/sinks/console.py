@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class ConsoleSink:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         pass
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Artifacts are not shown here (a no-op)."""
 
     def close(self, exit_code: int = 0) -> None:
         pass

@@ -268,6 +268,9 @@ class TensorBoardSink:
         self.writer.add_text("config", f"```json\n{text}\n```", global_step=0)
         self.writer.flush()
 
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Artifacts are not shown here (a no-op)."""
+
     def close(self, exit_code: int = 0) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -299,6 +299,19 @@ class WandbSink:
         self._check_open("log_config")
         self.run.config.update(dict(config), allow_val_change=True)
 
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """A wandb Artifact (offline too: it is uploaded by ``wandb sync``)."""
+        import re
+
+        artifact = self._wandb.Artifact(
+            re.sub(r"[^\w.-]+", "-", name).strip("-.") or "artifact", type=type
+        )
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
     def close(self, exit_code: int = 0) -> None:
         """Finish the run and wait until wandb has written its exit record (idempotent)."""
         if self._closed:

@@ -250,3 +250,29 @@ def test_torn_last_line_is_skipped_by_the_reader(tmp_path):
     with open(tmp_path / METRICS_FILE, "a") as fh:
         fh.write('{"step": 1, "a": 2')  # a writer killed mid-line
     assert [r["a"] for r in distlog.read_metrics(tmp_path)] == [1.0]
+
+
+def test_console_folds_spread_columns_into_their_key(tmp_path):
+    import io
+
+    from distlog import aggregation, runlog
+
+    assert runlog.SPREAD_SUFFIXES == aggregation.SPREAD_SUFFIXES  # one set of names
+    out = io.StringIO()
+    sink = distlog.ConsoleSink(out)
+    sink.log_scalars(
+        7,
+        {
+            "time/step_ms": 11.5,
+            "time/step_ms/rank_min": 7.4,
+            "time/step_ms/rank_max": 11.5,
+            "time/step_ms/rank_std": 2.05,
+            "time/step_ms/rank_argmax": 0.0,
+            "train/loss": 0.25,
+            "other/rank_max": 3.0,  # no key "other": an ordinary column
+        },
+    )
+    line = out.getvalue().strip()
+    assert line == (
+        "step 7 | other/rank_max 3 | time/step_ms 11.5 [7.4..11.5 r0] | train/loss 0.25"
+    )

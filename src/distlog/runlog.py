@@ -12,7 +12,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ MEDIA_DIR = "media"
 ARTIFACTS_DIR = "artifacts"
 RESERVED_KEYS = ("step", "time", "media")
 """Columns every ``metrics.jsonl`` row has itself: no metric may be called so."""
+
+SPREAD_SUFFIXES = ("rank_min", "rank_max", "rank_std", "rank_argmax")
+"""The columns ``spread=True`` adds to a row as ``<key>/<suffix>`` (the aggregation core's
+names; a test keeps the two equal). Readers fold them into their key."""
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -43,6 +47,15 @@ def decode_value(value: Any) -> Any:
     if isinstance(value, str) and value in _NONFINITE:
         return _NONFINITE[value]
     return value
+
+
+def split_spread(column: str, row_keys: Collection[str]) -> tuple[str, str] | None:
+    """``("time/step_ms", "rank_max")`` for ``"time/step_ms/rank_max"`` when ``time/step_ms`` is
+    in ``row_keys``; None for any other column."""
+    base, _, suffix = column.rpartition("/")
+    if suffix in SPREAD_SUFFIXES and base in row_keys:
+        return base, suffix
+    return None
 
 
 def encode_row(row: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from dist_harness import subprocess_env
 
+import distlog
 from distlog import runlog
 from distlog.cli import load_run, main
 from distlog.sinks.jsonl import JsonlSink
@@ -305,3 +306,40 @@ def test_long_series_are_drawn_as_an_envelope_that_keeps_spikes(tmp_path):
     sink.close()
     assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "long.png")]) == 0
     assert (tmp_path / "long.png").stat().st_size > 1000
+
+
+def test_plot_folds_spread_lists_constants_and_draws_histograms(tmp_path):
+    from PIL import Image
+
+    from distlog.cli import load_run, plan_plot, plot_run
+
+    logger = distlog.Logger(run_dir=tmp_path / "run", async_write=False)
+    for step in range(1, 6):
+        logger.log_scalar("time/step_ms", 10.0 + step, spread=True)
+        logger.log_scalar("world", 2.0)  # constant: listed, not a line
+        logger.log_scalar("train/loss", 1.0 / step)
+        if step == 5:
+            logger.log_histogram(np.arange(50.0), desc="weights/w", bins=5)
+        logger.flush(step)
+    logger.finish()
+    summary = load_run(tmp_path / "run")
+    curves, spread, flat, histograms = plan_plot(summary, None)
+    assert curves == ["time/step_ms", "train/loss"]  # no rank_* panels
+    assert set(spread["time/step_ms"]) == {"rank_min", "rank_max", "rank_std", "rank_argmax"}
+    assert flat == ["world"] and histograms == ["weights/w"]
+    assert summary.last_media["weights/w"][1]["counts"] == [10, 10, 10, 10, 10]
+    out = tmp_path / "p.png"
+    assert plot_run(summary, out) == ["time/step_ms", "train/loss", "weights/w", "world"]
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]  # 3 columns x 2 rows
+
+
+def test_plot_of_a_media_only_run_shows_its_media_index(tmp_path, capsys):
+    import torch
+
+    logger = distlog.Logger(run_dir=tmp_path / "run", async_write=False)
+    logger.log_images(torch.rand(1, 3, 4, 4), desc="val/samples")
+    logger.flush(1)
+    logger.finish()
+    assert main(["plot", str(tmp_path / "run"), "-o", str(tmp_path / "m.png")]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "m.png").stat().st_size > 0

@@ -681,7 +681,7 @@ class Logger:
         name), by the writer thread in order with the rows. A no-op on every other rank, so all
         ranks may call it. A path that does not exist raises
         [LogValueError][distlog.errors.LogValueError] naming it, at the call. The file is read
-        on the writer thread: call [wait][distlog.Logger.wait] before changing or deleting it.
+        on the writer thread: call [wait][distlog.logger.Logger.wait] before changing or deleting it.
         """
         if self._closed:
             self._raise_closed()

@@ -1,15 +1,15 @@
 """The seed's logger mixins (``LoggerMixin``, ``WandBLoggerMixin`` and their configs), thin over
-:class:`distlog.Logger`.
+[Logger][distlog.Logger].
 
 A trainer mixes them in (``class MyTrainer(BaseTrainer, WandBLoggerMixin)``) and logs with
 ``self.log_scalar``, ``self.log_images`` and friends on every rank. Scalars go through the fused
-cross-rank aggregation; the harness (:mod:`distlog.trainer`) flushes every
+cross-rank aggregation; the harness (`distlog.trainer`) flushes every
 ``logging_parameters.log_every_n_steps``. Only global rank 0 writes: the local run log always,
-and Weights & Biases with :class:`WandBLoggerMixin`. Without wandb installed, :class:`LoggerMixin`
+and Weights & Biases with [WandBLoggerMixin][distlog.mixins.WandBLoggerMixin]. Without wandb installed, [LoggerMixin][distlog.mixins.LoggerMixin]
 alone writes the local run log, so the same trainer runs anywhere.
 
 The classes are cooperative: each ``__init__`` takes the config and calls ``super().__init__``,
-so they combine in either order with :class:`distlog.trainer.BaseTrainer`.
+so they combine in either order with [BaseTrainer][distlog.trainer.BaseTrainer].
 """
 
 from __future__ import annotations
@@ -183,11 +183,11 @@ class AbstractTrainer:
 
 
 class LoggerMixin(AbstractTrainer):
-    """Backend-neutral logging for a trainer, over one :class:`distlog.Logger`.
+    """Backend-neutral logging for a trainer, over one [Logger][distlog.Logger].
 
     Every rank calls the ``log_*`` methods (they are cheap and never communicate); values are
     reduced across ranks at each flush and written by global rank 0 to the local run log and
-    any tracker a subclass adds with :meth:`make_sinks`.
+    any tracker a subclass adds with [make_sinks][distlog.mixins.LoggerMixin.make_sinks].
     """
 
     config: LoggerConfigMixin
@@ -251,7 +251,7 @@ class LoggerMixin(AbstractTrainer):
 
     @property
     def logger(self) -> Logger | None:
-        """The :class:`distlog.Logger` (None when logging is disabled). Built on first use."""
+        """The [Logger][distlog.Logger] (None when logging is disabled). Built on first use."""
         if not hasattr(self, "_distlog_logger"):
             params = self.logging_parameters
             logger: Logger | None = None
@@ -299,7 +299,7 @@ class LoggerMixin(AbstractTrainer):
     def log_dict(self, logs: dict[str, Any], reduce: str = "mean", **kwargs: Any) -> None:
         """Log several scalars with one reduction (``mean``, ``sum``, ``min``, ``max``, ``last``).
 
-        ``weight=`` and ``spread=`` are passed on to :meth:`distlog.Logger.log_dict`.
+        ``weight=`` and ``spread=`` are passed on to [Logger.log_dict][distlog.logger.Logger.log_dict].
         """
         logger = self.logger
         if logger is not None:
@@ -378,7 +378,7 @@ class LoggerMixin(AbstractTrainer):
     ) -> None:
         """Keep a file or directory (e.g. a checkpoint) with the run, from global rank 0: the
         run directory's ``artifacts/``, wandb and MLflow. A no-op on other ranks. See
-        [Logger.log_artifact][distlog.Logger.log_artifact]."""
+        [Logger.log_artifact][distlog.logger.Logger.log_artifact]."""
         logger = self.logger
         if logger is not None:
             logger.log_artifact(path, name=name, type=type)
@@ -435,7 +435,7 @@ class LoggerMixin(AbstractTrainer):
 
 
 class WandBLoggerMixin(LoggerMixin):
-    """:class:`LoggerMixin` that also writes to Weights & Biases from global rank 0.
+    """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes to Weights & Biases from global rank 0.
 
     Only global rank 0 calls ``wandb.init``: a multi-rank job makes exactly one run. If wandb
     is missing, every rank raises ImportError at construction (naming ``distlog[wandb]``). If

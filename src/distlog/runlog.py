@@ -2,7 +2,7 @@
 
 JSON has no NaN or infinities, and Python's ``json`` would write them as bare ``NaN`` tokens that
 strict readers reject. distlog writes them as the strings ``"NaN"``, ``"Infinity"`` and
-``"-Infinity"`` instead, so every line is strict JSON; :func:`read_metrics` restores the floats.
+``"-Infinity"`` instead, so every line is strict JSON; [read_metrics][distlog.runlog.read_metrics] restores the floats.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def encode_value(value: float) -> float | str:
 
 
 def decode_value(value: Any) -> Any:
-    """Inverse of :func:`encode_value` for one stored value."""
+    """Inverse of `encode_value` for one stored value."""
     if isinstance(value, str) and value in _NONFINITE:
         return _NONFINITE[value]
     return value
@@ -155,7 +155,7 @@ def new_run_id() -> str:
 def ensure_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """The contents of ``<run_dir>/run.json``, created with a fresh id if the run has none.
 
-    For code that needs the run's id before :class:`distlog.Logger` records its start (a tracker
+    For code that needs the run's id before [Logger][distlog.Logger] records its start (a tracker
     made by ``LoggerMixin.make_sinks``, which runs before the logger is built): the logger then
     keeps that id. ``fields`` are set in the file (``None`` removes a key); ``id`` is not one of
     them. Like every write to ``run.json``, call it on the writer rank (global rank 0) only.

@@ -1,9 +1,9 @@
 """A small DDP-aware training harness for the seed's API: ``BaseTrainer``, its config, callbacks.
 
-Not a second Lightning: one loop you can read in a minute. Subclass :class:`BaseTrainer`, build
-``self.model`` and ``self.optimizer`` in :meth:`~BaseTrainer.configure`, return a dataloader from
-:meth:`~BaseTrainer.train_dataloader`, and return ``{"loss": loss, ...}`` from
-:meth:`~BaseTrainer.training_step`::
+Not a second Lightning: one loop you can read in a minute. Subclass [BaseTrainer][distlog.trainer.BaseTrainer], build
+``self.model`` and ``self.optimizer`` in [configure][distlog.trainer.BaseTrainer.configure], return a dataloader from
+[train_dataloader][distlog.trainer.BaseTrainer.train_dataloader], and return ``{"loss": loss, ...}`` from
+[training_step][distlog.trainer.BaseTrainer.training_step]::
 
     @dataclass(kw_only=True)
     class MyConfig(BaseTrainerConfig, WandBLoggerConfigMixin): ...
@@ -42,7 +42,7 @@ __all__ = ["BaseTrainer", "BaseTrainerConfig", "Callback"]
 
 
 class Callback:
-    """Hooks called by :class:`BaseTrainer`; override the ones you need. All default to no-ops."""
+    """Hooks called by [BaseTrainer][distlog.trainer.BaseTrainer]; override the ones you need. All default to no-ops."""
 
     def on_fit_start(self, trainer: BaseTrainer) -> None: ...
     def on_train_epoch_start(self, trainer: BaseTrainer) -> None: ...

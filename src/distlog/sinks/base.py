@@ -3,7 +3,7 @@
 Only the writer (global rank 0) ever calls a sink, and it does so from a single thread at a time
 (the logger's writer thread when ``async_write`` is on), so sinks need no locking of their own.
 Values reach a sink already aggregated over steps and ranks; media arrive already converted to
-uint8 arrays (see :mod:`distlog.media`), so a sink only encodes and writes.
+uint8 arrays (see `distlog.media`), so a sink only encodes and writes.
 """
 
 from __future__ import annotations

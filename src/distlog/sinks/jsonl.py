@@ -55,7 +55,7 @@ class JsonlSink:
     """Writes ``<run_dir>/metrics.jsonl`` (appending, so a restarted job continues the file).
 
     A partial last line left by a killed writer is removed before appending (see
-    :func:`_cut_torn_tail`), so the file stays one complete JSON object per line.
+    `_cut_torn_tail`), so the file stays one complete JSON object per line.
 
     Each row is flushed to the OS as soon as it is written, so a crash loses no written row.
     ``fsync=True`` also forces it to disk (slower; for jobs that fear power loss).

@@ -1,7 +1,7 @@
 """MLflow from global rank 0: one batched call per flush, config as params, media as artifacts.
 
 Scalars of a flush go in one ``MlflowClient.log_batch`` (chunked at MLflow's 1000 metrics a
-call) at their step; [log_config][distlog.Logger.log_config] becomes params with nested keys
+call) at their step; [log_config][distlog.logger.Logger.log_config] becomes params with nested keys
 flattened (``model.width``), already redacted by the logger; images, figures, videos and tables
 become artifacts under ``media/<key>/`` in the files the local run log writes, and histograms a
 JSON artifact. Reaching the store is time-boxed like ``wandb.init``: a store that cannot be

@@ -1,6 +1,6 @@
 """Weights & Biases: one run per job, written by the writer rank only.
 
-Only global rank 0 ever constructs a :class:`WandbSink`, so a multi-rank job makes exactly one
+Only global rank 0 ever constructs a [WandbSink][distlog.sinks.wandb.WandbSink], so a multi-rank job makes exactly one
 wandb run and one run directory. Every metric is keyed to the trainer's global step
 (``define_metric("*", step_metric=...)``) and each call commits its row at once, so a job killed
 between flushes loses nothing already flushed. wandb's own ``step=`` is never passed: a step
@@ -153,7 +153,7 @@ class WandbSink:
         resume: ``wandb.init``'s resume policy; with the same ``id`` a restarted job continues
             the same run (offline: a new folder with the same id, uploaded in order by
             ``wandb sync``).
-        init_timeout: seconds to wait for ``wandb.init`` before raising :class:`WandbInitError`.
+        init_timeout: seconds to wait for ``wandb.init`` before raising `WandbInitError`.
         step_metric: the metric every other metric is plotted against.
         finish_timeout: seconds ``close`` waits for wandb to finish writing the ``.wandb`` file.
         settings: extra ``wandb.Settings`` (a dict or a Settings object).
@@ -226,7 +226,7 @@ class WandbSink:
         """The last step a previous start of this run logged, to catch a step going backwards.
 
         Online, wandb restores the summary of a resumed run; offline, earlier starts are earlier
-        folders with the same id next to this one, read with :mod:`distlog.wandb_offline`.
+        folders with the same id next to this one, read with `distlog.wandb_offline`.
         """
         try:
             value = self.run.summary.get(self.step_metric)

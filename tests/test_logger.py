@@ -171,10 +171,12 @@ def test_finish_flushes_closes_and_forbids_more_logging(tmp_path):
         log.flush()
 
 
-def test_context_manager_and_append_on_restart(tmp_path):
+def test_context_manager_and_append_on_restart(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     with distlog.Logger(run_dir=tmp_path) as log:
         log.log_scalar("a", 1.0)
         log.flush(1)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     with distlog.Logger(run_dir=tmp_path) as log:  # a restarted job continues the file
         log.log_scalar("a", 2.0)
         log.flush(2)

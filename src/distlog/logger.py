@@ -314,8 +314,7 @@ class Logger:
         self.sinks: list[Sink] = []
         self.run_dir: Path | None = None
         given = list(sinks) if sinks is not None else []
-        if run_dir is not None or sinks is None:
-            self.run_dir, resume = self._claim_run_dir(run_dir, resume)
+        self.run_dir, resume = self._claim_run_dir(run_dir, resume, default=sinks is None)
         self._writer: _WriterThread | None = None
         if self.world.is_global_zero:
             if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
@@ -332,33 +331,41 @@ class Logger:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
         lifecycle.register(self, signals)
 
-    def _claim_run_dir(self, run_dir: str | Path | None, resume: bool | str) -> tuple[Path, bool]:
+    def _claim_run_dir(
+        self, run_dir: str | Path | None, resume: bool | str, *, default: bool
+    ) -> tuple[Path | None, bool]:
         """The run directory of this launch, the same on every rank, and whether it resumes.
 
         The writer applies [claim_run_dir][distlog.runlog.claim_run_dir] (a new run never lands
         in a directory holding another: it gets the next version) and sends its choice, or its
-        error, to the group's other ranks, so all of them agree or all of them raise.
+        error, to the group's other ranks, so all of them agree or all of them raise. It does
+        so whatever the arguments of the other ranks, so they can never pair this exchange
+        with another. ``default``: no ``run_dir`` means ``runs/<date-time>`` (else none).
         """
         choice: list[Any] = [None, False, None]
         if self.world.is_global_zero:
             try:
                 if run_dir is None:
-                    path, resuming = runlog.new_version_dir("runs"), False
+                    path: Path | None = runlog.new_version_dir("runs") if default else None
+                    resuming = False
                 else:
                     path, resuming = runlog.claim_run_dir(
                         run_dir, resume=resume, restart=_restart_count()
                     )
-                choice = [str(path), resuming, None]
+                choice = [None if path is None else str(path), resuming, None]
             except DistlogError as exc:
                 choice = [None, False, str(exc)]
+            except OSError as exc:  # unreadable, not creatable: every rank must hear of it
+                choice = [None, False, f"run_dir {run_dir}: {exc}"]
         group = self._agg.control_group
         if group is not None:
             dist.broadcast_object_list(choice, src=0, group=group)
         elif not self.world.is_global_zero:  # no exchange with the writer: our own view
-            path = Path(run_dir) if run_dir is not None else Path("runs")
-            choice = [str(path), False, None]
+            choice = [None if run_dir is None else str(run_dir), False, None]
         if choice[2] is not None:
             raise RunDirError(choice[2])
+        if choice[0] is None:
+            return None, False
         path = Path(choice[0])
         if self.world.is_global_zero and run_dir is not None and path != Path(run_dir):
             warnings.warn(

@@ -36,6 +36,7 @@ def test_artifacts_reach_the_run_dir_wandb_and_mlflow(tmp_path, monkeypatch, fil
     from distlog.wandb_offline import find_run_dirs, iter_records, wandb_file_of
 
     ckpt, data = files
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
     env = apply_wandb_env(monkeypatch, tmp_path)
     try:
         wandb_sink = distlog.WandbSink(project="art", mode="offline")

@@ -115,7 +115,8 @@ def check_run(client, run_id):
     assert record["type"] == "histogram" and sum(record["counts"]) == 100
 
 
-def test_sink_against_a_sqlite_store(tmp_path):
+def test_sink_against_a_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sink = distlog.MlflowSink(tracking_uri=uri, experiment="exp", run_name="first")
     logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink], async_write=False)
@@ -205,7 +206,8 @@ def test_missing_mlflow_names_the_extra(tmp_path):
 
 
 @pytest.mark.slow
-def test_sink_against_a_real_mlflow_server(mlflow_server, tmp_path):
+def test_sink_against_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     server, uri = mlflow_server
     deadline = time.monotonic() + 90  # bounded: a server that never answers fails the test
     while True:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from dist_harness import subprocess_env
 
+import distlog
 from distlog import runlog
 from distlog.cli import load_run, main
 from distlog.sinks.jsonl import JsonlSink
@@ -156,11 +157,26 @@ def test_bad_directories(tmp_path, capsys, case, command):
 def test_bad_directory_as_a_command_has_no_traceback(tmp_path):
     foreign = tmp_path / "logs"
     (foreign / "exp1").mkdir(parents=True)
-    write_run(foreign / "exp1")
+    (foreign / "exp1" / "notes.txt").write_text("not a run")
     done = run_cli("show", str(foreign))
     assert done.returncode == 1 and done.stdout == ""
-    assert "not a distlog run directory" in done.stderr and "exp1" in done.stderr  # a hint
+    assert "not a distlog run directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_show_lists_the_runs_of_a_project_directory(tmp_path):
+    project = tmp_path / "runs" / "proj"
+    for name in ("exp1/20261201-100000", "exp1/20261201-110000", "exp2/20261201-120000"):
+        write_run(project / name)
+    done = run_cli("show", str(project))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{project}: 3 runs"
+    assert [line.split()[0] for line in lines[2:]] == [
+        "exp1/20261201-100000",
+        "exp1/20261201-110000",
+        "exp2/20261201-120000",
+    ]
 
 
 def test_usage_errors_exit_with_2(capsys):
@@ -290,3 +306,40 @@ def test_long_series_are_drawn_as_an_envelope_that_keeps_spikes(tmp_path):
     sink.close()
     assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "long.png")]) == 0
     assert (tmp_path / "long.png").stat().st_size > 1000
+
+
+def test_plot_folds_spread_lists_constants_and_draws_histograms(tmp_path):
+    from PIL import Image
+
+    from distlog.cli import load_run, plan_plot, plot_run
+
+    logger = distlog.Logger(run_dir=tmp_path / "run", async_write=False)
+    for step in range(1, 6):
+        logger.log_scalar("time/step_ms", 10.0 + step, spread=True)
+        logger.log_scalar("world", 2.0)  # constant: listed, not a line
+        logger.log_scalar("train/loss", 1.0 / step)
+        if step == 5:
+            logger.log_histogram(np.arange(50.0), desc="weights/w", bins=5)
+        logger.flush(step)
+    logger.finish()
+    summary = load_run(tmp_path / "run")
+    curves, spread, flat, histograms = plan_plot(summary, None)
+    assert curves == ["time/step_ms", "train/loss"]  # no rank_* panels
+    assert set(spread["time/step_ms"]) == {"rank_min", "rank_max", "rank_std", "rank_argmax"}
+    assert flat == ["world"] and histograms == ["weights/w"]
+    assert summary.last_media["weights/w"][1]["counts"] == [10, 10, 10, 10, 10]
+    out = tmp_path / "p.png"
+    assert plot_run(summary, out) == ["time/step_ms", "train/loss", "weights/w", "world"]
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1]  # 3 columns x 2 rows
+
+
+def test_plot_of_a_media_only_run_shows_its_media_index(tmp_path, capsys):
+    import torch
+
+    logger = distlog.Logger(run_dir=tmp_path / "run", async_write=False)
+    logger.log_images(torch.rand(1, 3, 4, 4), desc="val/samples")
+    logger.flush(1)
+    logger.finish()
+    assert main(["plot", str(tmp_path / "run"), "-o", str(tmp_path / "m.png")]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "m.png").stat().st_size > 0

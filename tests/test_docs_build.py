@@ -4,6 +4,7 @@ docstrings that mkdocstrings cannot parse are errors), and the API blocks really
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # stub in its place, so this branch's own pages are still checked strictly.
 PAGES_FROM_OTHER_BRANCHES = {
     "wandb.md": "Weights & Biases",
-    "mixins.md": "Mixins and the trainer harness",
+    "mixins.md": "Logger mixins and the trainer harness",
     "benchmarks.md": "Benchmarks",
     "media.md": "Media across ranks",
 }
@@ -40,7 +41,10 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_docs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built once, with ``mkdocs build --strict``, for every test below."""
+    tmp_path = tmp_path_factory.mktemp("docs")
     missing = [p for p in PAGES_FROM_OTHER_BRANCHES if not (ROOT / "docs" / p).exists()]
     config = ROOT / "mkdocs.yml"
     if missing:
@@ -55,15 +59,53 @@ def test_docs_build_strict(tmp_path):
         config = work / "mkdocs.yml"
         warnings.warn(f"docs built with stubs for pages not merged yet: {missing}", stacklevel=1)
 
-    site = tmp_path / "site"
-    done = build(config, site)
+    built = tmp_path / "site"
+    done = build(config, built)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return built
 
+
+def test_docs_build_strict(site):
     api = (site / "api" / "index.html").read_text()
     for name in ("log_metrics", "metric_values", "TensorBoardSink", "ProgressSink", "read_metrics"):
         assert name in api, name
-    mixins = (site / "logger-mixins" / "index.html").read_text()
+    mixins = (site / "mixins" / "index.html").read_text()
     assert "WandBLoggerMixin" in mixins and "TensorBoardLoggerMixin" in mixins
+    assert "MLflowLoggerMixin" in mixins and "BaseTrainerConfig" in mixins  # one page for both
+    assert not (site / "logger-mixins").exists()
     assert "make_sinks" in mixins  # a member documented from its docstring, not just the text
     for page in ("aggregation", "distributed", "reliability", "cli", "torchmetrics", "progress"):
         assert (site / page / "index.html").exists(), page
+
+
+ROLE = re.compile(r":(class|meth|func|mod|attr):(`|<code>)")
+"""A Sphinx role in a docstring (`` `x` `` in the source, ``<code>x</code>`` once rendered)."""
+OWNED_ELSEWHERE = ("aggregation.py", "logger.py", "media.py", "world.py", "lifecycle.py")
+"""Modules other branches are rewriting; their docstrings convert when they land."""
+
+
+def test_docstrings_use_cross_references_not_sphinx_roles():
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "src" / "distlog").rglob("*.py"))
+        if path.name not in OWNED_ELSEWHERE
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if ROLE.search(line)
+    ]
+    assert not offenders, offenders  # write [Logger][distlog.Logger], not :class:`Logger`
+
+
+def test_rendered_pages_show_no_raw_roles(site):
+    raw = {
+        str(page.relative_to(site)): len(ROLE.findall(page.read_text()))
+        for page in site.rglob("*.html")
+        if ROLE.search(page.read_text())
+    }
+    pending = [
+        name
+        for name in OWNED_ELSEWHERE
+        if ROLE.search((ROOT / "src" / "distlog" / name).read_text())
+    ]
+    if raw and pending:
+        pytest.xfail(f"owned files pending: {pending} still use Sphinx roles ({raw})")
+    assert not raw, raw

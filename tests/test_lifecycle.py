@@ -212,7 +212,7 @@ def test_run_json_keeps_the_id_and_records_each_start(tmp_path):
     first.log_scalar("x", 1.0)
     first.flush(0)
     first.finish(exit_code=143)
-    second = distlog.Logger(run_dir=tmp_path)
+    second = distlog.Logger(run_dir=tmp_path, resume=True)  # continued on purpose
     assert second.run_id == run_id and len(run_id) == 8
     second.finish()
     data = info(tmp_path)
@@ -261,17 +261,52 @@ def test_resume_writes_no_step_twice(tmp_path):
 
 
 def test_resume_auto_follows_the_launchers_restart_count(tmp_path, monkeypatch):
-    write_steps(tmp_path, range(5))
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run = tmp_path / "exp"
+    write_steps(run, range(5))
+    with pytest.warns(UserWarning, match="this launch is a new run in .*exp-2"):
+        write_steps(run, range(3, 6))  # a second launch: a run of its own, never appended
+    assert [r["step"] for r in distlog.read_metrics(run)] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in distlog.read_metrics(tmp_path / "exp-2")] == [3, 4, 5]
+    assert info(run)["id"] != info(tmp_path / "exp-2")["id"]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the launcher restarted that job
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        write_steps(tmp_path, range(3, 6))  # a first start: appended as it comes
-    assert [r["step"] for r in distlog.read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 3, 4, 5]
+        write_steps(run, range(4, 8))
+    assert [r["step"] for r in distlog.read_metrics(tmp_path / "exp-2")] == [3, 4, 5, 6, 7]
+    assert info(tmp_path / "exp-2")["starts"][-1]["restart"] == 1
+    assert [r["step"] for r in distlog.read_metrics(run)] == [0, 1, 2, 3, 4]  # untouched
+
+
+def test_a_restart_continues_the_run_its_launch_started(tmp_path, monkeypatch):
+    """Two launches of one directory; the first one's job restarts: its launch id picks it."""
+    run = tmp_path / "exp"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
+    write_steps(run, range(3))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-b")
+    with pytest.warns(UserWarning, match="new run"):
+        write_steps(run, range(2))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        write_steps(tmp_path, range(4, 8))
-    assert [r["step"] for r in distlog.read_metrics(tmp_path)][-2:] == [6, 7]
-    assert info(tmp_path)["starts"][-1]["restart"] == 1
+        logger = distlog.Logger(run_dir=run, async_write=False)
+    assert logger.run_dir == run and logger.run_id == info(run)["id"]
+    logger.finish()
+    assert [s.get("launch") for s in info(run)["starts"]] == ["launch-a", "launch-a"]
+
+
+def test_another_tools_directory_is_refused(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+    with pytest.raises(distlog.RunDirError, match="metrics.jsonl has no distlog rows"):
+        distlog.Logger(run_dir=tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text('{"name": "not ours"}')
+    with pytest.raises(distlog.RunDirError, match="not a distlog run file"):
+        distlog.Logger(run_dir=other, resume=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"loss": 1.0}\n'  # left alone
 
 
 def test_bad_resume_argument():

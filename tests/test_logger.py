@@ -171,10 +171,12 @@ def test_finish_flushes_closes_and_forbids_more_logging(tmp_path):
         log.flush()
 
 
-def test_context_manager_and_append_on_restart(tmp_path):
+def test_context_manager_and_append_on_restart(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     with distlog.Logger(run_dir=tmp_path) as log:
         log.log_scalar("a", 1.0)
         log.flush(1)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     with distlog.Logger(run_dir=tmp_path) as log:  # a restarted job continues the file
         log.log_scalar("a", 2.0)
         log.flush(2)
@@ -259,3 +261,29 @@ def test_a_dict_with_spread_cannot_log_its_own_spread_columns(tmp_path):
     logger.log_scalar("z", 1.0)
     assert logger.flush(0, block=True) == {"z": 1.0}  # nothing of the bad call was buffered
     logger.finish()
+
+
+def test_console_folds_spread_columns_into_their_key(tmp_path):
+    import io
+
+    from distlog import layout, runlog
+
+    assert runlog.SPREAD_SUFFIXES is layout.SPREAD_SUFFIXES  # one set of names
+    out = io.StringIO()
+    sink = distlog.ConsoleSink(out)
+    sink.log_scalars(
+        7,
+        {
+            "time/step_ms": 11.5,
+            "time/step_ms/rank_min": 7.4,
+            "time/step_ms/rank_max": 11.5,
+            "time/step_ms/rank_std": 2.05,
+            "time/step_ms/rank_argmax": 0.0,
+            "train/loss": 0.25,
+            "other/rank_max": 3.0,  # no key "other": an ordinary column
+        },
+    )
+    line = out.getvalue().strip()
+    assert line == (
+        "step 7 | other/rank_max 3 | time/step_ms 11.5 [7.4..11.5 r0] | train/loss 0.25"
+    )

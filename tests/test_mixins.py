@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from wandb_helpers import apply_wandb_env, reset_wandb
 
 import distlog
+from distlog import runlog
 from distlog.mixins import (
     LoggerConfigMixin,
     LoggerMixin,
@@ -54,7 +55,7 @@ class Loop(LoggerMixin):
 
 def test_logger_mixin_in_a_hand_written_loop(env, tmp_path):
     loop = Loop(LoopConfig(experiment="hand", project="p"))
-    assert loop.run_dir == Path("runs/p/hand")  # relative to the working directory
+    assert loop.run_dir.parent == Path("runs/p/hand")  # a run of its own, in the working dir
     values = [0.5, 1.5, 4.0]
     for step, v in enumerate(values, start=1):
         loop.global_step = step
@@ -63,9 +64,9 @@ def test_logger_mixin_in_a_hand_written_loop(env, tmp_path):
         loop.flush_logs()
     loop.log_config({"model": {"width": 8}})
     loop.finish()
-    got = rows_by_step("runs/p/hand")
+    got = rows_by_step(loop.run_dir)
     assert got == {s: {"loss": v, "tokens": 10.0 * s} for s, v in enumerate(values, start=1)}
-    assert (tmp_path / "runs/p/hand/config.json").is_file()
+    assert (tmp_path / loop.run_dir / "config.json").is_file()
     with pytest.raises(distlog.LoggerClosedError):
         loop.log_scalar("loss", 1.0)  # logging after finish is a clear error
     loop.finish()  # idempotent
@@ -338,7 +339,7 @@ def test_without_wandb_installed(tmp_path):
         loop.log_scalar("loss", 3.0)
         loop.flush_logs()
         loop.finish()
-        print("ROWS", distlog.read_metrics("runs/distlog/nowandb"))
+        print("ROWS", distlog.read_metrics(loop.run_dir))
 
         @dataclass(kw_only=True)
         class W(WandBLoggerConfigMixin): ...
@@ -487,3 +488,80 @@ def test_a_legacy_wandb_run_json_is_read_on_a_restart_and_not_written(first_star
     Path("fresh/wandb-run.json").write_text(json.dumps({"id": "legacy02"}) + "\n")
     fresh = start("fresh")
     assert fresh.wandb_run.id == fresh.logger.run_id != "legacy02"
+
+
+# ------------------------------------------------------------------ dataloaders as attributes
+class SeedStyleTable(Linear, BaseTrainer, LoggerMixin):
+    """The seed's table example: a hook iterates ``self.val_dataloader`` as an attribute."""
+
+    def on_validation_epoch_end(self):
+        self.val_batches = [len(x) for x, _ in self.val_dataloader]
+
+
+class AttributeLoaders(Linear, BaseTrainer, LoggerMixin):
+    """Loaders set as attributes in configure, no methods."""
+
+    train_dataloader = None  # type: ignore[assignment]
+    val_dataloader = None  # type: ignore[assignment]
+
+    def configure(self):
+        super().configure()
+        x = torch.linspace(-1, 1, 16).unsqueeze(1)
+        self.train_dataloader = DataLoader(TensorDataset(x, 2 * x), batch_size=4)
+        self.val_dataloader = DataLoader(TensorDataset(x[:6], 2 * x[:6]), batch_size=3)
+
+
+def test_dataloaders_are_attributes_after_construction(env, tmp_path):
+    trainer = SeedStyleTable(TrainConfig(experiment="seedtable", max_epochs=1))
+    assert isinstance(trainer.val_dataloader, DataLoader)  # the method's result, kept
+    assert isinstance(trainer.train_dataloader, DataLoader)
+    trainer.fit()
+    assert trainer.val_batches == [4, 4]  # the hook iterated the attribute
+    assert len(trainer.seen) == 4  # 32 samples, batches of 8
+
+    other = AttributeLoaders(TrainConfig(experiment="attrs", max_epochs=1))
+    other.fit()
+    assert len(other.seen) == 4  # 16 samples, batches of 4
+    got = rows_by_step(other.run_dir)
+    assert "val/loss" in got[max(got)]  # validation ran over the attribute loader
+
+
+# ------------------------------------------------------------------ a run per launch
+def test_each_launch_is_a_run_of_its_own_and_resume_is_explicit(env, tmp_path):
+    """The same trainer launched twice: two run directories, two wandb runs; resume_from
+    continues one on purpose (same directory, same id, same wandb run)."""
+    pytest.importorskip("wandb")
+    from distlog.wandb_offline import find_run_dirs, read_run
+
+    def launch(**params):
+        lp = WandbLoggingParameters(log_every_n_steps=2, **params)
+        trainer = WandbLast(
+            WandbTrainConfig(experiment="twice", max_steps=4, logging_parameters=lp)
+        )
+        trainer.fit()
+        return trainer.run_dir, runlog.read_run_info(trainer.run_dir)
+
+    (first, info1), (second, info2) = launch(), launch()
+    assert first != second and first.parent == second.parent == Path("runs/distlog/twice")
+    assert info1["id"] != info2["id"]
+    one_launch = [r["step"] for r in distlog.read_metrics(first)]
+    assert one_launch == sorted(one_launch) and set(one_launch) == {2, 4}  # (4: the last flush)
+    assert [r["step"] for r in distlog.read_metrics(second)] == one_launch  # never appended
+    wandb_ids = sorted(read_run(d).run_id for d in find_run_dirs(env["WANDB_DIR"]))
+    assert wandb_ids == sorted([info1["id"], info2["id"]])  # a new wandb run per launch
+
+    resumed, info3 = launch(resume_from=info1["id"])
+    assert resumed == first and info3["id"] == info1["id"] and len(info3["starts"]) == 2
+    assert [r["step"] for r in distlog.read_metrics(first)] == one_launch  # replayed, not rewritten
+    assert len(find_run_dirs(env["WANDB_DIR"], run_id=info1["id"])) == 2  # continued
+    with pytest.raises(distlog.RunDirError, match="resume_from='nope'"):
+        launch(resume_from="nope")
+
+    # distlog show lists the experiment's runs
+    out = subprocess.run(
+        [sys.executable, "-m", "distlog.cli", "show", "runs/distlog"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert info1["id"] in out and info2["id"] in out and "2 runs" in out

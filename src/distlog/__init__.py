@@ -12,6 +12,7 @@ from distlog.errors import (
     LogTypeError,
     LogValueError,
     RankDivergenceError,
+    RunDirError,
 )
 from distlog.exchange import ExchangeOptions
 from distlog.layout import REDUCTIONS
@@ -22,12 +23,16 @@ from distlog.mixins import (
     LoggerConfigMixin,
     LoggerMixin,
     LoggingParameters,
+    MLflowLoggerConfigMixin,
+    MLflowLoggerMixin,
+    MlflowLoggingParameters,
     WandBLoggerConfigMixin,
     WandBLoggerMixin,
     WandbLoggingParameters,
 )
 from distlog.runlog import last_step, read_metrics, read_run_info
 from distlog.sinks import ConsoleSink, JsonlSink, ProgressSink, Sink, TensorBoardSink
+from distlog.sinks.mlflow import MlflowInitError, MlflowSink
 from distlog.sinks.wandb import WandbInitError, WandbSink
 from distlog.system import SystemMetrics, mfu
 from distlog.trainer import BaseTrainer, BaseTrainerConfig, Callback
@@ -55,8 +60,14 @@ __all__ = [
     "LoggerMixin",
     "LoggingParameters",
     "MediaWarning",
+    "MLflowLoggerConfigMixin",
+    "MLflowLoggerMixin",
+    "MlflowInitError",
+    "MlflowLoggingParameters",
+    "MlflowSink",
     "ProgressSink",
     "RankDivergenceError",
+    "RunDirError",
     "Sink",
     "SystemMetrics",
     "Table",

@@ -1,7 +1,8 @@
 """The ``distlog`` command: look at a run directory without writing any code.
 
 - ``distlog show RUN_DIR``: a summary of the run and, per key, the last/min/max value and how
-  many steps logged it;
+  many steps logged it; given a project or experiment directory (``runs/<project>``), the
+  list of its runs;
 - ``distlog plot RUN_DIR -o curves.png [--keys PATTERN ...]``: the curves, one panel per key;
 - ``distlog demo [--nproc N]``: runs the demo job under torchrun.
 
@@ -20,8 +21,9 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from distlog import runlog
 
-__all__ = ["KeySummary", "RunSummary", "load_run", "main"]
+__all__ = ["KeySummary", "RunSummary", "format_runs", "load_run", "main", "plan_plot", "plot_run"]
 
 
 class CliError(Exception):
@@ -82,6 +84,8 @@ class RunSummary:
     last_time: float | None = None
     keys: dict[str, KeySummary] = field(default_factory=dict)
     media: dict[str, int] = field(default_factory=dict)
+    last_media: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    """Each media key's last record and its step (histograms are drawn from it)."""
     torn_tail: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     has_config: bool = False
@@ -162,8 +166,10 @@ def load_run(run_dir: str | Path) -> RunSummary:
             summary.last_time = stamp if last is None else max(last, stamp)
         media = row.get("media")
         if isinstance(media, dict):
-            for key in media:
+            for key, record in media.items():
                 summary.media[key] = summary.media.get(key, 0) + 1
+                if isinstance(record, dict):
+                    summary.last_media[key] = (step, record)
             continue
         for key, value in row.items():
             kind = type(value)
@@ -303,11 +309,152 @@ def _draw_envelope(ax: Any, steps: Any, values: Any, buckets: int = 1000) -> Non
     ax.legend(fontsize=7, loc="best")
 
 
+def _is_flat(ks: KeySummary) -> bool:
+    """One value all along (a constant such as a world size): a line says nothing."""
+    finite = [v for v in ks.values if math.isfinite(v)]
+    return len(finite) > 1 and min(finite) == max(finite) and ks.non_finite == 0
+
+
+def plan_plot(
+    summary: RunSummary, keys: Sequence[str] | None
+) -> tuple[list[str], dict[str, dict[str, str]], list[str], list[str]]:
+    """What ``distlog plot`` draws: curves, their spread columns (``{key: {suffix: column}}``),
+    constant keys (listed, not drawn) and histogram keys (their last histogram drawn). Spread columns (``key/rank_min``...) whose key is in
+    the run belong to that key's panel; ``rank_argmax`` is a rank index, never a curve."""
+    scalar = set(summary.keys)
+
+    def wanted(key: str) -> bool:
+        return not keys or any(key == p or fnmatch.fnmatchcase(key, p) for p in keys)
+
+    histograms = sorted(
+        k for k, (_, rec) in summary.last_media.items() if rec.get("type") == "histogram"
+    )
+    histograms = [k for k in histograms if wanted(k)]
+    chosen = [k for k in sorted(scalar) if wanted(k)]
+    if keys and not chosen and not histograms:
+        _select_keys(summary, keys)  # raises: no key matches, naming the run's keys
+    spread: dict[str, dict[str, str]] = {}
+    curves: list[str] = []
+    flat: list[str] = []
+    for key in chosen:
+        parts = runlog.split_spread(key, scalar)
+        if parts is not None:
+            spread.setdefault(parts[0], {})[parts[1]] = key
+        elif key.rpartition("/")[2] == "rank_argmax":
+            continue  # a rank index without its key: nothing to draw
+        elif _is_flat(summary.keys[key]):
+            flat.append(key)
+        else:
+            curves.append(key)
+    return curves, spread, flat, histograms
+
+
+def _draw_curve(ax: Any, summary: RunSummary, key: str, spread: dict[str, str]) -> None:
+    ks = summary.keys[key]
+    steps = np.asarray(ks.steps_logged, dtype=np.float64)
+    values = np.asarray(ks.values, dtype=np.float64)
+    finite = np.isfinite(values)
+    shown = np.where(finite, values, np.nan)  # holes where values are NaN or infinite
+    if "rank_min" in spread and "rank_max" in spread:
+        low = summary.keys[spread["rank_min"]]
+        high = summary.keys[spread["rank_max"]]
+        by_step_low = dict(low.series)
+        by_step_high = dict(high.series)
+        band_steps = [s for s in ks.steps_logged if s in by_step_low and s in by_step_high]
+        ax.fill_between(
+            band_steps,
+            [by_step_low[s] for s in band_steps],
+            [by_step_high[s] for s in band_steps],
+            color="tab:orange",
+            alpha=0.25,
+            linewidth=0,
+            label="ranks' min-max",
+        )
+        ax.legend(fontsize=7, loc="best")
+    if len(steps) > PLOT_MAX_POINTS:
+        _draw_envelope(ax, steps, shown)
+    else:
+        style = "o-" if len(steps) <= 30 else "-"
+        ax.plot(steps, shown, style, markersize=3, linewidth=1.4, color="tab:blue")
+    if not finite.all():  # mark where the curve has holes
+        ax.plot(
+            steps[~finite],
+            np.full(int((~finite).sum()), 0.02),
+            "x",
+            color="tab:red",
+            markersize=6,
+            transform=ax.get_xaxis_transform(),
+            label="non-finite",
+        )
+        ax.legend(fontsize=7, loc="upper right")
+    title = key if not ks.non_finite else f"{key}  ({ks.non_finite} non-finite)"
+    argmax = summary.keys.get(spread.get("rank_argmax", ""))
+    if argmax is not None and argmax.values:
+        ranks = [int(v) for v in argmax.values if math.isfinite(v)]
+        if ranks:
+            top = max(set(ranks), key=ranks.count)
+            title += f"  (max on r{top} in {100 * ranks.count(top) // len(ranks)}% of steps)"
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel("step", fontsize=8)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_histogram(ax: Any, summary: RunSummary, key: str) -> None:
+    step, record = summary.last_media[key]
+    counts = np.asarray(record.get("counts", []), dtype=np.float64)
+    edges = np.asarray(record.get("edges", []), dtype=np.float64)
+    if len(edges) == len(counts) + 1 and len(counts):
+        ax.stairs(counts, edges, fill=True, color="tab:green", alpha=0.6)
+    ax.set_title(f"{key}  (histogram, step {step})", fontsize=10, loc="left")
+    ax.set_ylabel("count", fontsize=8)
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_text(ax: Any, title: str, lines: Sequence[str]) -> None:
+    ax.axis("off")
+    ax.set_title(title, fontsize=10, loc="left")
+    shown = list(lines[:16]) + ([f"... and {len(lines) - 16} more"] if len(lines) > 16 else [])
+    ax.text(0.0, 1.0, "\n".join(shown), va="top", ha="left", family="monospace", fontsize=8,
+            transform=ax.transAxes)  # fmt: skip
+
+
+def _media_index(summary: RunSummary) -> list[str]:
+    lines = []
+    for key in sorted(summary.media):
+        step, record = summary.last_media.get(key, (None, {}))
+        kind = record.get("type", "media")
+        where = record.get("path") or next(
+            (i.get("path") for i in record.get("items", []) if isinstance(i, dict)), ""
+        )
+        lines.append(f"{key}: {summary.media[key]} x {kind}, last at step {step}")
+        if where:
+            lines.append(f"    {where}")
+    return lines
+
+
 def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = None) -> list[str]:
-    """Draw one panel per key (step on x) into ``output``; returns the keys drawn."""
-    chosen = _select_keys(summary, keys)
-    if not chosen:
-        raise CliError(f"{summary.run_dir}: no scalar keys to plot")
+    """Draw the run into ``output``; returns the keys drawn.
+
+    One panel per scalar key (step on x), its cross-rank spread as a band when it was logged
+    with ``spread=True``; constant keys listed in one text panel, not drawn as lines; the last
+    histogram of each histogram key; and, for a run without curves, the index of its media.
+    """
+    curves, spread, flat, histograms = plan_plot(summary, keys)
+    panels: list[tuple[str, Callable[[Any], None]]] = []
+    for key in curves:
+        panels.append(
+            (key, partial(_draw_curve, summary=summary, key=key, spread=spread.get(key, {})))
+        )
+    for key in histograms:
+        panels.append((key, partial(_draw_histogram, summary=summary, key=key)))
+    if flat:
+        lines = [f"{k} = {_fmt(summary.keys[k].last)}" for k in flat]
+        panels.append(("constant keys", partial(_draw_text, title="constant keys", lines=lines)))
+    if not curves and summary.media and not keys:
+        index = _media_index(summary)
+        panels.append(("media index", partial(_draw_text, title="media", lines=index)))
+    if not panels:
+        raise CliError(f"{summary.run_dir}: no scalar keys or media to plot")
     try:
         import matplotlib
     except ImportError:
@@ -315,44 +462,19 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = min(3, len(chosen))
-    rows = math.ceil(len(chosen) / columns)
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(
         rows,
         columns,
-        figsize=(4.2 * columns, 2.8 * rows),
+        figsize=(4.2 * columns if columns > 1 else 7.0, 2.8 * rows),
         squeeze=False,
-        sharex=True,
         constrained_layout=True,
     )
-    for ax, key in zip(axes.flat, chosen, strict=False):
-        ks = summary.keys[key]
-        steps = np.asarray(ks.steps_logged, dtype=np.float64)
-        values = np.asarray(ks.values, dtype=np.float64)
-        finite = np.isfinite(values)
-        shown = np.where(finite, values, np.nan)  # holes where values are NaN or infinite
-        if len(steps) > PLOT_MAX_POINTS:
-            _draw_envelope(ax, steps, shown)
-        else:
-            style = "o-" if len(steps) <= 30 else "-"
-            ax.plot(steps, shown, style, markersize=3, linewidth=1.4, color="tab:blue")
-        if not finite.all():  # mark where the curve has holes
-            ax.plot(
-                steps[~finite],
-                np.full(int((~finite).sum()), 0.02),
-                "x",
-                color="tab:red",
-                markersize=6,
-                transform=ax.get_xaxis_transform(),
-                label="non-finite",
-            )
-            ax.legend(fontsize=7, loc="upper right")
-        title = key if not ks.non_finite else f"{key}  ({ks.non_finite} non-finite)"
-        ax.set_title(title, fontsize=10, loc="left")
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8, labelbottom=True)  # sharex would hide them above
-        ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(chosen) :]:
+    for ax, (_, draw) in zip(axes.flat, panels, strict=False):
+        draw(ax)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(str(summary.run_dir), fontsize=11)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +484,8 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
         raise CliError(f"cannot write {output}: {exc}") from None
     finally:
         plt.close(fig)
-    return chosen
+    drawn = [*curves, *histograms, *flat]
+    return drawn if drawn else sorted(summary.media)
 
 
 def demo_command(nproc: int, extra: Sequence[str] = ()) -> list[str]:
@@ -401,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    show = sub.add_parser("show", help="summary of a run: per key last, min, max, steps")
+    show = sub.add_parser(
+        "show", help="summary of a run (per key last, min, max, steps), or a project's runs"
+    )
     show.add_argument("run_dir", metavar="RUN_DIR")
 
     plot = sub.add_parser("plot", help="draw the curves of a run into an image")
@@ -428,6 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "show":
+            path = Path(args.run_dir)
+            if path.is_dir() and not (path / runlog.METRICS_FILE).is_file():
+                runs = runlog.find_runs(path)
+                if runs:  # a project or experiment directory: list its runs
+                    print(format_runs(path, runs))
+                    return 0
             print(format_summary(_load_and_note(args.run_dir)))
         elif args.command == "plot":
             summary = _load_and_note(args.run_dir)
@@ -445,6 +576,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def format_runs(root: Path, runs: Sequence[Path]) -> str:
+    """One line per run below ``root`` (oldest start first): where, id, start, steps, exit."""
+    lines = [f"{root}: {len(runs)} run{'s' if len(runs) != 1 else ''}"]
+    table = [("run", "id", "started", "starts", "last step", "exit")]
+    for run in runs:
+        info = runlog.read_run_info(run) or {}
+        raw = info.get("starts")
+        starts: list[Any] = raw if isinstance(raw, list) else []
+        begun = starts[0].get("time") if starts and isinstance(starts[0], dict) else None
+        begun = begun or info.get("created")
+        when = (
+            _dt.datetime.fromtimestamp(float(begun)).strftime("%Y-%m-%d %H:%M:%S")
+            if isinstance(begun, int | float)
+            else "-"
+        )
+        last = runlog.last_step(run)
+        code = info.get("exit_code")
+        table.append(
+            (
+                str(run.relative_to(root)) if run != root else ".",
+                str(info.get("id", "-")),
+                when,
+                str(len(starts)),
+                "-" if last is None else str(last),
+                "running" if code is None and starts else str(code if code is not None else "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in table
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _load_and_note(run_dir: str) -> RunSummary:

@@ -52,6 +52,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def add_wandb(logger: distlog.Logger) -> None:
+    """Rank 0: a wandb run whose id is the run's own (``run.json``), online when this machine
+    has a wandb login, else offline; if wandb is missing or its init fails, one line and the
+    demo goes on with the local run log."""
+    try:
+        from distlog.sinks.wandb import WandbInitError, WandbSink, has_login
+
+        mode = None  # WANDB_MODE decides when it is set
+        if not os.environ.get("WANDB_MODE") and not has_login():
+            mode = "offline"
+            print(
+                "distlog demo: no wandb login on this machine: writing an offline wandb run "
+                "(`wandb login`, then `wandb sync`, uploads it)",
+                flush=True,
+            )
+        sink = WandbSink(
+            project="distlog-demo",
+            id=logger.run_id,
+            dir=logger.run_dir,
+            mode=mode,
+            init_timeout=30.0,
+            settings={"console": "off", "x_disable_stats": True},
+        )
+    except (ImportError, WandbInitError) as exc:
+        print(f"distlog demo: no wandb run ({exc}); the local run log has everything", flush=True)
+        return
+    logger.add_sink(sink)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     world = distlog.init_distributed()
@@ -60,12 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(1234 + world.rank)
     device = world.device if world.device.type == "cuda" else torch.device("cpu")
 
-    sinks: list[distlog.Sink] = []
+    logger = distlog.Logger(run_dir=args.run_dir, console=not args.quiet)
     if args.wandb and world.is_global_zero:
-        from distlog.sinks.wandb import WandbSink
-
-        sinks.append(WandbSink(project="distlog-demo", dir=args.run_dir))
-    logger = distlog.Logger(run_dir=args.run_dir, sinks=sinks, console=not args.quiet)
+        add_wandb(logger)
     logger.log_config(
         {
             "steps": args.steps,
@@ -123,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         epoch += 1
     logger.finish()
     if world.is_global_zero:
-        path = Path(args.run_dir).resolve()
+        assert logger.run_dir is not None
+        path = logger.run_dir.resolve()
         rows = distlog.read_metrics(path)
         last = rows[-1] if rows else {}
         print(

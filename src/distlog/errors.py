@@ -1,6 +1,6 @@
 """Exceptions raised by distlog.
 
-Every error that bad input can cause derives from :class:`DistlogError`, so callers can catch
+Every error that bad input can cause derives from [DistlogError][distlog.errors.DistlogError], so callers can catch
 them in one place. Errors about a logged value are raised on the rank that logged it, at the
 call, before any collective: the other ranks are never left waiting for it.
 """
@@ -21,7 +21,7 @@ class LogTypeError(DistlogError, TypeError):
 
 
 class LoggerClosedError(DistlogError, RuntimeError):
-    """The logger was used after :meth:`distlog.Logger.finish`."""
+    """The logger was used after [Logger.finish][distlog.logger.Logger.finish]."""
 
 
 class KeyConflictError(DistlogError, ValueError):
@@ -33,3 +33,8 @@ class RankDivergenceError(DistlogError, RuntimeError):
 
     Raised on every rank that noticed it, naming the log step and, where known, the ranks.
     """
+
+
+class RunDirError(DistlogError, ValueError):
+    """A run directory distlog cannot use: it holds another tool's files under distlog's names,
+    or the run asked to be resumed is not there. Raised on every rank of the logger's group."""

@@ -22,6 +22,7 @@ from itertools import compress
 import numpy as np
 
 from distlog.errors import RankDivergenceError
+from distlog.runlog import SPREAD_SUFFIXES  # the row format names the spread columns
 
 __all__ = [
     "REDUCTIONS",
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum", "min", "max", "last")
-SPREAD_SUFFIXES = ("rank_min", "rank_max", "rank_std", "rank_argmax")
 
 
 def spread_keys(key: str) -> list[str]:

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import re
 import signal
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.distributed as dist
 
 from distlog import lifecycle, runlog
 from distlog.aggregation import Aggregator, ExchangeOptions
-from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.errors import DistlogError, LoggerClosedError, LogTypeError, LogValueError, RunDirError
 from distlog.exchange import PendingRow
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
@@ -216,10 +215,7 @@ class Logger:
         self._sinks = SinkSet(self.sinks)
         self.run_dir: Path | None = None
         given = list(sinks) if sinks is not None else []
-        if run_dir is None and sinks is None:
-            run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if run_dir is not None:
-            self.run_dir = Path(run_dir)
+        self.run_dir, resume = self._claim_run_dir(run_dir, resume, default=sinks is None)
         self._writer: WriterThread | None = None
         if self.world.is_global_zero:
             if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
@@ -244,13 +240,57 @@ class Logger:
         """The system-metrics sampler (``Logger(system_metrics=True)``), else None."""
         return self._system
 
+    def _claim_run_dir(
+        self, run_dir: str | Path | None, resume: bool | str, *, default: bool
+    ) -> tuple[Path | None, bool]:
+        """The run directory of this launch, the same on every rank, and whether it resumes.
+
+        The writer applies [claim_run_dir][distlog.runlog.claim_run_dir] (a new run never lands
+        in a directory holding another: it gets the next version) and sends its choice, or its
+        error, to the group's other ranks, so all of them agree or all of them raise. It does
+        so whatever the arguments of the other ranks, so they can never pair this exchange
+        with another. ``default``: no ``run_dir`` means ``runs/<date-time>`` (else none).
+        """
+        choice: list[Any] = [None, False, None]
+        if self.world.is_global_zero:
+            try:
+                if run_dir is None:
+                    path: Path | None = runlog.new_version_dir("runs") if default else None
+                    resuming = False
+                else:
+                    path, resuming = runlog.claim_run_dir(
+                        run_dir, resume=resume, restart=_restart_count()
+                    )
+                choice = [None if path is None else str(path), resuming, None]
+            except DistlogError as exc:
+                choice = [None, False, str(exc)]
+            except OSError as exc:  # unreadable, not creatable: every rank must hear of it
+                choice = [None, False, f"run_dir {run_dir}: {exc}"]
+        group = self._agg.control_group
+        if group is not None:
+            dist.broadcast_object_list(choice, src=0, group=group)
+        elif not self.world.is_global_zero:  # no exchange with the writer: our own view
+            choice = [None if run_dir is None else str(run_dir), False, None]
+        if choice[2] is not None:
+            raise RunDirError(choice[2])
+        if choice[0] is None:
+            return None, False
+        path = Path(choice[0])
+        if self.world.is_global_zero and run_dir is not None and path != Path(run_dir):
+            warnings.warn(
+                f"distlog: {run_dir} holds a run from an earlier launch; this launch is a new "
+                f"run in {path} (resume=True continues the old one)",
+                stacklevel=3,
+            )
+        return path, bool(choice[1])
+
     def _start_run(self, resume: bool | str) -> None:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
         assert self.run_dir is not None
         restart = _restart_count()
         written = runlog.last_step(self.run_dir)  # reads the file's tail only
         self._sinks.last_written_step = written
-        after = written if resume is True or (resume == "auto" and restart > 0) else None
+        after = written if resume is True else None
         info = runlog.start_run(
             self.run_dir, world_size=self.world.world_size, restart=restart, resumed_after=after
         )
@@ -549,6 +589,42 @@ class Logger:
         if self.world.is_global_zero:
             self._submit(lambda: self._sinks.each("log_config", lambda s: s.log_config(plain)))
         return plain
+
+    def log_artifact(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        type: str = "artifact",  # noqa: A002 - the trackers' name for it
+    ) -> None:
+        """Keep a file or directory (a checkpoint, a sample of the data) with the run.
+
+        On global rank 0: copied into ``<run_dir>/artifacts/<name>/``, uploaded as a wandb
+        Artifact (offline too) and as MLflow artifacts under ``name`` (default: the file's
+        name), by the writer thread in order with the rows. A no-op on every other rank, so all
+        ranks may call it. A path that does not exist raises
+        [LogValueError][distlog.errors.LogValueError] naming it, at the call. The file is read
+        on the writer thread: call [wait][distlog.logger.Logger.wait] before changing or deleting it.
+        """
+        if self._closed:
+            self._raise_closed()
+        if not self.world.is_global_zero:
+            return
+        src = Path(path)
+        if not src.exists():
+            raise LogValueError(f"log_artifact: {src} does not exist (no such file or directory)")
+        label = src.name if name is None else name
+        if not isinstance(label, str) or not label.strip():
+            raise LogValueError(f"log_artifact(name={name!r}): give a non-empty string")
+        if not isinstance(type, str) or not type.strip():
+            raise LogValueError(f"log_artifact(type={type!r}): give a non-empty string")
+
+        def write(sink: Sink) -> None:
+            method = getattr(sink, "log_artifact", None)
+            if callable(method):
+                method(src, label, type)
+
+        self._submit(lambda: self._sinks.each("log_artifact", write))
 
     def add_sink(self, sink: Sink) -> None:
         """Attach another sink (on the writer; elsewhere a no-op)."""

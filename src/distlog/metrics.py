@@ -1,8 +1,8 @@
 """torchmetrics support: compute a ``Metric`` or ``MetricCollection`` once and flatten it to floats.
 
 ``metric.compute()`` already gathers its states across ranks, so its result is global: the
-logger writes it as is (:meth:`distlog.Logger.log_precomputed`), never reducing it again.
-:func:`metric_values` must be called on every rank of the metric's process group, like
+logger writes it as is ([Logger.log_precomputed][distlog.logger.Logger.log_precomputed]), never reducing it again.
+`metric_values` must be called on every rank of the metric's process group, like
 ``compute()`` itself.
 
 Before computing, ranks swap one small description of their metrics (JSON, in two tiny
@@ -20,7 +20,7 @@ Before computing, ranks swap one small description of their metrics (JSON, in tw
   early while the others wait for it.
 
 Ranks that disagree about what they are computing (different collection members, states of
-different dtypes or trailing shapes) get the same :class:`~distlog.errors.LogValueError` on every
+different dtypes or trailing shapes) get the same [LogValueError][distlog.errors.LogValueError] on every
 rank, naming the metric, before any gather. A ``compute()`` that fails is re-raised as a
 ``LogValueError`` naming the metric; the gathered states are the same on every rank, so every
 rank fails alike and none is left waiting.
@@ -345,7 +345,7 @@ def _flatten_collection(
 
 
 def metric_values_under(key: str, metric: Any) -> dict[str, float]:
-    """:func:`metric_values` for ``log_dict({key: metric})``: a metric's value is written as
+    """`metric_values` for ``log_dict({key: metric})``: a metric's value is written as
     ``key`` itself, a collection's values as ``key/<name>``."""
     tm = _torchmetrics()
     if isinstance(metric, tm.MetricCollection):

@@ -1,15 +1,15 @@
 """The seed's logger mixins (``LoggerMixin``, ``WandBLoggerMixin`` and their configs), thin over
-:class:`distlog.Logger`.
+[Logger][distlog.Logger].
 
 A trainer mixes them in (``class MyTrainer(BaseTrainer, WandBLoggerMixin)``) and logs with
 ``self.log_scalar``, ``self.log_images`` and friends on every rank. Scalars go through the fused
-cross-rank aggregation; the harness (:mod:`distlog.trainer`) flushes every
+cross-rank aggregation; the harness (`distlog.trainer`) flushes every
 ``logging_parameters.log_every_n_steps``. Only global rank 0 writes: the local run log always,
-and Weights & Biases with :class:`WandBLoggerMixin`. Without wandb installed, :class:`LoggerMixin`
+and Weights & Biases with [WandBLoggerMixin][distlog.mixins.WandBLoggerMixin]. Without wandb installed, [LoggerMixin][distlog.mixins.LoggerMixin]
 alone writes the local run log, so the same trainer runs anywhere.
 
 The classes are cooperative: each ``__init__`` takes the config and calls ``super().__init__``,
-so they combine in either order with :class:`distlog.trainer.BaseTrainer`.
+so they combine in either order with [BaseTrainer][distlog.trainer.BaseTrainer].
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distlog import runlog
-from distlog.errors import LoggerClosedError
+from distlog.errors import LoggerClosedError, RunDirError
 from distlog.logger import Logger, _restart_count
 from distlog.world import World, init_distributed
 
@@ -32,6 +32,9 @@ __all__ = [
     "LoggerConfigMixin",
     "LoggerMixin",
     "LoggingParameters",
+    "MLflowLoggerConfigMixin",
+    "MLflowLoggerMixin",
+    "MlflowLoggingParameters",
     "WandBLoggerConfigMixin",
     "WandBLoggerMixin",
     "WandbLoggingParameters",
@@ -56,13 +59,19 @@ class LoggingParameters:
     """How and where a trainer logs.
 
     ``enabled=False`` makes every ``log_*`` call a no-op (no run directory, no collective).
-    ``run_dir`` defaults to ``runs/<project>/<experiment>``, so a restarted job appends to the
-    same run log.
+    ``run_dir=None`` (the default) gives each launch its own run directory
+    ``runs/<project>/<experiment>/<YYYYmmdd-HHMMSS>``; a restarted job (torchrun
+    ``--max-restarts``, SLURM requeue) continues the one its launch started. ``resume_from``
+    continues an earlier run on purpose: ``"latest"``, a run id or a version's name. An
+    explicit ``run_dir`` is the run directory itself, under
+    [Logger][distlog.Logger]'s rule (a new launch of a taken directory writes
+    ``<run_dir>-2``; ``resume_from`` set continues it).
     """
 
     enabled: bool = True
     log_every_n_steps: int = 10
     run_dir: str | None = None
+    resume_from: str | None = None
     console: bool = False
     async_write: bool = True
     timeout: float = 300.0
@@ -105,6 +114,20 @@ class WandbLoggingParameters(LoggingParameters):
 
 
 @dataclass(kw_only=True)
+class MlflowLoggingParameters(LoggingParameters):
+    """MLflow settings. ``tracking_uri=None`` lets MLflow decide (``MLFLOW_TRACKING_URI``,
+    else ``./mlruns``); ``experiment`` and ``run_name`` default to the trainer's ``project``
+    and ``experiment``. A store not reached within ``init_timeout`` seconds: one warning, and
+    the job goes on with the local run log."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    init_timeout: float = 30.0
+
+
+@dataclass(kw_only=True)
 class LoggerConfigMixin(AbstractTrainerConfig):
     logging_parameters: LoggingParameters = field(default_factory=LoggingParameters)
 
@@ -112,6 +135,11 @@ class LoggerConfigMixin(AbstractTrainerConfig):
 @dataclass(kw_only=True)
 class WandBLoggerConfigMixin(LoggerConfigMixin):
     logging_parameters: WandbLoggingParameters = field(default_factory=WandbLoggingParameters)
+
+
+@dataclass(kw_only=True)
+class MLflowLoggerConfigMixin(LoggerConfigMixin):
+    logging_parameters: MlflowLoggingParameters = field(default_factory=MlflowLoggingParameters)
 
 
 # ------------------------------------------------------------------------------ trainers
@@ -155,11 +183,11 @@ class AbstractTrainer:
 
 
 class LoggerMixin(AbstractTrainer):
-    """Backend-neutral logging for a trainer, over one :class:`distlog.Logger`.
+    """Backend-neutral logging for a trainer, over one [Logger][distlog.Logger].
 
     Every rank calls the ``log_*`` methods (they are cheap and never communicate); values are
     reduced across ranks at each flush and written by global rank 0 to the local run log and
-    any tracker a subclass adds with :meth:`make_sinks`.
+    any tracker a subclass adds with [make_sinks][distlog.mixins.LoggerMixin.make_sinks].
     """
 
     config: LoggerConfigMixin
@@ -179,30 +207,77 @@ class LoggerMixin(AbstractTrainer):
         return self.config.logging_parameters
 
     @property
-    def run_dir(self) -> Path:
-        """The local run directory (written on global rank 0 only)."""
-        configured = self.logging_parameters.run_dir
-        if configured is not None:
-            return Path(configured)
+    def experiment_dir(self) -> Path:
+        """Where this experiment's runs go: ``runs/<project>/<experiment>``, one per launch."""
         return Path("runs") / self.project / self.experiment
 
     @property
+    def run_dir(self) -> Path:
+        """This launch's run directory (written on global rank 0 only; the same on every rank
+        once the logger is built)."""
+        logger = getattr(self, "_distlog_logger", None)
+        if logger is not None and logger.run_dir is not None:
+            return logger.run_dir
+        planned = getattr(self, "_planned_run_dir", None)
+        if planned is not None:
+            return planned
+        configured = self.logging_parameters.run_dir
+        return Path(configured) if configured is not None else self.experiment_dir
+
+    def _plan_run_dir(self) -> tuple[Path, bool | str]:
+        """On global rank 0: this launch's run directory, and the Logger's ``resume``."""
+        params = self.logging_parameters
+        restart = _restart_count()
+        if params.run_dir is not None:
+            resume: bool | str = True if params.resume_from is not None else "auto"
+            path, resuming = runlog.claim_run_dir(params.run_dir, resume=resume, restart=restart)
+            if path != Path(params.run_dir):
+                warnings.warn(
+                    f"distlog: {params.run_dir} holds a run from an earlier launch; this launch "
+                    f"is a new run in {path} (logging_parameters.resume_from continues the old "
+                    "one)",
+                    stacklevel=4,
+                )
+            return path, True if resuming else resume
+        parent = self.experiment_dir
+        if (parent / runlog.RUN_FILE).is_file() or (parent / runlog.METRICS_FILE).is_file():
+            warnings.warn(
+                f"distlog: {parent} holds a run in the old layout (one directory per "
+                "experiment); new launches get their own run directories inside it",
+                stacklevel=4,
+            )
+        path = runlog.choose_version(parent, restart=restart, resume_from=params.resume_from)
+        return path, True if runlog.holds_run(path) else "auto"
+
+    @property
     def logger(self) -> Logger | None:
-        """The :class:`distlog.Logger` (None when logging is disabled). Built on first use."""
+        """The [Logger][distlog.Logger] (None when logging is disabled). Built on first use."""
         if not hasattr(self, "_distlog_logger"):
             params = self.logging_parameters
             logger: Logger | None = None
             if params.enabled:
-                sinks = self.make_sinks() if self.world.is_global_zero else []
+                run_dir: Path = self.run_dir
+                resume: bool | str = "auto"
+                sinks: list[Any] = []
+                if self.world.is_global_zero:
+                    try:
+                        run_dir, resume = self._plan_run_dir()
+                    except RunDirError:
+                        if params.resume_from is not None and params.run_dir is None:
+                            raise  # only rank 0 can look; the launcher stops the others
+                    else:  # (another tool's directory: the Logger raises on every rank)
+                        self._planned_run_dir = run_dir
+                        sinks = self.make_sinks()
                 try:
                     logger = Logger(
-                        run_dir=self.run_dir,
+                        run_dir=run_dir,
                         sinks=sinks,
                         world=self.world,
                         console=params.console,
                         async_write=params.async_write,
                         timeout=params.timeout,
                         nonfinite=params.nonfinite,
+                        resume=resume,
                     )
                 except BaseException:
                     for sink in sinks:  # don't leave a tracker run open
@@ -224,7 +299,7 @@ class LoggerMixin(AbstractTrainer):
     def log_dict(self, logs: dict[str, Any], reduce: str = "mean", **kwargs: Any) -> None:
         """Log several scalars with one reduction (``mean``, ``sum``, ``min``, ``max``, ``last``).
 
-        ``weight=`` and ``spread=`` are passed on to :meth:`distlog.Logger.log_dict`.
+        ``weight=`` and ``spread=`` are passed on to [Logger.log_dict][distlog.logger.Logger.log_dict].
         """
         logger = self.logger
         if logger is not None:
@@ -295,6 +370,19 @@ class LoggerMixin(AbstractTrainer):
         if logger is not None:
             logger.log_table(columns, data, desc=desc, **kwargs)
 
+    def log_artifact(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        type: str = "artifact",  # noqa: A002 - the trackers' name for it
+    ) -> None:
+        """Keep a file or directory (e.g. a checkpoint) with the run, from global rank 0: the
+        run directory's ``artifacts/``, wandb and MLflow. A no-op on other ranks. See
+        [Logger.log_artifact][distlog.logger.Logger.log_artifact]."""
+        logger = self.logger
+        if logger is not None:
+            logger.log_artifact(path, name=name, type=type)
+
     # -- tracker extras: offered by sinks that have them (wandb), a no-op elsewhere -------
     def log_model(
         self,
@@ -347,7 +435,7 @@ class LoggerMixin(AbstractTrainer):
 
 
 class WandBLoggerMixin(LoggerMixin):
-    """:class:`LoggerMixin` that also writes to Weights & Biases from global rank 0.
+    """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes to Weights & Biases from global rank 0.
 
     Only global rank 0 calls ``wandb.init``: a multi-rank job makes exactly one run. If wandb
     is missing, every rank raises ImportError at construction (naming ``distlog[wandb]``). If
@@ -410,6 +498,67 @@ class WandBLoggerMixin(LoggerMixin):
         self.wandb_sink = sink
         _record_wandb_run_id(self.run_dir, sink.run_id)
         return [*super().make_sinks(), sink]
+
+
+class MLflowLoggerMixin(LoggerMixin):
+    """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes to MLflow from global rank 0.
+
+    One MLflow run per distlog run: its id is kept in ``<run_dir>/run.json`` as
+    ``mlflow_id``, so a restart of the job (and ``resume_from``) continues the same MLflow run,
+    and a new launch makes a new one. If mlflow is missing, every rank raises ImportError at
+    construction (naming ``distlog[mlflow]``); if the store cannot be reached, rank 0 warns
+    once and the job goes on with the local run log.
+    """
+
+    config: MLflowLoggerConfigMixin
+
+    def __init__(self, config: MLflowLoggerConfigMixin) -> None:
+        params = getattr(config, "logging_parameters", None)
+        if params is not None and getattr(params, "enabled", False):
+            from distlog.sinks.mlflow import import_mlflow
+
+            import_mlflow()  # on every rank, before any collective
+        self.mlflow_sink: Any = None
+        super().__init__(config)
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The MLflow run's id on global rank 0 (None elsewhere, or when the store failed)."""
+        return self.mlflow_sink.run_id if self.mlflow_sink is not None else None
+
+    def make_sinks(self) -> list[Any]:
+        from distlog.sinks.mlflow import MlflowInitError, MlflowSink
+
+        params = self.logging_parameters
+        if not isinstance(params, MlflowLoggingParameters):
+            raise TypeError(
+                "MLflowLoggerMixin needs logging_parameters=MlflowLoggingParameters(...) "
+                "(derive the config from MLflowLoggerConfigMixin)"
+            )
+        info = runlog.ensure_run_info(self.run_dir)
+        recorded = info.get(_MLFLOW_ID_KEY)
+        try:
+            sink = MlflowSink(
+                tracking_uri=params.tracking_uri,
+                experiment=params.experiment or self.project,
+                run_name=params.run_name or self.experiment,
+                run_id=recorded if isinstance(recorded, str) and recorded else None,
+                tags={"distlog.run_id": str(info["id"]), **params.tags},
+                init_timeout=params.init_timeout,
+            )
+        except MlflowInitError as exc:
+            warnings.warn(
+                f"distlog: {exc}. Logging goes on to the local run log {self.run_dir} only.",
+                stacklevel=2,
+            )
+            return [*super().make_sinks()]
+        self.mlflow_sink = sink
+        runlog.ensure_run_info(self.run_dir, **{_MLFLOW_ID_KEY: sink.run_id})
+        return [*super().make_sinks(), sink]
+
+
+_MLFLOW_ID_KEY = "mlflow_id"
+"""Where ``run.json`` keeps the MLflow run of a distlog run."""
 
 
 # The wandb run of a run directory is the run's own id (``run.json``'s ``id``, the Logger's

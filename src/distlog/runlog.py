@@ -2,7 +2,7 @@
 
 JSON has no NaN or infinities, and Python's ``json`` would write them as bare ``NaN`` tokens that
 strict readers reject. distlog writes them as the strings ``"NaN"``, ``"Infinity"`` and
-``"-Infinity"`` instead, so every line is strict JSON; :func:`read_metrics` restores the floats.
+``"-Infinity"`` instead, so every line is strict JSON; [read_metrics][distlog.runlog.read_metrics] restores the floats.
 """
 
 from __future__ import annotations
@@ -12,16 +12,23 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from distlog.errors import RunDirError
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 MEDIA_DIR = "media"
+ARTIFACTS_DIR = "artifacts"
 RESERVED_KEYS = ("step", "time", "media")
 """Columns every ``metrics.jsonl`` row has itself: no metric may be called so."""
+
+SPREAD_SUFFIXES = ("rank_min", "rank_max", "rank_std", "rank_argmax")
+"""The columns ``spread=True`` adds to a row as ``<key>/<suffix>`` (the aggregation core's
+names; a test keeps the two equal). Readers fold them into their key."""
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -36,10 +43,19 @@ def encode_value(value: float) -> float | str:
 
 
 def decode_value(value: Any) -> Any:
-    """Inverse of :func:`encode_value` for one stored value."""
+    """Inverse of `encode_value` for one stored value."""
     if isinstance(value, str) and value in _NONFINITE:
         return _NONFINITE[value]
     return value
+
+
+def split_spread(column: str, row_keys: Collection[str]) -> tuple[str, str] | None:
+    """``("time/step_ms", "rank_max")`` for ``"time/step_ms/rank_max"`` when ``time/step_ms`` is
+    in ``row_keys``; None for any other column."""
+    base, _, suffix = column.rpartition("/")
+    if suffix in SPREAD_SUFFIXES and base in row_keys:
+        return base, suffix
+    return None
 
 
 def encode_row(row: Mapping[str, Any]) -> str:
@@ -139,7 +155,7 @@ def new_run_id() -> str:
 def ensure_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """The contents of ``<run_dir>/run.json``, created with a fresh id if the run has none.
 
-    For code that needs the run's id before :class:`distlog.Logger` records its start (a tracker
+    For code that needs the run's id before [Logger][distlog.Logger] records its start (a tracker
     made by ``LoggerMixin.make_sinks``, which runs before the logger is built): the logger then
     keeps that id. ``fields`` are set in the file (``None`` removes a key); ``id`` is not one of
     them. Like every write to ``run.json``, call it on the writer rank (global rank 0) only.
@@ -185,6 +201,9 @@ def start_run(
             "resumed_after_step": resumed_after,
         }
     )
+    launch = launch_id()
+    if launch is not None:
+        starts[-1]["launch"] = launch
     info.update(starts=starts, world_size=world_size, exit_code=None, ended=None)
     _write_run_info(root, info)
     return info
@@ -201,3 +220,175 @@ def end_run(run_dir: str | Path, *, exit_code: int, last_step: int | None) -> No
     if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
         starts[-1]["exit_code"] = int(exit_code)  # how each attempt of a restarted job ended
     _write_run_info(root, info)
+
+
+# ------------------------------------------------------------------------------ a run per launch
+# One rule, used by Logger and the mixins alike: a launch writes a new run unless it resumes one
+# on purpose (resume=True, the mixins' resume_from) or the launcher restarted it (torchrun
+# --max-restarts, SLURM requeue). A new run never goes into a directory that holds another run:
+# it gets the next free version of that name. Only global rank 0 calls these.
+
+
+def launch_id() -> str | None:
+    """An id the launcher keeps across the restarts of one job (None when there is none).
+
+    ``TORCHELASTIC_RUN_ID`` (torchrun's rendezvous id; a fresh uuid per ``--standalone`` launch)
+    or ``SLURM_JOB_ID`` (kept by a requeue).
+    """
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        value = os.environ.get(name, "").strip()
+        if value and value != "none":
+            return value
+    return None
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a run that was started (rows, or a start in ``run.json``).
+
+    A ``run.json`` made by [ensure_run_info][distlog.runlog.ensure_run_info] with no start yet
+    (a tracker took the id first) does not count. Files of another tool under distlog's names
+    raise [RunDirError][distlog.errors.RunDirError] naming the file, instead of being appended
+    to.
+    """
+    root = Path(run_dir)
+    run_file, metrics = root / RUN_FILE, root / METRICS_FILE
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"run_dir {root} is a file, not a directory")
+    info = read_run_info(root)
+    if info is None and run_file.exists():
+        raise RunDirError(
+            f"{run_file} is not a distlog run file (no run id): this directory belongs to "
+            "another tool; choose another run_dir"
+        )
+    if info is not None and info.get("starts"):
+        return True
+    if not metrics.is_file() or metrics.stat().st_size == 0:
+        return False
+    if last_step(root) is None:
+        raise RunDirError(
+            f"{metrics} has no distlog rows (no integer 'step'): this directory belongs to "
+            "another tool; choose another run_dir"
+        )
+    return True
+
+
+def _versions(run_dir: Path) -> list[Path]:
+    """``run_dir`` and its numbered versions ``<name>-2``, ``<name>-3``... that exist, in order."""
+    found = [run_dir] if run_dir.exists() else []
+    prefix = run_dir.name + "-"
+    numbered = []
+    if run_dir.parent.is_dir():
+        for path in run_dir.parent.iterdir():
+            tail = path.name[len(prefix) :]
+            if path.name.startswith(prefix) and tail.isdigit() and path.is_dir():
+                numbered.append((int(tail), path))
+    return found + [path for _, path in sorted(numbered)]
+
+
+def _newest_run(candidates: list[Path]) -> Path | None:
+    """The candidate the current launch started (same launch id), else the last one started."""
+    runs = [p for p in candidates if holds_run(p)]
+    if not runs:
+        return None
+    launch = launch_id()
+    if launch is not None:
+        for path in reversed(runs):
+            starts = (read_run_info(path) or {}).get("starts") or [{}]
+            if isinstance(starts[-1], dict) and starts[-1].get("launch") == launch:
+                return path
+    return max(runs, key=_started_at)
+
+
+def _started_at(path: Path) -> float:
+    info = read_run_info(path) or {}
+    starts = info.get("starts")
+    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
+        return float(starts[-1].get("time") or 0.0)
+    return float(info.get("created") or path.stat().st_mtime)
+
+
+def claim_run_dir(run_dir: str | Path, *, resume: bool | str, restart: int) -> tuple[Path, bool]:
+    """Where this launch writes, and whether it continues the run there.
+
+    ``resume=True`` continues ``run_dir`` itself. A restart (``restart`` > 0) with
+    ``resume="auto"`` continues the run this job started: ``run_dir`` or one of its versions.
+    Anything else is a new run: ``run_dir`` if it holds none, else its next free version
+    ``<run_dir>-2``, ``<run_dir>-3``...
+    """
+    root = Path(run_dir)
+    if resume is True:
+        holds_run(root)  # refuse another tool's files
+        return root, True
+    versions = _versions(root)
+    if resume == "auto" and restart > 0:
+        found = _newest_run(versions)
+        if found is not None:
+            return found, True
+    if not holds_run(root):
+        return root, False
+    n = 2
+    while (root.parent / f"{root.name}-{n}").exists():
+        n += 1
+    return root.parent / f"{root.name}-{n}", False
+
+
+def new_version_dir(parent: str | Path) -> Path:
+    """A fresh ``<parent>/<YYYYmmdd-HHMMSS>`` directory name (``-2``... if that one is taken)."""
+    base = Path(parent) / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 2
+    while path.exists():
+        path = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return path
+
+
+def choose_version(parent: str | Path, *, restart: int, resume_from: str | None) -> Path:
+    """The run directory inside an experiment directory (``runs/<project>/<experiment>``).
+
+    ``resume_from``: ``"latest"`` (the run last started there), a run id, or a version's name.
+    Else a restart continues the run this job started, and a new launch gets
+    [new_version_dir][distlog.runlog.new_version_dir].
+    """
+    root = Path(parent)
+    children = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if resume_from is not None:
+        if resume_from == "latest":
+            found = _newest_run(children)
+        else:
+            found = next(
+                (
+                    p
+                    for p in children
+                    if p.name == resume_from or (read_run_info(p) or {}).get("id") == resume_from
+                ),
+                None,
+            )
+        if found is None:
+            names = ", ".join(p.name for p in children if holds_run(p)) or "none"
+            raise RunDirError(
+                f"resume_from={resume_from!r}: no such run in {root} (runs there: {names})"
+            )
+        return found
+    if restart > 0:
+        found = _newest_run(children)
+        if found is not None:
+            return found
+    return new_version_dir(root)
+
+
+def find_runs(root: str | Path, *, depth: int = 3) -> list[Path]:
+    """Run directories at or below ``root`` (at most ``depth`` levels), oldest start first."""
+    base = Path(root)
+    found: list[Path] = []
+
+    def walk(path: Path, level: int) -> None:
+        if (path / RUN_FILE).is_file() or (path / METRICS_FILE).is_file():
+            found.append(path)
+        if level >= depth:
+            return
+        for child in sorted(p for p in path.iterdir() if p.is_dir() and p.name != MEDIA_DIR):
+            walk(child, level + 1)
+
+    if base.is_dir():
+        walk(base, 0)
+    return sorted(found, key=lambda p: (_started_at(p), str(p)))

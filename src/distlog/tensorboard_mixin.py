@@ -4,7 +4,7 @@ The seed shows a ``LoggerMixin`` subclass whose rank 0 opens a ``SummaryWriter``
 ``runs/{experiment}``. This is that mixin over distlog: every rank logs as usual
 (``self.log_scalar``, ``self.log_dict``, ``self.log_images``, ...), values are reduced across
 ranks at each flush, and global rank 0 writes them to TensorBoard (next to the local run log)
-through a :class:`~distlog.sinks.tensorboard.TensorBoardSink` on the logger's writer thread.
+through a [TensorBoardSink][distlog.sinks.tensorboard.TensorBoardSink] on the logger's writer thread.
 Other ranks open no writer and write no file.
 
     class MyTrainer(BaseTrainer, TensorBoardLoggerMixin):
@@ -25,9 +25,9 @@ __all__ = ["TensorBoardLoggerMixin"]
 
 
 class TensorBoardLoggerMixin(LoggerMixin):
-    """:class:`~distlog.mixins.LoggerMixin` that also writes TensorBoard event files.
+    """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes TensorBoard event files.
 
-    Global rank 0 writes to :attr:`tensorboard_dir` (``runs/{experiment}``, as in the seed's
+    Global rank 0 writes to [tensorboard_dir][distlog.tensorboard_mixin.TensorBoardLoggerMixin.tensorboard_dir] (``runs/{experiment}``, as in the seed's
     example; override the property to choose another place). If TensorBoard is missing, every
     rank raises ImportError (naming ``distlog[tensorboard]``) at construction, before any
     collective, so no rank is left waiting. With ``logging_parameters.enabled=False`` nothing

@@ -1,9 +1,9 @@
 """A small DDP-aware training harness for the seed's API: ``BaseTrainer``, its config, callbacks.
 
-Not a second Lightning: one loop you can read in a minute. Subclass :class:`BaseTrainer`, build
-``self.model`` and ``self.optimizer`` in :meth:`~BaseTrainer.configure`, return a dataloader from
-:meth:`~BaseTrainer.train_dataloader`, and return ``{"loss": loss, ...}`` from
-:meth:`~BaseTrainer.training_step`::
+Not a second Lightning: one loop you can read in a minute. Subclass [BaseTrainer][distlog.trainer.BaseTrainer], build
+``self.model`` and ``self.optimizer`` in [configure][distlog.trainer.BaseTrainer.configure], return a dataloader from
+[train_dataloader][distlog.trainer.BaseTrainer.train_dataloader], and return ``{"loss": loss, ...}`` from
+[training_step][distlog.trainer.BaseTrainer.training_step]::
 
     @dataclass(kw_only=True)
     class MyConfig(BaseTrainerConfig, WandBLoggerConfigMixin): ...
@@ -42,7 +42,7 @@ __all__ = ["BaseTrainer", "BaseTrainerConfig", "Callback"]
 
 
 class Callback:
-    """Hooks called by :class:`BaseTrainer`; override the ones you need. All default to no-ops."""
+    """Hooks called by [BaseTrainer][distlog.trainer.BaseTrainer]; override the ones you need. All default to no-ops."""
 
     def on_fit_start(self, trainer: BaseTrainer) -> None: ...
     def on_train_epoch_start(self, trainer: BaseTrainer) -> None: ...
@@ -152,6 +152,8 @@ class BaseTrainer(AbstractTrainer):
         self.model.to(self.world.device)  # in place: the optimizer keeps its parameters
         if self.world.is_distributed:
             self.model = self._wrap_ddp(self.model)
+        self._train_loader = self._loader("train_dataloader", shuffle_default=True)
+        self._val_loader = self._loader("val_dataloader", shuffle_default=False)
 
     # -- what subclasses write ------------------------------------------------------------
     def configure(self) -> None:
@@ -159,10 +161,17 @@ class BaseTrainer(AbstractTrainer):
         raise NotImplementedError(f"{type(self).__name__} must implement configure()")
 
     def train_dataloader(self) -> Iterable[Any]:
+        """The training data: a method returning it, or an attribute set in ``configure``.
+
+        Called once, at construction; from then on ``self.train_dataloader`` is the (sharded)
+        loader itself, as in the seed's API.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement train_dataloader()")
 
     def val_dataloader(self) -> Iterable[Any] | None:
-        """Optional: the validation data (validation runs when this and validation_step exist)."""
+        """Optional validation data, like ``train_dataloader``: after construction
+        ``self.val_dataloader`` is the loader (or None), so ``for batch in self.val_dataloader``
+        works in hooks. Validation runs when this and ``validation_step`` exist."""
         return None
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
@@ -196,10 +205,11 @@ class BaseTrainer(AbstractTrainer):
 
     def _fit(self) -> None:
         config = self.config
-        train_loader = self._shard(self.train_dataloader(), shuffle_default=True)
+        train_loader = self._train_loader
+        if train_loader is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement train_dataloader()")
         has_validation = type(self).validation_step is not BaseTrainer.validation_step
-        val_source = self.val_dataloader() if has_validation else None
-        val_loader = self._shard(val_source, shuffle_default=False) if val_source else None
+        val_loader = self._val_loader if has_validation else None
         self._call("on_fit_start")
         max_epochs = config.max_epochs if config.max_epochs is not None else math.inf
         while self.current_epoch < max_epochs and not self._done():
@@ -240,10 +250,9 @@ class BaseTrainer(AbstractTrainer):
     def validate(self, loader: Iterable[Any] | None = None) -> None:
         """One pass over the validation data under ``no_grad``, then a flush."""
         if loader is None:
-            source = self.val_dataloader()
-            if source is None:
+            loader = self._val_loader
+            if loader is None:
                 return
-            loader = self._shard(source, shuffle_default=False)
         self._call("on_validation_epoch_start")
         self.model.eval()
         with torch.no_grad():
@@ -298,6 +307,18 @@ class BaseTrainer(AbstractTrainer):
         if device.type == "cuda":
             kwargs["device_ids"] = [device.index]
         return _DDP(model, **kwargs)
+
+    def _loader(self, name: str, *, shuffle_default: bool) -> Any:
+        """Resolve ``self.<name>`` (a method or an attribute) once into a sharded loader and
+        keep it as the instance attribute ``self.<name>``, the seed's form."""
+        if name not in vars(self) and getattr(type(self), name) is getattr(BaseTrainer, name):
+            return None  # not defined (train_dataloader: fit() says so)
+        source = getattr(self, name)
+        if callable(source) and not isinstance(source, (DataLoader, Iterable)):
+            source = source()
+        loader = self._shard(source, shuffle_default=shuffle_default)
+        setattr(self, name, loader)  # shadows the method on this instance
+        return loader
 
     def _shard(self, loader: Any, *, shuffle_default: bool) -> Any:
         """A DataLoader over a map-style dataset gets a DistributedSampler when world > 1.

@@ -73,7 +73,7 @@ def iter_chunks(
 
     A chunk cut short at the end of ``data`` (a writer still running, or killed) ends the
     iteration quietly; a checksum that does not match anywhere else raises
-    :class:`WandbFileError`, because that is corruption, not a torn tail.
+    `WandbFileError`, because that is corruption, not a torn tail.
     """
     pos = start
     size = len(data)
@@ -417,7 +417,7 @@ def find_run_dirs(
 def read_runs(
     wandb_dir: str | os.PathLike[str] | None = None, run_id: str | None = None
 ) -> list[OfflineRun]:
-    """:func:`read_run` for every folder :func:`find_run_dirs` finds, oldest first."""
+    """`read_run` for every folder `find_run_dirs` finds, oldest first."""
     return [read_run(d) for d in find_run_dirs(wandb_dir, run_id)]
 
 

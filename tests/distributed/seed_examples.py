@@ -365,7 +365,7 @@ class BestPracticesTrainer(Recorder, SeedSupport, BaseTrainer, WandBLoggerMixin)
         columns = ["image", "prediction", "ground_truth", "confidence"]
         data = []
 
-        for batch in self.val_dataloader():  # support: a method here, an attribute in the seed
+        for batch in self.val_dataloader:
             images, labels = batch
             predictions = self.model(images)
             confidences = predictions.softmax(dim=-1).max(dim=-1).values

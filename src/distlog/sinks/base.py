@@ -3,12 +3,13 @@
 Only the writer (global rank 0) ever calls a sink, and it does so from a single thread at a time
 (the logger's writer thread when ``async_write`` is on), so sinks need no locking of their own.
 Values reach a sink already aggregated over steps and ranks; media arrive already converted to
-uint8 arrays (see :mod:`distlog.media`), so a sink only encodes and writes.
+uint8 arrays (see `distlog.media`), so a sink only encodes and writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -27,6 +28,13 @@ class Sink(Protocol):
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Record the run's configuration (already a plain, JSON-like nested mapping)."""
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Optional: keep a file or directory (a checkpoint, a dataset sample) under ``name``.
+
+        ``path`` exists (the logger checked); ``type`` is a free label (``"model"``...). A
+        sink without this method is skipped, and this default does nothing.
+        """
 
     def close(self, exit_code: int = 0) -> None:
         """Flush and release everything; ``exit_code`` is non-zero when the run failed."""

@@ -55,7 +55,7 @@ class JsonlSink:
     """Writes ``<run_dir>/metrics.jsonl`` (appending, so a restarted job continues the file).
 
     A partial last line left by a killed writer is removed before appending (see
-    :func:`_cut_torn_tail`), so the file stays one complete JSON object per line.
+    `_cut_torn_tail`), so the file stays one complete JSON object per line.
 
     Each row is flushed to the OS as soon as it is written, so a crash loses no written row.
     ``fsync=True`` also forces it to disk (slower; for jobs that fear power loss).
@@ -91,6 +91,20 @@ class JsonlSink:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, path)
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Copy a file, or a directory's contents, into ``<run_dir>/artifacts/<name>/`` (the
+        layout wandb and MLflow give them too)."""
+        import shutil
+
+        from distlog.media_files import safe_relative_key
+
+        target = self.run_dir / runlog.ARTIFACTS_DIR / safe_relative_key(name)
+        target.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, target / path.name)
 
     def close(self, exit_code: int = 0) -> None:
         if self._fh is not None:

@@ -22,6 +22,7 @@ import fnmatch
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from distlog.sinks.console import format_value
@@ -190,6 +191,9 @@ class ProgressSink:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         pass
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Artifacts are not shown here (a no-op)."""
 
     def close(self, exit_code: int = 0) -> None:
         if self._closed:

@@ -3,17 +3,17 @@
 What lands where in TensorBoard:
 
 - scalars: one scalar series per key (the Scalars tab);
-- :class:`~distlog.media.Images`: one image per tag, ``key`` for a single image and
+- [Images][distlog.media.Images]: one image per tag, ``key`` for a single image and
   ``key/0``, ``key/1``, ... for a batch; captions go to the text tab under ``key/captions``;
-- :class:`~distlog.media.Videos`: animated GIFs in the Images tab, tagged like images. This is
+- [Videos][distlog.media.Videos]: animated GIFs in the Images tab, tagged like images. This is
   the same record ``SummaryWriter.add_video`` writes, but encoded with Pillow: torch's
   ``add_video`` needs ``moviepy.editor``, which moviepy 2 removed, and then silently writes
   nothing. No moviepy is needed. Frames with at most 256 colours keep them exactly; richer
   frames are quantised to 256 (GIF's limit). TensorBoard shows GIFs only, so an item's
   ``format="mp4"`` is ignored here;
-- :class:`~distlog.media.Histogram`: ``add_histogram_raw`` from the counts and edges (min, max,
+- [Histogram][distlog.media.Histogram]: ``add_histogram_raw`` from the counts and edges (min, max,
   sum and sum of squares are estimated from the bin centres of the non-empty bins);
-- :class:`~distlog.media.Table`: a markdown table in the Text tab; image cells are written as
+- [Table][distlog.media.Table]: a markdown table in the Text tab; image cells are written as
   images ``key/<column>/<row>`` and shown as ``[image HxW]`` in the table;
 - the config: pretty JSON in the Text tab under ``config``.
 
@@ -267,6 +267,9 @@ class TensorBoardSink:
         text = json.dumps(config, indent=2, sort_keys=True, default=str)
         self.writer.add_text("config", f"```json\n{text}\n```", global_step=0)
         self.writer.flush()
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """Artifacts are not shown here (a no-op)."""
 
     def close(self, exit_code: int = 0) -> None:
         if self._writer is not None:

@@ -1,6 +1,6 @@
 """Weights & Biases: one run per job, written by the writer rank only.
 
-Only global rank 0 ever constructs a :class:`WandbSink`, so a multi-rank job makes exactly one
+Only global rank 0 ever constructs a [WandbSink][distlog.sinks.wandb.WandbSink], so a multi-rank job makes exactly one
 wandb run and one run directory. Every metric is keyed to the trainer's global step
 (``define_metric("*", step_metric=...)``) and each call commits its row at once, so a job killed
 between flushes loses nothing already flushed. wandb's own ``step=`` is never passed: a step
@@ -11,6 +11,7 @@ of being dropped by wandb with a warning few people read.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import warnings
@@ -45,6 +46,22 @@ def import_wandb() -> Any:
             "the Weights & Biases backend needs the wandb package: pip install 'distlog[wandb]'"
         ) from exc
     return wandb
+
+
+def has_login() -> bool:
+    """True when wandb could log in online without asking: ``WANDB_API_KEY``, or a netrc entry
+    for the wandb host (``wandb login`` writes one). Reads no network."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _settings(wandb: Any, init_timeout: float, user: Any) -> Any:
@@ -138,7 +155,7 @@ class WandbSink:
         resume: ``wandb.init``'s resume policy; with the same ``id`` a restarted job continues
             the same run (offline: a new folder with the same id, uploaded in order by
             ``wandb sync``).
-        init_timeout: seconds to wait for ``wandb.init`` before raising :class:`WandbInitError`.
+        init_timeout: seconds to wait for ``wandb.init`` before raising `WandbInitError`.
         step_metric: the metric every other metric is plotted against.
         finish_timeout: seconds ``close`` waits for wandb to finish writing the ``.wandb`` file.
         settings: extra ``wandb.Settings`` (a dict or a Settings object).
@@ -211,7 +228,7 @@ class WandbSink:
         """The last step a previous start of this run logged, to catch a step going backwards.
 
         Online, wandb restores the summary of a resumed run; offline, earlier starts are earlier
-        folders with the same id next to this one, read with :mod:`distlog.wandb_offline`.
+        folders with the same id next to this one, read with `distlog.wandb_offline`.
         """
         try:
             value = self.run.summary.get(self.step_metric)
@@ -283,6 +300,19 @@ class WandbSink:
     def log_config(self, config: Mapping[str, Any]) -> None:
         self._check_open("log_config")
         self.run.config.update(dict(config), allow_val_change=True)
+
+    def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
+        """A wandb Artifact (offline too: it is uploaded by ``wandb sync``)."""
+        import re
+
+        artifact = self._wandb.Artifact(
+            re.sub(r"[^\w.-]+", "-", name).strip("-.") or "artifact", type=type
+        )
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
 
     def close(self, exit_code: int = 0) -> None:
         """Finish the run and wait until wandb has written its exit record (idempotent)."""

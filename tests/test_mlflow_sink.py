@@ -1,0 +1,226 @@
+"""MLflow: the real library against a real sqlite store and a real ``mlflow server`` started on
+127.0.0.1, read back with ``MlflowClient``; the mixin's run follows the distlog run (a restart
+continues it); an unreachable store warns and leaves the local run log going."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from dist_harness import free_port
+
+import distlog
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+
+from distlog.mixins import (  # noqa: E402
+    MLflowLoggerConfigMixin,
+    MLflowLoggerMixin,
+    MlflowLoggingParameters,
+)
+
+SERVER_TEST = "test_sink_against_a_real_mlflow_server"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_server(request, tmp_path_factory):
+    """A real ``mlflow server`` on a free 127.0.0.1 port, started before the other tests of
+    this module (when the server test is selected) so that its start-up overlaps them; its
+    whole process group is stopped at the end. Yields (process, uri) or None."""
+    if not any(item.name == SERVER_TEST for item in request.session.items):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(server.pid, sig)  # the server and its uvicorn worker
+            except ProcessLookupError:
+                break
+            try:
+                server.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for info in client.list_artifacts(run_id, path):
+        out.extend(artifact_paths(client, run_id, info.path) if info.is_dir else [info.path])
+    return sorted(out)
+
+
+def log_a_run(logger):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logger.log_config({"model": {"width": 8, "act": "relu"}, "api_key": "s3cret", "lr": 0.1})
+    for step in (1, 2, 3):
+        logger.log_dict({"train/loss": 1.0 / step, "data/tokens": 10.0 * step})
+        if step == 2:
+            logger.log_images(torch.rand(2, 3, 8, 8), desc="val/samples")
+            fig, ax = plt.subplots()
+            ax.plot([0, 1], [1, 0])
+            logger.log_plot(fig, desc="val/curve")
+            logger.log_table(["x", "y"], [[1, "a"], [2, "b"]], desc="val/table")
+            logger.log_histogram(torch.arange(100.0), desc="weights/w", bins=10)
+        logger.flush(step)
+    logger.finish()
+
+
+def check_run(client, run_id):
+    assert history(client, run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    assert history(client, run_id, "data/tokens") == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.width"] == "8" and params["model.act"] == "relu" and params["lr"] == "0.1"
+    assert params["api_key"] != "s3cret"  # redacted by the logger before any sink sees it
+    paths = artifact_paths(client, run_id)
+    assert sum(p.startswith("media/val/samples/") and p.endswith(".png") for p in paths) == 2
+    assert any(p.startswith("media/val/curve/") and p.endswith(".png") for p in paths)
+    assert any(p.startswith("media/val/table/") and p.endswith(".json") for p in paths)
+    [hist] = [p for p in paths if p.startswith("media/weights/w/")]
+    record = json.loads(Path(client.download_artifacts(run_id, hist)).read_text())
+    assert record["type"] == "histogram" and sum(record["counts"]) == 100
+
+
+def test_sink_against_a_sqlite_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri, experiment="exp", run_name="first")
+    logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink], async_write=False)
+    log_a_run(logger)
+    client = MlflowClient(tracking_uri=uri)
+    check_run(client, sink.run_id)
+    run = client.get_run(sink.run_id)
+    assert run.info.run_name == "first"
+    assert client.get_experiment(run.info.experiment_id).name == "exp"
+
+
+# ------------------------------------------------------------------ the mixin
+@dataclass(kw_only=True)
+class Config(MLflowLoggerConfigMixin):
+    pass
+
+
+class Loop(MLflowLoggerMixin):
+    """The mixin in a hand-written loop."""
+
+
+def run_loop(steps, **params):
+    loop = Loop(
+        Config(
+            project="proj", experiment="mix", logging_parameters=MlflowLoggingParameters(**params)
+        )
+    )
+    for step in steps:
+        loop.global_step = step
+        loop.log_scalar("loss", float(step))
+        loop.flush_logs()
+    loop.finish()
+    return loop
+
+
+def test_mixin_run_follows_the_distlog_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    first = run_loop([1, 2, 3], tracking_uri=uri)
+    info = distlog.read_run_info(first.run_dir)
+    assert info["mlflow_id"] == first.mlflow_run_id
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(first.mlflow_run_id)
+    assert run.info.run_name == "mix" and run.data.tags["distlog.run_id"] == info["id"]
+    assert client.get_experiment(run.info.experiment_id).name == "proj"
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the launcher restarted the job
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = run_loop([2, 3, 4, 5], tracking_uri=uri)  # from an older checkpoint
+    assert again.run_dir == first.run_dir and again.mlflow_run_id == first.mlflow_run_id
+    assert history(client, first.mlflow_run_id, "loss") == [(s, float(s)) for s in (1, 2, 3, 4, 5)]
+    assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a new launch: a new MLflow run
+    new = run_loop([1], tracking_uri=uri)
+    assert new.run_dir != first.run_dir and new.mlflow_run_id != first.mlflow_run_id
+
+
+def test_an_unreachable_store_warns_once_and_the_local_log_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    started = time.monotonic()
+    with pytest.warns(
+        UserWarning, match="MLflow store .* Logging goes on to the local run log"
+    ) as rec:
+        loop = run_loop([1, 2], tracking_uri=dead, init_timeout=10.0)
+    assert time.monotonic() - started < 60
+    assert sum("MLflow" in str(w.message) for w in rec) == 1
+    assert loop.mlflow_run_id is None
+    assert [r["loss"] for r in distlog.read_metrics(loop.run_dir)] == [1.0, 2.0]
+    assert "mlflow_id" not in distlog.read_run_info(loop.run_dir)
+
+
+def test_missing_mlflow_names_the_extra(tmp_path):
+    code = (
+        "import sys; sys.modules['mlflow'] = None\n"
+        "from distlog.sinks.mlflow import import_mlflow\n"
+        "try:\n    import_mlflow()\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ}, check=True).stdout  # fmt: skip
+    assert "pip install 'distlog[mlflow]'" in out
+
+
+@pytest.mark.slow
+def test_sink_against_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    server, uri = mlflow_server
+    deadline = time.monotonic() + 90  # bounded: a server that never answers fails the test
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None, server.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "mlflow server did not come up within 90 s"
+        time.sleep(0.3)
+    sink = distlog.MlflowSink(tracking_uri=uri, experiment="served", run_name="r")
+    logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink], async_write=True)
+    log_a_run(logger)
+    check_run(MlflowClient(tracking_uri=uri), sink.run_id)

@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 from distlog import runlog
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -81,7 +81,7 @@ class JsonlSink:
         self._write({"step": step, "time": round(time.time(), 3), **values})
 
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
-        from distlog.media_files import save_media
+        from distlog.media.files import save_media
 
         record = save_media(item, self.run_dir / runlog.MEDIA_DIR, key, step)
         self._write({"step": step, "time": round(time.time(), 3), "media": {key: record}})

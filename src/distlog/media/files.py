@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from distlog.errors import LogTypeError, LogValueError
-from distlog.media import Histogram, Images, MediaItem, Table, Video, Videos
+from distlog.media.items import Histogram, Images, MediaItem, Table, Video, Videos
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_COMPONENT = 100

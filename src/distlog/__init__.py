@@ -6,6 +6,7 @@ its sinks (a local run directory by default, Weights & Biases, TensorBoard, the 
 """
 
 from distlog.aggregation import REDUCTIONS
+from distlog.config import to_config_dict
 from distlog.errors import (
     DistlogError,
     KeyConflictError,
@@ -14,7 +15,7 @@ from distlog.errors import (
     LogValueError,
     RankDivergenceError,
 )
-from distlog.logger import Logger, to_config_dict
+from distlog.logger import Logger
 from distlog.media import Histogram, Images, MediaWarning, Table, Video, Videos
 from distlog.metrics import metric_values
 from distlog.mixins import (

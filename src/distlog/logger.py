@@ -27,6 +27,7 @@ from distlog import lifecycle, runlog
 from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
 from distlog.config import to_config_dict
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.keys import check_key
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
@@ -394,10 +395,7 @@ class Logger:
             )
         clean = {}
         for key, value in values.items():
-            if not isinstance(key, str) or not key:
-                raise LogTypeError(f"metric keys must be non-empty strings, got {key!r}")
-            if key in runlog.RESERVED_KEYS:
-                raise LogValueError(f"key {key!r} is reserved by the run log; use another name")
+            check_key(key)
             if isinstance(value, torch.Tensor):
                 value = _plain_tensor(key, value).item()  # compute() already synchronised it
             clean[key] = _as_float(key, value)
@@ -408,8 +406,7 @@ class Logger:
         """Queue a converted media item (see :mod:`distlog.media`) for the next flush's step."""
         if self._closed:
             self._raise_closed()
-        if not isinstance(key, str) or not key:
-            raise LogTypeError(f"media keys must be non-empty strings, got {key!r}")
+        check_key(key, "media")
         if self.world.is_global_zero:
             self._media.append((key, item))
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from distlog.errors import LogTypeError, LogValueError
+from distlog.keys import check_key
 from distlog.media.items import Images, Table, TableCell, Video, Videos
 
 # ---------------------------------------------------------------------------------------------
@@ -31,9 +32,8 @@ def label(desc: str) -> str:
 
 
 def check_desc(desc: Any) -> str:
-    if not isinstance(desc, str) or not desc:
-        raise LogTypeError(f"media key (desc) must be a non-empty string, got {desc!r}")
-    return desc
+    """The media key (``desc``), checked by the one key rule of [distlog.keys][]."""
+    return check_key(desc, "media")
 
 
 def is_tensor(x: Any) -> bool:

@@ -39,7 +39,6 @@ import time
 import unicodedata
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import timedelta
 from itertools import compress
 from typing import Any
 
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from distlog import groups
 from distlog.errors import (
     KeyConflictError,
     LogTypeError,
@@ -327,15 +327,7 @@ class Aggregator:
 
     # ----------------------------------------------------------------------------- set-up
     def _make_control_group(self) -> Any:
-        w = self.world
-        if w.group_size <= 1 or not w.writer_in_group:
-            return None
-        tmo = timedelta(seconds=self.timeout)
-        if w.group is None:
-            return dist.new_group(backend="gloo", timeout=tmo)
-        return dist.new_group(
-            ranks=list(w.group_ranks), backend="gloo", timeout=tmo, use_local_synchronization=True
-        )
+        return groups.control_group(self.world, self.timeout)
 
     @property
     def control_group(self) -> Any:

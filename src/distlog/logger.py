@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distlog import lifecycle, runlog
+from distlog import groups, lifecycle, runlog
 from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
 from distlog.config import to_config_dict
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
@@ -232,6 +232,7 @@ class Logger:
         )
         self.nonfinite = nonfinite
         self._agg = Aggregator(self.world, timeout=timeout, reserved=runlog.RESERVED_KEYS)
+        self._media_group = groups.control_group(self.world, timeout)  # never pairs with a flush
         self._closed = False
         self._finishing = False
         self._step = -1
@@ -412,8 +413,9 @@ class Logger:
 
     # ------------------------------------------------------------------------ media (distlog.media)
     # ranks=0 (default): rank 0's media, no communication. Any other ranks= is a gathering call
-    # that every rank of the group must make; it runs over the logger's gloo control group (so
-    # pixels stay on the host) with the logger's timeout. Encoding happens in the sinks.
+    # that every rank of the group must make; it runs over the logger's own gloo media group (so
+    # pixels stay on the host, and a media call never pairs with a flush's collectives) with the
+    # logger's timeout. Encoding happens in the sinks.
     def _collect_media(
         self, collect: str, default_key: str, desc: str | None, *args: Any, **kwargs: Any
     ) -> None:
@@ -434,7 +436,7 @@ class Logger:
             self.world,
             *args,
             desc=key,
-            group=self._agg.control_group,
+            group=self._media_group,
             timeout=self._agg.timeout,
             **kwargs,
         )

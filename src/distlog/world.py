@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from distlog import groups
 from distlog.errors import DistlogError
 
 __all__ = ["World", "init_distributed"]
@@ -83,9 +84,7 @@ class World:
         the host): the training thread then never waits for the device. The host with gloo,
         whose collectives run on host memory.
         """
-        if self.device.type == "cuda" and (self.backend is None or "nccl" in self.backend):
-            return self.device
-        return torch.device("cpu")
+        return groups.collective_device(self.backend, self.device)
 
     @classmethod
     def current(

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError, RankDivergenceError
+from distlog.groups import group_device
 from distlog.media.convert import (
     check_cap,
     check_desc,
@@ -496,13 +497,6 @@ def _warn_dropped(
 
 def _tag(rank: int, caption: str | None) -> str:
     return f"rank {rank}" if caption is None else f"rank {rank}: {caption}"
-
-
-def group_device(group: Any) -> torch.device:
-    """Where a collective's tensors must live: the current GPU for a pure NCCL group, else host."""
-    if str(dist.get_backend(group)) == "nccl" and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
+from distlog.groups import group_device
 from distlog.media.convert import as_tensor, check_desc, label
 from distlog.media.gather import (
     H_DTYPE,
@@ -32,7 +33,6 @@ from distlog.media.gather import (
     comm,
     exchange_headers,
     float_bits,
-    group_device,
     make_header,
     next_counter,
     normalize_ranks,

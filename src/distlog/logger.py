@@ -580,6 +580,7 @@ class Logger:
         payloads live on the host, as with gloo); with NCCL it returns None by default, and
         rank 0 waits for the device on its writer thread, not in the training loop.
         """
+        self.world.check_still_current()
         if self._closed:
             self._raise_closed()
         step = self._next_step(step)

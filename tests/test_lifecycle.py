@@ -315,3 +315,35 @@ def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
         """,
     )
     assert "True _on_signal" in proc.stdout, proc.stderr
+
+
+def test_importing_distlog_changes_no_global_state_and_the_last_logger_restores_it() -> None:
+    """sys.excepthook and the exit handler: installed by the first logger, gone after the last."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+def mine(*a): sys.__excepthook__(*a)
+sys.excepthook = mine
+import distlog
+from distlog import lifecycle
+lifecycle.exit_code_at_exit = lambda: print("exit handler ran") or 0  # observe the handler
+assert sys.excepthook is mine, "importing distlog replaced the exception hook"
+a = distlog.Logger(sinks=[], handle_signals=False)
+b = distlog.Logger(sinks=[], handle_signals=False)
+assert sys.excepthook is not mine and lifecycle.process_hooks_installed()
+a.finish()
+assert lifecycle.process_hooks_installed(), "b is still open"
+b.finish()
+assert sys.excepthook is mine, "the last logger did not restore the exception hook"
+if sys.argv[1] == "leave-one-open":
+    c = distlog.Logger(sinks=[], handle_signals=False)  # a later logger installs them again
+    assert lifecycle.process_hooks_installed()
+print("ok")
+"""
+    for mode, want in [("all-finished", "ok"), ("leave-one-open", "ok\nexit handler ran")]:
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0 and out.stdout.strip() == want, (mode, out.stderr[-3000:])

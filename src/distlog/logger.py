@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from distlog.aggregation import Aggregator, PendingRow, _as_float, _plain_tensor
 from distlog.config import to_config_dict
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
 from distlog.keys import check_key
+from distlog.lifecycle import exit_code_of as _exit_code_of
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
@@ -768,17 +768,6 @@ class Logger:
             except OSError as exc:
                 warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
 
-    def _finish_at_exit(self, exit_code: int) -> None:
-        """Interpreter exit with the logger still open: no collective, the other ranks may be
-        anywhere. A world of one still writes what was logged since the last flush."""
-        if self._closed:
-            return
-        if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
-            self.finish(0)
-            return
-        self._warn_dropped_tail("the logger was not finished before the interpreter exited")
-        self._finish_local(exit_code)
-
     def _raise_closed(self) -> None:
         raise LoggerClosedError("this distlog.Logger is finished; create a new one to log again")
 
@@ -794,14 +783,22 @@ class Logger:
         self._warn_dropped_tail(f"leaving the logger's block on {exc_type.__name__}")
         self._finish_local(_exit_code_of(exc))
 
+    # ------------------------------------------------------------------------ lifecycle.Closable
+    def close_locally(self, exit_code: int, *, timeout: float | None = None) -> None:
+        """Write what reached this rank and close the sinks with ``exit_code``; no collective.
 
-def _exit_code_of(exc: BaseException | None) -> int:
-    """The process exit status an exception stands for."""
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        if code is None:
-            return 0
-        return code if isinstance(code, int) else 1
-    if isinstance(exc, KeyboardInterrupt):
-        return lifecycle.exit_code_for_signal(signal.SIGINT)
-    return 1
+        What signal handlers, uncaught exceptions and ``with`` blocks left on an exception do
+        (see `distlog.lifecycle`); waits at most ``timeout`` seconds for the sinks.
+        """
+        self._finish_local(exit_code, timeout=timeout)
+
+    def finish_at_exit(self, exit_code: int) -> None:
+        """Interpreter exit with the logger still open: no collective, the other ranks may be
+        anywhere. A world of one still writes what was logged since the last flush."""
+        if self._closed:
+            return
+        if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
+            self.finish(0)
+            return
+        self._warn_dropped_tail("the logger was not finished before the interpreter exited")
+        self._finish_local(exit_code)

@@ -244,7 +244,6 @@ class Logger:
         self._precomputed: dict[str, float] = {}
         self._media: list[tuple[str, Any]] = []
         self._warned_nonfinite: set[str] = set()
-        self._sink_errors: list[BaseException] = []
         self.sinks: list[Sink] = []
         self.run_dir: Path | None = None
         given = list(sinks) if sinks is not None else []
@@ -675,7 +674,6 @@ class Logger:
             try:
                 call(sink)
             except Exception as exc:  # one broken backend must not take the others down
-                self._sink_errors.append(exc)
                 warnings.warn(
                     f"distlog: {type(sink).__name__}.{what} failed: {type(exc).__name__}: {exc}",
                     stacklevel=2,

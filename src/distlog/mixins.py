@@ -32,6 +32,7 @@ __all__ = [
     "LoggerConfigMixin",
     "LoggerMixin",
     "LoggingParameters",
+    "TensorBoardLoggerMixin",
     "WandBLoggerConfigMixin",
     "WandBLoggerMixin",
     "WandbLoggingParameters",
@@ -461,3 +462,7 @@ def _record_wandb_run_id(run_dir: Path, wandb_id: str) -> None:
             f"distlog: could not record the wandb run id in {run_dir / runlog.RUN_FILE}: {exc}",
             stacklevel=3,
         )
+
+
+# Beside WandBLoggerMixin, where users look for it. Imported last: it subclasses LoggerMixin.
+from distlog.tensorboard_mixin import TensorBoardLoggerMixin  # noqa: E402

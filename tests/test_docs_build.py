@@ -40,6 +40,7 @@ def build(config: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # starts mkdocs
 def test_docs_build_strict(tmp_path):
     missing = [p for p in PAGES_FROM_OTHER_BRANCHES if not (ROOT / "docs" / p).exists()]
     config = ROOT / "mkdocs.yml"

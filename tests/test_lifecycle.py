@@ -48,6 +48,7 @@ def info(run_dir) -> dict:
     "signum,status,code",
     [(signal.SIGTERM, -signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT, 130)],
 )
+@pytest.mark.slow  # starts a process
 def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signum, status, code):
     proc = run_script(
         tmp_path,
@@ -70,6 +71,7 @@ def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signu
     assert info(tmp_path / "run")["last_step"] == 4
 
 
+@pytest.mark.slow  # starts a process
 def test_the_previous_python_handler_still_runs(tmp_path):
     proc = run_script(
         tmp_path,
@@ -89,6 +91,7 @@ def test_the_previous_python_handler_still_runs(tmp_path):
     assert info(tmp_path / "run")["exit_code"] == 143
 
 
+@pytest.mark.slow  # starts a process
 def test_an_ignored_signal_stays_ignored(tmp_path):
     proc = run_script(
         tmp_path,
@@ -158,6 +161,7 @@ def test_no_handler_from_a_thread_other_than_main(tmp_path):
         ("pass  # never finished", 0, 0),
     ],
 )
+@pytest.mark.slow  # starts a process
 def test_interpreter_exit_closes_open_loggers(tmp_path, body, status, code):
     proc = run_script(
         tmp_path,
@@ -176,6 +180,7 @@ def test_interpreter_exit_closes_open_loggers(tmp_path, body, status, code):
     assert distlog.read_metrics(tmp_path / "run")[-1].get("tail") == (2.0 if code == 0 else None)
 
 
+@pytest.mark.slow  # starts a process
 def test_an_uncaught_exception_is_seen_even_with_a_replaced_excepthook(tmp_path):
     proc = run_script(
         tmp_path,
@@ -301,6 +306,7 @@ def test_last_step_reads_from_the_end_of_a_large_file(tmp_path):
     assert runlog.last_step(tmp_path / "missing") is None
 
 
+@pytest.mark.slow  # starts a process
 def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
     proc = run_script(
         tmp_path,
@@ -317,6 +323,7 @@ def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
     assert "True _on_signal" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_importing_distlog_changes_no_global_state_and_the_last_logger_restores_it() -> None:
     """sys.excepthook and the exit handler: installed by the first logger, gone after the last."""
     import subprocess

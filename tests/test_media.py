@@ -445,6 +445,7 @@ def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) 
     check()
 
 
+@pytest.mark.slow  # starts a process
 def test_sinks_import_the_item_types_only() -> None:
     """A sink's import of the media items pulls in no conversion or gathering code."""
     import subprocess

@@ -1,6 +1,6 @@
 """Encode media items into files under ``<run_dir>/media/`` for the local run log.
 
-Called by :class:`distlog.sinks.JsonlSink` on the logger's writer thread, so PNG, GIF and MP4
+Called by [JsonlSink][distlog.sinks.jsonl.JsonlSink] on the logger's writer thread, so PNG, GIF and MP4
 encoding never runs on the training thread. Each call returns the JSON-ready record that the
 sink writes into ``metrics.jsonl``; file paths in it are relative to the run directory.
 

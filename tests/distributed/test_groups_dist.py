@@ -39,6 +39,12 @@ def _stage_pairs(rank: int, run_dir: str) -> Any:
         with distlog.Logger(sinks=[], group=pair01, timeout=60, handle_signals=False) as log:
             log.log_scalar("y", float(rank), "max")
             out = (*out, log.flush(0))
+        if rank == 0:  # a member that never builds its logger: a named error, not a raw one
+            try:
+                distlog.Logger(sinks=[], group=pair01, timeout=3, handle_signals=False)
+                out = (*out, "built")
+            except distlog.RankDivergenceError as exc:
+                out = (*out, str(exc))
     dist.barrier()
     return out
 
@@ -47,7 +53,8 @@ def test_a_logger_over_a_stage_pair_works(tmp_path: Path) -> None:
     start = time.monotonic()
     results = run_ranks(_stage_pairs, 4, str(tmp_path), timeout=150)
     assert time.monotonic() - start < 60  # it used to wait for the whole 60 s timeout, then fail
-    (row0, ranks0, y0), (row1, ranks1, y1) = results[0], results[1]
+    (row0, ranks0, y0, alone), (row1, ranks1, y1) = results[0], results[1]
+    assert "control group over global ranks [0, 1] did not complete within 3s" in alone
     assert ranks0 == ranks1 == (0, 1)
     # reference from every rank's raw inputs: step 1 sums 2.0 + 20.0, means (2 + 20) / 2
     assert row0 == {"x": 22.0, "m": 11.0} and row1 is None

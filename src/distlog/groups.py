@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from distlog.errors import RankDivergenceError
+from distlog.errors import DistlogError, RankDivergenceError
 
 if TYPE_CHECKING:
     from distlog.world import World
@@ -100,7 +100,7 @@ def _named_gloo_group(name: str, ranks: list[int], rank: int, timeout: timedelta
     helper: Any = _C10D._new_process_group_helper
     default = dist.group.WORLD
     if default is None:
-        raise RankDivergenceError("torch.distributed is not initialized")
+        raise DistlogError("torch.distributed is not initialized")
     store = default.get_group_store()  # public: the default group's store
     pg, _ = helper(len(ranks), ranks.index(rank), ranks, "gloo", store, name, timeout=timeout)
     _C10D._world.pg_group_ranks[pg] = {g: i for i, g in enumerate(ranks)}

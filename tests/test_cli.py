@@ -98,6 +98,7 @@ def test_load_run_matches_what_was_written(tmp_path):
     assert summary.media == {"val/img": 1}
 
 
+@pytest.mark.slow  # starts a process
 def test_show_as_a_command(tmp_path):
     write_run(tmp_path)
     done = run_cli("show", str(tmp_path))
@@ -154,6 +155,7 @@ def test_bad_directories(tmp_path, capsys, case, command):
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.slow  # starts a process
 def test_bad_directory_as_a_command_has_no_traceback(tmp_path):
     foreign = tmp_path / "logs"
     (foreign / "exp1").mkdir(parents=True)

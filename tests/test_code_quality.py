@@ -19,6 +19,7 @@ def _tool(name: str) -> str:
     return found
 
 
+@pytest.mark.slow  # starts a process
 def test_mypy_finds_no_type_errors_in_the_package():
     proc = subprocess.run(
         [_tool("mypy"), "src/distlog"], cwd=ROOT, capture_output=True, text=True, timeout=600
@@ -26,6 +27,7 @@ def test_mypy_finds_no_type_errors_in_the_package():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # starts a process
 def test_ruff_finds_nothing():
     proc = subprocess.run(
         [_tool("ruff"), "check", "src", "tests", "scripts"],

@@ -18,6 +18,7 @@ pytest.importorskip("mkdocstrings")
 pytest.importorskip("material")
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts mkdocs
 
 # Pages other branches write. Until one has landed, the build runs on a copy of the docs with a
 # stub in its place, so this branch's own pages are still checked strictly.

@@ -48,6 +48,7 @@ def info(run_dir) -> dict:
     "signum,status,code",
     [(signal.SIGTERM, -signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT, 130)],
 )
+@pytest.mark.slow  # starts a process
 def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signum, status, code):
     proc = run_script(
         tmp_path,
@@ -70,6 +71,7 @@ def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signu
     assert info(tmp_path / "run")["last_step"] == 4
 
 
+@pytest.mark.slow  # starts a process
 def test_the_previous_python_handler_still_runs(tmp_path):
     proc = run_script(
         tmp_path,
@@ -89,6 +91,7 @@ def test_the_previous_python_handler_still_runs(tmp_path):
     assert info(tmp_path / "run")["exit_code"] == 143
 
 
+@pytest.mark.slow  # starts a process
 def test_an_ignored_signal_stays_ignored(tmp_path):
     proc = run_script(
         tmp_path,
@@ -158,6 +161,7 @@ def test_no_handler_from_a_thread_other_than_main(tmp_path):
         ("pass  # never finished", 0, 0),
     ],
 )
+@pytest.mark.slow  # starts a process
 def test_interpreter_exit_closes_open_loggers(tmp_path, body, status, code):
     proc = run_script(
         tmp_path,
@@ -176,6 +180,7 @@ def test_interpreter_exit_closes_open_loggers(tmp_path, body, status, code):
     assert distlog.read_metrics(tmp_path / "run")[-1].get("tail") == (2.0 if code == 0 else None)
 
 
+@pytest.mark.slow  # starts a process
 def test_an_uncaught_exception_is_seen_even_with_a_replaced_excepthook(tmp_path):
     proc = run_script(
         tmp_path,
@@ -336,6 +341,7 @@ def test_last_step_reads_from_the_end_of_a_large_file(tmp_path):
     assert runlog.last_step(tmp_path / "missing") is None
 
 
+@pytest.mark.slow  # starts a process
 def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
     proc = run_script(
         tmp_path,
@@ -350,3 +356,36 @@ def test_an_interactive_session_keeps_ctrl_c_for_interrupting_cells(tmp_path):
         """,
     )
     assert "True _on_signal" in proc.stdout, proc.stderr
+
+
+@pytest.mark.slow  # starts a process
+def test_importing_distlog_changes_no_global_state_and_the_last_logger_restores_it() -> None:
+    """sys.excepthook and the exit handler: installed by the first logger, gone after the last."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+def mine(*a): sys.__excepthook__(*a)
+sys.excepthook = mine
+import distlog
+from distlog import lifecycle
+lifecycle.exit_code_at_exit = lambda: print("exit handler ran") or 0  # observe the handler
+assert sys.excepthook is mine, "importing distlog replaced the exception hook"
+a = distlog.Logger(sinks=[], handle_signals=False)
+b = distlog.Logger(sinks=[], handle_signals=False)
+assert sys.excepthook is not mine and lifecycle.process_hooks_installed()
+a.finish()
+assert lifecycle.process_hooks_installed(), "b is still open"
+b.finish()
+assert sys.excepthook is mine, "the last logger did not restore the exception hook"
+if sys.argv[1] == "leave-one-open":
+    c = distlog.Logger(sinks=[], handle_signals=False)  # a later logger installs them again
+    assert lifecycle.process_hooks_installed()
+print("ok")
+"""
+    for mode, want in [("all-finished", "ok"), ("leave-one-open", "ok\nexit handler ran")]:
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0 and out.stdout.strip() == want, (mode, out.stderr[-3000:])

@@ -28,7 +28,7 @@ from distlog.media import (
     to_table,
     to_videos,
 )
-from distlog.media_files import safe_relative_key, save_media
+from distlog.media.files import safe_relative_key, save_media
 from distlog.runlog import iter_rows
 from distlog.sinks import JsonlSink
 
@@ -237,7 +237,7 @@ def test_local_histogram_equals_numpy(dtype: type) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_device_binning_matches_numpy(dtype: torch.dtype) -> None:
     """The binary-search path used for GPU tensors, run on the host against numpy."""
-    from distlog.media import _bin_counts, _edges
+    from distlog.media.histograms import bin_counts, bin_edges
 
     g = torch.Generator().manual_seed(5)
     for values in (
@@ -246,11 +246,11 @@ def test_device_binning_matches_numpy(dtype: torch.dtype) -> None:
         torch.full((7,), 1.25, dtype=dtype),
     ):
         lo, hi = float(values.min()), float(values.max())
-        edges = _edges(lo, hi, 23, 32 if dtype == torch.float32 else 64)
+        edges = bin_edges(lo, hi, 23, 32 if dtype == torch.float32 else 64)
         counts, want_edges = np.histogram(values.numpy(), bins=23)
         assert np.array_equal(edges, want_edges)
-        assert np.array_equal(_bin_counts(values, edges, on_device=True).numpy(), counts)
-        assert np.array_equal(_bin_counts(values, edges, on_device=False).numpy(), counts)
+        assert np.array_equal(bin_counts(values, edges, on_device=True).numpy(), counts)
+        assert np.array_equal(bin_counts(values, edges, on_device=False).numpy(), counts)
 
 
 def test_histogram_of_a_constant_leaves_nonfinite_out() -> None:
@@ -416,7 +416,7 @@ def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) 
     from hypothesis import strategies as st
     from hypothesis.extra.numpy import arrays
 
-    from distlog.media import _bin_counts, _edges, _local_stats
+    from distlog.media.histograms import bin_counts, bin_edges, local_stats
 
     finite32 = st.floats(-1e6, 1e6, width=32, allow_nan=False)
 
@@ -428,11 +428,11 @@ def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) 
     )
     def check(values: np.ndarray, cuts: list[int], bins: int) -> None:
         shards = np.split(values, sorted(c % (len(values) + 1) for c in cuts))
-        stats = [_local_stats(torch.from_numpy(s)) for s in shards]
+        stats = [local_stats(torch.from_numpy(s)) for s in shards]
         lo = min(s.lo for s in stats)
         hi = max(s.hi for s in stats)
-        edges = _edges(lo, hi, bins, 32)
-        counts = sum(_bin_counts(s.finite, edges, on_device=on_device).numpy() for s in stats)
+        edges = bin_edges(lo, hi, bins, 32)
+        counts = sum(bin_counts(s.finite, edges, on_device=on_device).numpy() for s in stats)
         try:
             want_counts, want_edges = np.histogram(values, bins=bins)
         except ValueError:  # numpy cannot bin a large float32 constant finely; distlog can
@@ -443,3 +443,23 @@ def test_sharded_counts_over_shared_edges_equal_numpy_property(on_device: bool) 
         assert np.array_equal(counts, want_counts)
 
     check()
+
+
+@pytest.mark.slow  # starts a process
+def test_sinks_import_the_item_types_only() -> None:
+    """A sink's import of the media items pulls in no conversion or gathering code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, distlog, distlog.sinks.jsonl, distlog.sinks.wandb\n"
+        "from distlog.media import Images\n"
+        "print(sorted(m for m in sys.modules if m.startswith('distlog.media')))\n"
+        "from distlog import media\n"
+        "import distlog.media.histograms\n"
+        "assert callable(media.histogram) and media.collect_images.__module__.endswith('gather')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "['distlog.media', 'distlog.media.items']"

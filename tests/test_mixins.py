@@ -316,6 +316,7 @@ def test_wandb_init_failure_warns_and_keeps_the_local_log(env):
     assert sorted(rows_by_step("r")) == [2]
 
 
+@pytest.mark.slow  # starts a process
 def test_without_wandb_installed(tmp_path):
     """LoggerMixin runs with wandb unimportable; WandBLoggerMixin says which extra to install."""
     from dist_harness import subprocess_env
@@ -386,6 +387,7 @@ def first_start(env, monkeypatch):
     return env
 
 
+@pytest.mark.slow  # starts a process
 def test_a_restart_continues_the_wandb_run_named_by_run_json(first_start, monkeypatch):
     pytest.importorskip("wandb")
     from distlog.wandb_offline import read_runs

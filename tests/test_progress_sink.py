@@ -159,6 +159,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # starts a process
 def test_a_script_draws_on_a_terminal_and_not_into_a_pipe():
     env = subprocess_env(TERM="xterm", COLUMNS="150")
     env.pop("DISTLOG_PROGRESS", None)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import distlog
-from distlog.logger import REDACTED
+from distlog.config import REDACTED
 
 SRC = Path(distlog.__file__).resolve().parent
 

@@ -232,6 +232,7 @@ def test_use_after_close_is_a_clear_error(tmp_path):
         sink.log_scalars(0, {"a": 1.0})
 
 
+@pytest.mark.slow  # starts a process
 def test_missing_tensorboard_names_the_extra(tmp_path):
     code = (
         "import sys; sys.modules['tensorboard'] = None\n"

@@ -103,6 +103,7 @@ def test_history_config_summary_exit_code(env):
     assert has_exit_record(run_dir)
 
 
+@pytest.mark.slow  # starts a process
 def test_reader_agrees_with_wandb_inspector(env):
     """`wandb leet inspect --json` is wandb's own reader: our history must match it row by row."""
     exe = Path(sys.executable).with_name("wandb")

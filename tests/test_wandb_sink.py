@@ -144,7 +144,7 @@ def test_init_timeout_is_a_wandb_init_error_and_leaves_no_open_run(env):
     start = time.monotonic()
     with pytest.raises(WandbInitError, match="did not finish within"):
         WandbSink(project="slow", init_timeout=0.001)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5.0  # generous for a loaded machine; no wait for the init
     # the abandoned init finishes its run in the background, with a failure exit code
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -160,6 +160,7 @@ def test_init_timeout_is_a_wandb_init_error_and_leaves_no_open_run(env):
     sink.close()
 
 
+@pytest.mark.slow  # starts a process
 def test_missing_wandb_names_the_extra(tmp_path):
     code = (
         "import sys; sys.modules['wandb'] = None\n"

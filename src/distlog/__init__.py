@@ -5,6 +5,7 @@ in a constant number of fused collectives, and only global rank 0 writes the agg
 its sinks (a local run directory by default, Weights & Biases, TensorBoard, the console).
 """
 
+from distlog.config import to_config_dict
 from distlog.errors import (
     DistlogError,
     KeyConflictError,
@@ -16,7 +17,7 @@ from distlog.errors import (
 )
 from distlog.exchange import ExchangeOptions
 from distlog.layout import REDUCTIONS
-from distlog.logger import Logger, to_config_dict
+from distlog.logger import Logger
 from distlog.media import Histogram, Images, MediaWarning, Table, Video, Videos
 from distlog.metrics import metric_values
 from distlog.mixins import (
@@ -26,6 +27,7 @@ from distlog.mixins import (
     MLflowLoggerConfigMixin,
     MLflowLoggerMixin,
     MlflowLoggingParameters,
+    TensorBoardLoggerMixin,
     WandBLoggerConfigMixin,
     WandBLoggerMixin,
     WandbLoggingParameters,
@@ -71,6 +73,7 @@ __all__ = [
     "Sink",
     "SystemMetrics",
     "Table",
+    "TensorBoardLoggerMixin",
     "TensorBoardSink",
     "Video",
     "Videos",

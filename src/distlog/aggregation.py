@@ -19,12 +19,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection
-from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from distlog import groups
 from distlog.buffer import Buffer
 from distlog.errors import RankDivergenceError
 from distlog.exchange import Exchange, ExchangeOptions, PendingRow
@@ -40,18 +39,6 @@ __all__ = [
     "PendingRow",
     "spread_keys",
 ]
-
-
-def make_control_group(world: World, timeout: float) -> Any:
-    """The logger's own gloo group (with its own timeout), or None where nothing moves."""
-    if world.group_size <= 1 or not world.writer_in_group:
-        return None
-    tmo = timedelta(seconds=timeout)
-    if world.group is None:
-        return dist.new_group(backend="gloo", timeout=tmo)
-    return dist.new_group(
-        ranks=list(world.group_ranks), backend="gloo", timeout=tmo, use_local_synchronization=True
-    )
 
 
 class ExchangeWorker:
@@ -122,7 +109,7 @@ class Aggregator:
         self.exchange = Exchange(
             world,
             self.buffer,
-            make_control_group(world, timeout),
+            groups.control_group(world, timeout),
             timeout=timeout,
             options=self.options,
         )

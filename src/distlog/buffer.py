@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import threading
-import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.keys import check_key
 from distlog.layout import REDUCTIONS, SPREAD_SUFFIXES, KeySpec, Layout, Slots, pack_rank
 from distlog.layout import spread_keys as _spread_keys
 from distlog.values import as_float, plain_tensor
@@ -276,7 +276,7 @@ class Buffer:
             spec = None
         if spec is not None and spec.reduce == reduce and spec.spread is spread:
             return spec
-        check_key(key, self.reserved)
+        check_key(key, reserved=self.reserved)
         if reduce not in REDUCTIONS:
             raise LogValueError(
                 f"unknown reduction {reduce!r} for key {key!r}; choose one of {', '.join(REDUCTIONS)}"
@@ -474,24 +474,6 @@ def spread_owner(key: str, known: Mapping[str, KeySpec]) -> str | None:
         if owner is not None and owner.spread:
             return base
     return None
-
-
-def check_key(key: Any, reserved: Collection[str] = ()) -> str:
-    """The rule for a metric key: a non-empty str, no surrounding whitespace, no control
-    characters or lone surrogates (they can't be written as UTF-8), not a reserved column."""
-    if not isinstance(key, str):
-        raise LogTypeError(f"metric keys must be strings, got {type(key).__name__} {key!r}")
-    if not key or key != key.strip() or any(unicodedata.category(c) in ("Cc", "Cs") for c in key):
-        raise LogValueError(
-            f"invalid key {key!r}: keys must be non-empty, without surrounding whitespace, "
-            "control characters or lone surrogates (they can't be written as UTF-8)"
-        )
-    if key in reserved:
-        raise LogValueError(
-            f"key {key!r} is reserved: every row already has {', '.join(sorted(reserved))}"
-            " columns; use another name"
-        )
-    return key
 
 
 # ---------------------------------------------------------------------- payload building

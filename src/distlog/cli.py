@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import fnmatch
-import json
 import math
 import os
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from distlog import runlog
+from distlog.sinks.console import format_value
 
 __all__ = ["KeySummary", "RunSummary", "format_runs", "load_run", "main", "plan_plot", "plot_run"]
 
@@ -103,17 +103,6 @@ def _find_runs_below(path: Path, limit: int = 5) -> list[str]:
     return [str(p) for p in children if (p / runlog.METRICS_FILE).is_file()][:limit]
 
 
-def _torn_tail(raw: bytes) -> bool:
-    """True when the file ends in a line cut short (no newline, not a whole JSON object)."""
-    if raw.endswith(b"\n"):
-        return False
-    try:
-        json.loads(raw.rsplit(b"\n", 1)[-1])
-    except ValueError:
-        return True
-    return False
-
-
 def load_run(run_dir: str | Path) -> RunSummary:
     """Read ``<run_dir>/metrics.jsonl`` (and run.json, when present) into a summary.
 
@@ -140,7 +129,7 @@ def load_run(run_dir: str | Path) -> RunSummary:
         raise CliError(f"{metrics}: cannot read ({exc.strerror})") from None
     if not raw.strip():
         raise CliError(f"{metrics} is empty: the run has not logged a row yet")
-    summary.torn_tail = _torn_tail(raw)
+    summary.torn_tail = runlog.torn_tail(path) is not None
     try:
         rows = list(runlog.iter_rows(path))
     except UnicodeDecodeError:
@@ -182,25 +171,14 @@ def load_run(run_dir: str | Path) -> RunSummary:
     for ks in keys.values():
         ks.finalise()
 
-    meta_path = path / runlog.RUN_FILE
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if isinstance(meta, dict):
-                summary.meta = meta
-        except (OSError, ValueError):
-            summary.meta = {"run.json": "unreadable"}
+    if (path / runlog.RUN_FILE).is_file():
+        meta = runlog.read_run_info(path)
+        summary.meta = meta if meta is not None else {"run.json": "unreadable"}
     return summary
 
 
 def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == int(value) and abs(value) < 1e12:
-        return str(int(value))
-    return f"{value:.6g}"
+    return format_value(value, digits=6)
 
 
 def _duration(seconds: float) -> str:

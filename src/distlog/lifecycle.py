@@ -4,8 +4,10 @@ A training job rarely ends by calling ``finish()``: SLURM preempts it with SIGTE
 Ctrl-C, a rank raises, a script calls ``sys.exit``. Whatever the way, the writer must put every
 row that already reached it into every sink and close them (so wandb records a failed run
 instead of losing its last rows). This module turns each of those endings into one call,
-``Logger._finish_local(exit_code)``, which never communicates with another rank: when a job is
-ending, the other ranks may be gone, in another collective, or ending too.
+[Logger.close_locally(exit_code)][distlog.Logger.close_locally], which never communicates with
+another rank: when a job is ending, the other ranks may be gone, in another collective, or
+ending too. It knows loggers only through the small [Closable][distlog.lifecycle.Closable]
+protocol, so it does not import the logger module.
 
 - **Signals** (SIGTERM, SIGINT by default; only on the writer, only from the main thread):
   the handler finishes every open logger with exit code ``128 + signum`` and then does what
@@ -16,6 +18,10 @@ ending, the other ranks may be gone, in another collective, or ending too.
   hook does not hide them); the at-exit finish then uses exit code 1 (130 for
   ``KeyboardInterrupt``).
 - **Interpreter exit** (``atexit``): loggers still open are finished without a collective.
+
+Importing distlog changes no global state: the exception hook and the exit handler are installed
+when the first logger registers and removed (the previous hook restored) when the last one is
+finished.
 """
 
 from __future__ import annotations
@@ -28,24 +34,39 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from distlog.logger import Logger
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "SIGNAL_FINISH_SECONDS",
+    "Closable",
+    "default_signals",
+    "exit_code_for_signal",
+    "exit_code_of",
+]
 
-__all__ = ["DEFAULT_SIGNALS", "SIGNAL_FINISH_SECONDS", "default_signals", "exit_code_for_signal"]
+
+class Closable(Protocol):
+    """What this module needs of a logger: two ways to close it without any collective."""
+
+    def close_locally(self, exit_code: int, *, timeout: float | None = None) -> None:
+        """Write what reached this rank and close the sinks with ``exit_code``."""
+
+    def finish_at_exit(self, exit_code: int) -> None:
+        """Close at interpreter exit (a world of one may still write its tail)."""
+
 
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 SIGNAL_FINISH_SECONDS = 20.0
 """How long a signal handler waits for the sinks to write and close before letting the process
 die anyway. SLURM sends SIGKILL 30 s (``KillWait``) after SIGTERM, torchrun 30 s after its own."""
 
-_live: weakref.WeakSet[Logger] = weakref.WeakSet()
+_live: weakref.WeakSet[Closable] = weakref.WeakSet()
 _uncaught: list[BaseException] = []
-_previous_excepthook = sys.excepthook
+_previous_excepthook: Any = None  # set while distlog's hook is installed
 # signum -> the handler that was installed before ours (what we chain to and restore).
 _previous_handlers: dict[int, Any] = {}
-_signal_users: dict[int, weakref.WeakSet[Logger]] = {}
+_signal_users: dict[int, weakref.WeakSet[Closable]] = {}
 _handling: set[int] = set()
 
 
@@ -66,22 +87,66 @@ def exit_code_for_signal(signum: int) -> int:
     return 128 + int(signum)
 
 
-def register(logger: Logger, signals: Iterable[int] = ()) -> None:
-    """Track an open logger; install handlers for ``signals`` (writer, main thread only)."""
+def exit_code_of(exc: BaseException | None) -> int:
+    """The process exit status an exception stands for (0 for None)."""
+    if exc is None:
+        return 0
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    if isinstance(exc, KeyboardInterrupt):
+        return exit_code_for_signal(signal.SIGINT)
+    return 1
+
+
+def register(logger: Closable, signals: Iterable[int] = ()) -> None:
+    """Track an open logger; install handlers for ``signals`` (writer, main thread only).
+
+    The first open logger installs the exception hook and the exit handler.
+    """
+    if not _live:
+        _install_process_hooks()
     _live.add(logger)
     for signum in signals:
         if _install(signum):
             _signal_users.setdefault(signum, weakref.WeakSet()).add(logger)
 
 
-def unregister(logger: Logger) -> None:
-    """Forget a finished logger; restore previous signal handlers nobody needs any more."""
+def unregister(logger: Closable) -> None:
+    """Forget a finished logger; restore previous handlers and hooks nobody needs any more."""
     _live.discard(logger)
     for signum, users in list(_signal_users.items()):
         users.discard(logger)
         if not users:
             del _signal_users[signum]
             _uninstall(signum)
+    if not _live:
+        _uninstall_process_hooks()
+
+
+def _install_process_hooks() -> None:
+    global _previous_excepthook
+    if _previous_excepthook is None:
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _record_uncaught
+    atexit.unregister(_finish_open_loggers)  # at most once
+    atexit.register(_finish_open_loggers)
+
+
+def _uninstall_process_hooks() -> None:
+    global _previous_excepthook
+    atexit.unregister(_finish_open_loggers)
+    if _previous_excepthook is not None:
+        if sys.excepthook is _record_uncaught:  # someone else's hook on top stays
+            sys.excepthook = _previous_excepthook
+            _previous_excepthook = None
+
+
+def process_hooks_installed() -> bool:
+    """True while distlog's exception hook is installed (for tests and diagnostics)."""
+    return sys.excepthook is _record_uncaught
 
 
 def installed_signals() -> list[int]:
@@ -124,7 +189,7 @@ def _on_signal(signum: int, frame: Any) -> None:
             code = exit_code_for_signal(signum)
             for logger in list(_live):
                 try:
-                    logger._finish_local(code, timeout=SIGNAL_FINISH_SECONDS)
+                    logger.close_locally(code, timeout=SIGNAL_FINISH_SECONDS)
                 except Exception as exc:  # the signal must still end the process
                     print(
                         f"distlog: finishing a logger on signal {signum} failed: {exc}",
@@ -145,10 +210,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def _record_uncaught(tp: Any, value: BaseException, tb: Any) -> None:
     _uncaught.append(value)
-    _previous_excepthook(tp, value, tb)
-
-
-sys.excepthook = _record_uncaught
+    (_previous_excepthook or sys.__excepthook__)(tp, value, tb)
 
 
 def exit_code_at_exit() -> int:
@@ -166,11 +228,10 @@ def exit_code_at_exit() -> int:
     return exit_code_for_signal(signal.SIGINT) if isinstance(last, KeyboardInterrupt) else 1
 
 
-@atexit.register
 def _finish_open_loggers() -> None:
     code = exit_code_at_exit()
     for logger in list(_live):
         try:
-            logger._finish_at_exit(code)
+            logger.finish_at_exit(code)
         except Exception as exc:  # at exit there is nobody left to raise to
             warnings.warn(f"distlog: finishing a logger at exit failed: {exc}", stacklevel=1)

@@ -8,10 +8,7 @@ the other ranks wait in.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
-import signal
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,10 +17,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distlog import lifecycle, runlog
+from distlog import groups, lifecycle, runlog
 from distlog.aggregation import Aggregator, ExchangeOptions
+from distlog.config import to_config_dict
 from distlog.errors import DistlogError, LoggerClosedError, LogTypeError, LogValueError, RunDirError
 from distlog.exchange import PendingRow
+from distlog.keys import check_key
+from distlog.lifecycle import exit_code_of as _exit_code_of
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
@@ -32,84 +32,7 @@ from distlog.values import as_float, plain_tensor
 from distlog.world import World
 from distlog.writer import NonFinitePolicy, SinkSet, WriteJob, WriterThread
 
-__all__ = ["Logger", "to_config_dict"]
-
-# Words that mark a config key as holding a secret; a key is split into words at "_", "-", "."
-# and camelCase boundaries ("apiKey" -> api, key), so "tokenizer" or "monkey" are not secrets.
-_SECRET_WORDS = frozenset(
-    {
-        "token", "tokens", "key", "keys", "apikey", "apikeys", "password", "passwords", "passwd",
-        "pwd", "secret", "secrets", "credential", "credentials", "auth", "authorization", "pat",
-    }
-)  # fmt: skip
-# Tokenizer settings such as pad_token="<pad>" name a vocabulary entry, not a credential.
-_VOCABULARY_TOKENS = frozenset({"pad", "eos", "bos", "unk", "sep", "cls", "mask", "special"})
-_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*:)([^/\s@]+)(@)")
-REDACTED = "***REDACTED***"
-
-
-def looks_secret(key: str) -> bool:
-    """True when a config key names a secret (token, api key, password, secret, credentials)."""
-    words = [w.lower() for w in _WORD.findall(key)]
-    for i, word in enumerate(words):
-        if word in _SECRET_WORDS:
-            if word.startswith("token") and i > 0 and words[i - 1] in _VOCABULARY_TOKENS:
-                continue
-            return True
-    return False
-
-
-def to_config_dict(config: Any, *, redact: bool = True) -> dict[str, Any]:
-    """A plain nested dict from a dataclass, a mapping or an object with ``__dict__``.
-
-    With ``redact`` (the default), what could leak a credential is replaced by
-    ``***REDACTED***`` before any sink sees it: string values (and other objects, and the
-    strings of a list) under a key that looks like a secret (:func:`looks_secret`: token,
-    api_key, apiKey, password, secret, credentials, ...), and the password of any URL
-    (``scheme://user:password@host``). Numbers, flags and None are kept (``max_tokens=512`` is
-    a hyperparameter, not a credential).
-    """
-
-    def convert(value: Any, secret: bool = False) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        if isinstance(value, Mapping):
-            return {str(k): convert(v, redact and looks_secret(str(k))) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [convert(v, secret) for v in value]
-        if isinstance(value, bool | int | float) or value is None:
-            return value
-        if secret:
-            return REDACTED
-        if isinstance(value, str):
-            return _URL_PASSWORD.sub(rf"\1{REDACTED}\3", value) if redact else value
-        if isinstance(value, Path):
-            return str(value)
-        return repr(value) if not hasattr(value, "item") else _scalar_or_repr(value)
-
-    result = convert(config)
-    if not isinstance(result, dict):
-        raise LogTypeError(
-            f"log_config expects a dataclass or a mapping, got {type(config).__name__}"
-        )
-    return result
-
-
-def _scalar_or_repr(value: Any) -> Any:
-    try:
-        return value.item()
-    except Exception:
-        return repr(value)
-
-
-def _restart_count() -> int:
-    """How many times the launcher restarted this job (torchrun elastic, SLURM requeue)."""
-    for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
-        raw = os.environ.get(name, "")
-        if raw.strip().isdigit() and int(raw) > 0:
-            return int(raw)
-    return 0
+__all__ = ["Logger"]
 
 
 class Logger:
@@ -202,6 +125,7 @@ class Logger:
         # The hot path is one call: log_scalar goes straight to the buffer, which refuses
         # samples once the logger is finished (the method below documents it; same behaviour).
         self.log_scalar = self._buffer.add  # type: ignore[method-assign]
+        self._media_group = groups.control_group(self.world, timeout)  # never pairs with a flush
         self._closed = False
         self._finishing = False
         self._step = -1
@@ -259,7 +183,7 @@ class Logger:
                     resuming = False
                 else:
                     path, resuming = runlog.claim_run_dir(
-                        run_dir, resume=resume, restart=_restart_count()
+                        run_dir, resume=resume, restart=runlog.restart_count()
                     )
                 choice = [None if path is None else str(path), resuming, None]
             except DistlogError as exc:
@@ -287,7 +211,7 @@ class Logger:
     def _start_run(self, resume: bool | str) -> None:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
         assert self.run_dir is not None
-        restart = _restart_count()
+        restart = runlog.restart_count()
         written = runlog.last_step(self.run_dir)  # reads the file's tail only
         self._sinks.last_written_step = written
         after = written if resume is True else None
@@ -419,10 +343,7 @@ class Logger:
             )
         clean = {}
         for key, value in values.items():
-            if not isinstance(key, str) or not key:
-                raise LogTypeError(f"metric keys must be non-empty strings, got {key!r}")
-            if key in runlog.RESERVED_KEYS:
-                raise LogValueError(f"key {key!r} is reserved by the run log; use another name")
+            check_key(key)
             if isinstance(value, torch.Tensor):
                 value = plain_tensor(key, value).item()  # compute() already synchronised it
             clean[key] = as_float(key, value)
@@ -433,15 +354,15 @@ class Logger:
         """Queue a converted media item (see :mod:`distlog.media`) for the next flush's step."""
         if self._closed:
             self._raise_closed()
-        if not isinstance(key, str) or not key:
-            raise LogTypeError(f"media keys must be non-empty strings, got {key!r}")
+        check_key(key, "media")
         if self.world.is_global_zero:
             self._media.append((key, item))
 
     # ------------------------------------------------------------------------ media (distlog.media)
     # ranks=0 (default): rank 0's media, no communication. Any other ranks= is a gathering call
-    # that every rank of the group must make; it runs over the logger's gloo control group (so
-    # pixels stay on the host) with the logger's timeout. Encoding happens in the sinks.
+    # that every rank of the group must make; it runs over the logger's own gloo media group (so
+    # pixels stay on the host, and a media call never pairs with a flush's collectives) with the
+    # logger's timeout. Encoding happens in the sinks.
     def _collect_media(
         self, collect: str, default_key: str, desc: str | None, *args: Any, **kwargs: Any
     ) -> None:
@@ -462,7 +383,7 @@ class Logger:
             self.world,
             *args,
             desc=key,
-            group=self._agg.control_group,
+            group=self._media_group,
             timeout=self._agg.timeout,
             **kwargs,
         )
@@ -641,6 +562,7 @@ class Logger:
         for it and returns it on rank 0 (None elsewhere). With ``async_flush=True`` the
         exchange itself runs in the background and this call returns at once.
         """
+        self.world.check_still_current()
         if self._closed:
             self._raise_closed()
         if self._system is not None:
@@ -847,17 +769,6 @@ class Logger:
             except OSError as exc:
                 warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
 
-    def _finish_at_exit(self, exit_code: int) -> None:
-        """Interpreter exit with the logger still open: no collective, the other ranks may be
-        anywhere. A world of one still writes what was logged since the last flush."""
-        if self._closed:
-            return
-        if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
-            self.finish(0)
-            return
-        self._warn_dropped_tail("the logger was not finished before the interpreter exited")
-        self._finish_local(exit_code)
-
     def _raise_closed(self) -> None:
         raise LoggerClosedError("this distlog.Logger is finished; create a new one to log again")
 
@@ -873,14 +784,22 @@ class Logger:
         self._warn_dropped_tail(f"leaving the logger's block on {exc_type.__name__}")
         self._finish_local(_exit_code_of(exc))
 
+    # ------------------------------------------------------------------------ lifecycle.Closable
+    def close_locally(self, exit_code: int, *, timeout: float | None = None) -> None:
+        """Write what reached this rank and close the sinks with ``exit_code``; no collective.
 
-def _exit_code_of(exc: BaseException | None) -> int:
-    """The process exit status an exception stands for."""
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        if code is None:
-            return 0
-        return code if isinstance(code, int) else 1
-    if isinstance(exc, KeyboardInterrupt):
-        return lifecycle.exit_code_for_signal(signal.SIGINT)
-    return 1
+        What signal handlers, uncaught exceptions and ``with`` blocks left on an exception do
+        (see `distlog.lifecycle`); waits at most ``timeout`` seconds for the sinks.
+        """
+        self._finish_local(exit_code, timeout=timeout)
+
+    def finish_at_exit(self, exit_code: int) -> None:
+        """Interpreter exit with the logger still open: no collective, the other ranks may be
+        anywhere. A world of one still writes what was logged since the last flush."""
+        if self._closed:
+            return
+        if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
+            self.finish(0)
+            return
+        self._warn_dropped_tail("the logger was not finished before the interpreter exited")
+        self._finish_local(exit_code)

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
+from distlog.keys import check_key
 
 __all__ = ["is_metric", "metric_values", "metric_values_under"]
 
@@ -283,6 +284,8 @@ def metric_values(
         LogValueError: ``compute()`` failed (the message names the metric), ranks disagree about
             the metric, or a result has more than ``max_elements`` elements.
     """
+    if not isinstance(prefix, str) or not (name is None or isinstance(name, str)):
+        raise LogTypeError(f"prefix and name must be strings, got prefix={prefix!r}, name={name!r}")
     tm = _torchmetrics()
     if not isinstance(metric, (tm.Metric, tm.MetricCollection)):
         raise LogTypeError(
@@ -291,6 +294,8 @@ def metric_values(
         )
     is_collection = isinstance(metric, tm.MetricCollection)
     base_name = name if name is not None else type(metric).__name__
+    if not is_collection:
+        check_key(prefix + base_name)  # before any collective; collections are checked below
     label = f"MetricCollection {prefix!r}" if is_collection else f"metric {prefix + base_name!r}"
     members = _members(metric, prefix, base_name)
     gathered = _gather_descriptions(members, _group_of(members, label))
@@ -310,7 +315,10 @@ def metric_values(
     if not is_collection:
         shown = prefix + base_name
         return dict(_flatten(shown, results[base_name], shown, max_elements)) if results else {}
-    return _flatten_collection(metric, prefix, by_key, results, max_elements)
+    out = _flatten_collection(metric, prefix, by_key, results, max_elements)
+    for key in out:  # the same names on every rank: every rank raises alike
+        check_key(key)
+    return out
 
 
 def _flatten_collection(
@@ -347,6 +355,7 @@ def _flatten_collection(
 def metric_values_under(key: str, metric: Any) -> dict[str, float]:
     """`metric_values` for ``log_dict({key: metric})``: a metric's value is written as
     ``key`` itself, a collection's values as ``key/<name>``."""
+    check_key(key)
     tm = _torchmetrics()
     if isinstance(metric, tm.MetricCollection):
         return metric_values(metric, f"{key}/")

@@ -23,7 +23,7 @@ from typing import Any
 
 from distlog import runlog
 from distlog.errors import LoggerClosedError, RunDirError
-from distlog.logger import Logger, _restart_count
+from distlog.logger import Logger
 from distlog.world import World, init_distributed
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "MLflowLoggerConfigMixin",
     "MLflowLoggerMixin",
     "MlflowLoggingParameters",
+    "TensorBoardLoggerMixin",
     "WandBLoggerConfigMixin",
     "WandBLoggerMixin",
     "WandbLoggingParameters",
@@ -227,7 +228,7 @@ class LoggerMixin(AbstractTrainer):
     def _plan_run_dir(self) -> tuple[Path, bool | str]:
         """On global rank 0: this launch's run directory, and the Logger's ``resume``."""
         params = self.logging_parameters
-        restart = _restart_count()
+        restart = runlog.restart_count()
         if params.run_dir is not None:
             resume: bool | str = True if params.resume_from is not None else "auto"
             path, resuming = runlog.claim_run_dir(params.run_dir, resume=resume, restart=restart)
@@ -584,7 +585,7 @@ def _wandb_run_id(run_dir: Path, explicit: str | None) -> str:
     recorded = info.get(_WANDB_ID_KEY)
     if isinstance(recorded, str) and recorded:
         return recorded
-    if _restart_count() > 0:
+    if runlog.restart_count() > 0:
         legacy = _legacy_run_id(run_dir)
         if legacy is not None:
             return legacy
@@ -610,3 +611,7 @@ def _record_wandb_run_id(run_dir: Path, wandb_id: str) -> None:
             f"distlog: could not record the wandb run id in {run_dir / runlog.RUN_FILE}: {exc}",
             stacklevel=3,
         )
+
+
+# Beside WandBLoggerMixin, where users look for it. Imported last: it subclasses LoggerMixin.
+from distlog.tensorboard_mixin import TensorBoardLoggerMixin  # noqa: E402

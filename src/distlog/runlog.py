@@ -12,9 +12,10 @@ import math
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from distlog.errors import RunDirError
 
@@ -96,6 +97,67 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [row for row in iter_rows(run_dir) if "media" not in row]
 
 
+def lines_from_end(fh: BinaryIO, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """``(offset, line)`` of a binary file's lines, the last first, read in blocks from its end.
+
+    The first one yielded is what follows the last newline (``b""`` when the file ends with
+    one), so a torn last line is seen first. The one tail scan of ``metrics.jsonl``: its cost
+    does not grow with the file.
+    """
+    pos = fh.seek(0, os.SEEK_END)
+    carry = b""  # the start of a line whose beginning lies in an earlier block
+    while pos > 0:
+        start = max(0, pos - block)
+        fh.seek(start)
+        lines = (fh.read(pos - start) + carry).split(b"\n")
+        pos = start
+        carry = lines[0] if pos > 0 else b""
+        offset = start + len(b"\n".join(lines))
+        for line in reversed(lines if pos == 0 else lines[1:]):
+            offset -= len(line)
+            yield offset, line
+            offset -= 1
+
+
+def torn_tail(run_dir: str | Path) -> int | None:
+    """The byte offset of a last line of ``metrics.jsonl`` left without its newline, or None.
+
+    A killed writer leaves one: the row was never complete. None when the file ends with a
+    newline, is empty or does not exist.
+    """
+    return _torn_offset(Path(run_dir) / METRICS_FILE)
+
+
+def _torn_offset(path: Path) -> int | None:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        for offset, line in lines_from_end(fh):
+            return offset if line else None
+    return None
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Remove a last line of ``path`` (a ``metrics.jsonl``) that a killed writer left torn.
+
+    Appending after it would glue the next row onto it and leave a malformed line in the middle
+    of the file; the torn row was never complete, so nothing written is lost.
+    """
+    cut = _torn_offset(path)
+    if cut is None:
+        return
+    with path.open("r+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        fh.truncate(cut)
+    warnings.warn(
+        f"distlog: {path} ended with a partial row from a killed writer; removed its "
+        f"{end - cut} bytes before appending",
+        stacklevel=3,
+    )
+
+
 def last_step(run_dir: str | Path) -> int | None:
     """The ``step`` of the last complete row of ``<run_dir>/metrics.jsonl`` (None if none).
 
@@ -108,25 +170,13 @@ def last_step(run_dir: str | Path) -> int | None:
     except FileNotFoundError:
         return None
     with fh:
-        end = fh.seek(0, os.SEEK_END)
-        block, tail = 1 << 16, b""
-        pos = end
-        while pos > 0:
-            start = max(0, pos - block)
-            fh.seek(start)
-            tail = fh.read(pos - start) + tail
-            pos = start
-            lines = tail.split(b"\n")
-            # lines[0] may be cut by the block boundary unless we reached the file start
-            candidates = lines if pos == 0 else lines[1:]
-            for raw in reversed(candidates):
-                try:
-                    row = json.loads(raw)
-                except ValueError:
-                    continue  # empty, or a torn last line
-                if isinstance(row, dict) and type(row.get("step")) is int:
-                    return int(row["step"])
-            tail = lines[0] if pos > 0 else b""
+        for _, raw in lines_from_end(fh):
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue  # empty, or a torn last line
+            if isinstance(row, dict) and type(row.get("step")) is int:
+                return int(row["step"])
     return None
 
 
@@ -392,3 +442,12 @@ def find_runs(root: str | Path, *, depth: int = 3) -> list[Path]:
     if base.is_dir():
         walk(base, 0)
     return sorted(found, key=lambda p: (_started_at(p), str(p)))
+
+
+def restart_count() -> int:
+    """How many times the launcher restarted this job (torchrun elastic, SLURM requeue)."""
+    for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"):
+        raw = os.environ.get(name, "")
+        if raw.strip().isdigit() and int(raw) > 0:
+            return int(raw)
+    return 0

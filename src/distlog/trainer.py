@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from distlog.errors import LogTypeError
-from distlog.logger import _exit_code_of
+from distlog.lifecycle import exit_code_of
 from distlog.mixins import AbstractTrainer, AbstractTrainerConfig, LoggerMixin
 
 __all__ = ["BaseTrainer", "BaseTrainerConfig", "Callback"]
@@ -199,7 +199,7 @@ class BaseTrainer(AbstractTrainer):
                     pass
             # The exception's own exit status (sys.exit(n) -> n, Ctrl-C -> 130), never 0: a
             # clean-looking code would make finish() attempt a collective other ranks may skip.
-            self._finish_logging(_exit_code_of(exc) or 1)
+            self._finish_logging(exit_code_of(exc) or 1)
             raise
         self._finish_logging(0)
 

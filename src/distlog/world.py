@@ -1,6 +1,6 @@
 """Who am I, which group do I aggregate over, which device do I compute on.
 
-:class:`World` is a frozen snapshot read from ``torch.distributed`` and torchrun's environment.
+[World][distlog.World] is a frozen snapshot read from ``torch.distributed`` and torchrun's environment.
 It works without any process group (a world of one), so the same code runs in a notebook, in a
 single-process test and under ``torchrun``.
 """
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from distlog import groups
 from distlog.errors import DistlogError
 
 __all__ = ["World", "init_distributed"]
@@ -30,12 +31,55 @@ def _env_int(name: str, default: int) -> int:
         raise DistlogError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _launched_world_size() -> tuple[str, int] | None:
+    """The launcher's variable that says this job has several ranks, and its value, if any.
+
+    torchrun sets ``WORLD_SIZE``; ``srun`` sets ``SLURM_STEP_NUM_TASKS`` in each task of a job
+    step, and ``SLURM_NTASKS`` / ``SLURM_NPROCS`` there too. Those two are read only inside a
+    step (``SLURM_STEP_ID`` set): a batch script that runs one ``python`` in an allocation of
+    several tasks is a single process.
+    """
+    names = ["WORLD_SIZE"]
+    if os.environ.get("SLURM_STEP_ID", os.environ.get("SLURM_STEPID", "")) != "":
+        names += ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"]
+    for name in names:
+        n = _env_int(name, 1)
+        if n > 1:
+            return name, n
+    return None
+
+
+def _group_of(group: Any, rank: int, world_size: int) -> tuple[str, tuple[int, ...]]:
+    """The backend and global ranks of ``group`` (None: the world); a non-member is an error."""
+    if group is None:
+        return str(dist.get_backend()), tuple(range(world_size))
+    try:
+        ranks = tuple(dist.get_process_group_ranks(group))
+        backend = str(dist.get_backend(group))
+    except (ValueError, RuntimeError, KeyError) as exc:  # torch: "Invalid process group"
+        raise DistlogError(
+            f"rank {rank} is not a member of the group it was given ({exc}); only the ranks "
+            "of a group may create a Logger over it"
+        ) from None
+    if rank not in ranks:
+        raise DistlogError(
+            f"rank {rank} is not a member of the group it was given (global ranks "
+            f"{list(ranks)}); only the ranks of a group may create a Logger over it"
+        )
+    return backend, ranks
+
+
 @dataclass(frozen=True)
 class World:
     """The calling process's place in the job.
 
-    ``rank``/``world_size`` are global; ``group_rank``/``group_size`` are within ``group``, the
-    process group that scalars are aggregated over (``None`` means the default, whole world).
+    ``rank``/``world_size`` are global; ``group_ranks`` are the global ranks of ``group``, the
+    process group that scalars are aggregated over (``None`` means the default, whole world),
+    and ``group_rank``/``group_size`` derive from them.
     The writer is always global rank 0: only it talks to sinks.
     """
 
@@ -48,9 +92,23 @@ class World:
     device: torch.device = torch.device("cpu")
     backend: str | None = None
     group: Any = None
-    group_rank: int = 0
-    group_size: int = 1
     group_ranks: tuple[int, ...] = (0,)
+
+    @property
+    def group_size(self) -> int:
+        """How many ranks the aggregation group has."""
+        return len(self.group_ranks)
+
+    @property
+    def group_rank(self) -> int:
+        """This rank's index within the aggregation group."""
+        try:
+            return self.group_ranks.index(self.rank)
+        except ValueError:
+            raise DistlogError(
+                f"rank {self.rank} is not a member of the group (global ranks "
+                f"{list(self.group_ranks)})"
+            ) from None
 
     @property
     def is_global_zero(self) -> bool:
@@ -83,9 +141,7 @@ class World:
         the host): the training thread then never waits for the device. The host with gloo,
         whose collectives run on host memory.
         """
-        if self.device.type == "cuda" and (self.backend is None or "nccl" in self.backend):
-            return self.device
-        return torch.device("cpu")
+        return groups.collective_device(self.backend, self.device)
 
     @classmethod
     def current(
@@ -113,31 +169,23 @@ class World:
         elif mesh_dim is not None:
             raise DistlogError("mesh_dim= needs mesh=")
 
-        initialized = dist.is_available() and dist.is_initialized()
-        env_world = _env_int("WORLD_SIZE", 1)
+        initialized = _initialized()
         if not initialized:
             if group is not None:
                 raise DistlogError("group= was given but torch.distributed is not initialized")
-            if env_world > 1:
+            launched = _launched_world_size()
+            if launched is not None:
                 raise DistlogError(
-                    f"WORLD_SIZE={env_world} but torch.distributed is not initialized: call "
-                    "distlog.init_distributed() (or torch.distributed.init_process_group) "
-                    "before creating the logger"
+                    f"{launched[0]}={launched[1]} says this job has several ranks, but "
+                    "torch.distributed is not initialized: call distlog.init_distributed() (or "
+                    "torch.distributed.init_process_group) before creating the logger, or every "
+                    "rank would write the run as a world of one"
                 )
             rank, world_size, backend = 0, 1, None
-            group_rank, group_size = 0, 1
             group_ranks: tuple[int, ...] = (0,)
         else:
             rank, world_size = dist.get_rank(), dist.get_world_size()
-            backend = str(dist.get_backend(group))
-            group_size = dist.get_world_size(group)
-            group_rank = dist.get_rank(group)
-            if group_rank < 0:
-                raise DistlogError(f"rank {rank} is not a member of the group it was given")
-            if group is None:
-                group_ranks = tuple(range(world_size))
-            else:
-                group_ranks = tuple(dist.get_process_group_ranks(group))
+            backend, group_ranks = _group_of(group, rank, world_size)
 
         # torchrun's variables first; SLURM's (``srun python train.py``, no torchrun) next,
         # only for a real process group: a single process inside an allocation is a world of one.
@@ -178,10 +226,21 @@ class World:
             device=dev,
             backend=backend,
             group=group,
-            group_rank=group_rank,
-            group_size=group_size,
             group_ranks=group_ranks,
         )
+
+    def check_still_current(self) -> None:
+        """Raise if a process group appeared after this world was read as a world of one.
+
+        A logger created before ``init_process_group`` would otherwise flush as a world of one
+        on every rank: every rank a writer, values never reduced. Cheap enough for every flush.
+        """
+        if self.backend is None and _initialized() and dist.get_world_size() > 1:
+            raise DistlogError(
+                f"this logger was created before torch.distributed was initialized, as a world "
+                f"of one; the job now has {dist.get_world_size()} ranks. Create the Logger after "
+                "init_process_group (distlog.init_distributed())"
+            )
 
 
 def init_distributed(backend: str | None = None, *, timeout: timedelta | None = None) -> World:

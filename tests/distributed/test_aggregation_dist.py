@@ -16,6 +16,8 @@ from reference import assert_rows_close, reference_row
 
 import distlog
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 # ---------------------------------------------------------------------------- helpers
 KINDS = ["float", "int", "numpy", "f32", "f64", "bf16", "f16", "i64", "bool"]
 _DTYPES = {

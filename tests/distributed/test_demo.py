@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from dist_harness import subprocess_env
 
 import distlog
+
+pytestmark = pytest.mark.slow  # every test here starts several processes
 
 
 def test_demo_under_torchrun_writes_one_aggregated_run_log(tmp_path):

@@ -22,6 +22,8 @@ from test_aggregation_dist import make_value, reference_for, scenarios
 
 import distlog
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 
 def play_buffered(rank: int, scenario, run_root: str, fold: bool):
     # Unfolded, CPU tensors are buffered as device tensors are, and the flush uses the protocol

@@ -21,9 +21,14 @@ import time
 import pytest
 from fault_harness import Job, check_run_dir, check_wandb, start_plain, start_torchrun
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 SEED = int(os.environ.get("DISTLOG_FAULT_SEED", time.time_ns() % 2**31))
-TIMEOUT = 4.0  # the logger's collective timeout in these jobs
-EXIT_BOUND = 30.0  # every process must be gone this long after the fault
+# The logger's collective timeout in these jobs. A dead peer is seen at once (a closed
+# connection), so the timeout only bounds start-up skew: on a loaded 2-core machine a rank can
+# reach its first flush seconds after the other (4 s failed there: a send timed out first).
+TIMEOUT = 15.0
+EXIT_BOUND = 60.0  # every process must be gone this long after the fault (a hang never is)
 
 
 def rng_for(name: str) -> random.Random:

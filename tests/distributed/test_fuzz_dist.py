@@ -21,6 +21,8 @@ from reference import reference_row
 
 import distlog
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 EXAMPLES = 150
 WORLD = 2
 

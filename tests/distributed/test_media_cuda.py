@@ -12,7 +12,10 @@ from dist_harness import run_ranks
 
 from distlog.media import histogram, to_images, to_videos
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def test_cuda_images_videos_and_histograms_match_the_host() -> None:

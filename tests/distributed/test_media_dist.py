@@ -516,7 +516,10 @@ def test_caps_mismatches_rejections_and_timeouts(pool2: RankPool) -> None:
     assert r0["after_rejected"][0][1].captions == ["rank 0", "rank 1"]
 
     assert r0["late"][0][:2] == ("raised", "RankDivergenceError")
-    assert "every rank" in r0["late"][0][2] and 0.9 < r0["late_s"] < 2.4
+    # the error is the timeout's (rank 1 arrives 2.5 s late and would have made it succeed);
+    # it came no sooner than the timeout asked
+    assert "every rank" in r0["late"][0][2] and "within 1s" in r0["late"][0][2]
+    assert r0["late_s"] >= 0.9
     assert r1["late"][0] == ("ok", None)
     assert [r["check"] for r in out] == [2.0, 2.0]
 

@@ -9,7 +9,10 @@ run continues under the same id (a folder per start), every step once.
 
 from __future__ import annotations
 
+import pytest
 from fault_harness import check_run_dir, check_wandb, start_torchrun
+
+pytestmark = pytest.mark.slow  # every test here starts several processes
 
 STEPS = 24
 FAIL_AT = 13  # rank 1 fails at the start of this step, on the first attempt only

@@ -16,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import world_job
 from dist_harness import free_port, run_ranks, subprocess_env
 
 import distlog
+
+pytestmark = pytest.mark.slow  # every test here starts several processes
 
 JOB = str(Path(world_job.__file__).resolve())
 

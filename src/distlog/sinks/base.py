@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 
 @runtime_checkable

@@ -11,16 +11,18 @@ from typing import IO, TYPE_CHECKING, Any
 from distlog import runlog
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 
-def format_value(value: float) -> str:
-    """Four significant digits, switching to exponent form for very large or small magnitudes."""
+def format_value(value: float, digits: int = 4) -> str:
+    """How distlog shows a number (console, progress bar, ``distlog show``): whole numbers as
+    integers, others with ``digits`` significant digits, exponent form when very large or small.
+    """
     if not math.isfinite(value):
         return str(value)
     if value == int(value) and abs(value) < 1e9:
         return str(int(value))
-    return f"{value:.4g}"
+    return f"{value:.{digits}g}"
 
 
 def _spread_text(parts: Mapping[str, float] | None) -> str:

@@ -5,57 +5,22 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from distlog import runlog
+from distlog.runlog import cut_torn_tail
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Remove a last line that a killed writer left without its newline.
-
-    Appending after it would glue the next row onto it and leave a malformed line in the middle
-    of the file; the torn row was never complete, so nothing written is lost.
-    """
-    try:
-        fh = path.open("r+b")
-    except FileNotFoundError:
-        return
-    with fh:
-        end = fh.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        fh.seek(end - 1)
-        if fh.read(1) == b"\n":
-            return
-        pos = end
-        while pos > 0:
-            start = max(0, pos - (1 << 16))
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                pos = start + cut + 1
-                break
-            pos = start
-        fh.truncate(pos)
-    warnings.warn(
-        f"distlog: {path} ended with a partial row from a killed writer; removed its "
-        f"{end - pos} bytes before appending",
-        stacklevel=3,
-    )
+    from distlog.media.items import MediaItem
 
 
 class JsonlSink:
     """Writes ``<run_dir>/metrics.jsonl`` (appending, so a restarted job continues the file).
 
     A partial last line left by a killed writer is removed before appending (see
-    `_cut_torn_tail`), so the file stays one complete JSON object per line.
+    ``distlog.runlog.cut_torn_tail``), so the file stays one complete JSON object per line.
 
     Each row is flushed to the OS as soon as it is written, so a crash loses no written row.
     ``fsync=True`` also forces it to disk (slower; for jobs that fear power loss).
@@ -66,7 +31,7 @@ class JsonlSink:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         path = self.run_dir / runlog.METRICS_FILE
-        _cut_torn_tail(path)
+        cut_torn_tail(path)
         self._fh: IO[str] | None = path.open("a", encoding="utf-8")
 
     def _write(self, row: Mapping[str, Any]) -> None:
@@ -81,7 +46,7 @@ class JsonlSink:
         self._write({"step": step, "time": round(time.time(), 3), **values})
 
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
-        from distlog.media_files import save_media
+        from distlog.media.files import save_media
 
         record = save_media(item, self.run_dir / runlog.MEDIA_DIR, key, step)
         self._write({"step": step, "time": round(time.time(), 3), "media": {key: record}})

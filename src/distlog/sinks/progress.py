@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from distlog.sinks.console import format_value
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 __all__ = ["ProgressSink", "progress_disabled_by_env"]
 

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distlog.media import Histogram, Images, Table, Video, Videos
+from distlog.media.items import Histogram, Images, Table, Video, Videos
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 __all__ = ["TensorBoardSink", "require_tensorboard"]
 

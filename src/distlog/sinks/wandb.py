@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distlog.errors import DistlogError
-from distlog.media import Histogram, Images, Table, Videos
+from distlog.media.items import Histogram, Images, Table, Videos
 
 if TYPE_CHECKING:
-    from distlog.media import MediaItem
+    from distlog.media.items import MediaItem
 
 __all__ = ["WandbInitError", "WandbSink", "import_wandb", "MAX_HISTOGRAM_BINS"]
 

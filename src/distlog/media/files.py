@@ -12,7 +12,6 @@ checked to be inside ``media/``, so no key can write outside the run directory.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from distlog.errors import LogTypeError, LogValueError
-from distlog.media import Histogram, Images, MediaItem, Table, Video, Videos
+from distlog.media.items import Histogram, Images, MediaItem, Table, Video, Videos
+from distlog.runlog import encode_value
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_COMPONENT = 100
@@ -134,9 +134,7 @@ def write_mp4(video: Video, path: Path) -> None:
 
 
 def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
+    return encode_value(value) if isinstance(value, float) else value
 
 
 def save_media(item: MediaItem, media_dir: Path, key: str, step: int) -> dict[str, Any]:

@@ -81,15 +81,12 @@ def test_docs_build_strict(site):
 
 ROLE = re.compile(r":(class|meth|func|mod|attr):(`|<code>)")
 """A Sphinx role in a docstring (`` `x` `` in the source, ``<code>x</code>`` once rendered)."""
-OWNED_ELSEWHERE = ("aggregation.py", "logger.py", "media.py", "world.py", "lifecycle.py")
-"""Modules other branches are rewriting; their docstrings convert when they land."""
 
 
 def test_docstrings_use_cross_references_not_sphinx_roles():
     offenders = [
         f"{path.relative_to(ROOT)}:{n}"
         for path in sorted((ROOT / "src" / "distlog").rglob("*.py"))
-        if path.name not in OWNED_ELSEWHERE
         for n, line in enumerate(path.read_text().splitlines(), start=1)
         if ROLE.search(line)
     ]
@@ -102,11 +99,4 @@ def test_rendered_pages_show_no_raw_roles(site):
         for page in site.rglob("*.html")
         if ROLE.search(page.read_text())
     }
-    pending = [
-        name
-        for name in OWNED_ELSEWHERE
-        if ROLE.search((ROOT / "src" / "distlog" / name).read_text())
-    ]
-    if raw and pending:
-        pytest.xfail(f"owned files pending: {pending} still use Sphinx roles ({raw})")
     assert not raw, raw

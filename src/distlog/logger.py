@@ -1,7 +1,7 @@
-"""The front door: :class:`Logger` buffers what every rank logs and writes it from rank 0.
+"""The front door: [Logger][distlog.logger.Logger] buffers what every rank logs and writes it from rank 0.
 
-The training thread only validates and buffers. At :meth:`Logger.flush` the buffers of all ranks
-are reduced together (see :mod:`distlog.aggregation`); on global rank 0 the row, queued media and
+The training thread only validates and buffers. At [Logger.flush][distlog.logger.Logger.flush] the buffers of all ranks
+are reduced together (see `distlog.aggregation`); on global rank 0 the row, queued media and
 config go to the sinks on a writer thread, so a slow backend never delays the collective that
 the other ranks wait in.
 """
@@ -49,21 +49,21 @@ class Logger:
         mesh_dim: that dimension of ``mesh``, by name or index.
         console: also print a compact line per flush on rank 0.
         async_write: run sink calls on a writer thread (default). Off, they run inline.
-        async_flush: [flush][distlog.Logger.flush] swaps the buffer and returns at once on
+        async_flush: [flush][distlog.logger.Logger.flush] swaps the buffer and returns at once on
             every rank; the exchange runs on a background thread (at most one in flight: the
             next flush waits for it). Its errors are raised at the next flush or at
-            [finish][distlog.Logger.finish], naming their log step. Off (the default), the
+            [finish][distlog.logger.Logger.finish], naming their log step. Off (the default), the
             exchange runs inside ``flush`` and errors are raised there.
         exchange: internal knobs of the exchange
             ([ExchangeOptions][distlog.exchange.ExchangeOptions]); the defaults are right for
             almost everyone.
         timeout: seconds a flush waits for the other ranks before raising
-            :class:`~distlog.errors.RankDivergenceError` instead of hanging.
+            [RankDivergenceError][distlog.errors.RankDivergenceError] instead of hanging.
         nonfinite: what the writer does with NaN and infinities: ``"warn"`` (write them, with
             one warning per key), ``"ignore"`` (write them silently) or ``"drop"``.
         handle_signals: on the writer, finish the logger when SIGTERM or SIGINT arrives (exit
             code ``128 + signum``), then let the signal do what it did before (see
-            :mod:`distlog.lifecycle`). True (the default), False, or the signals to handle,
+            `distlog.lifecycle`). True (the default), False, or the signals to handle,
             e.g. ``(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)``. Needs the main thread.
             In an interactive session (a REPL, Jupyter) True means SIGTERM only: interrupting a
             cell must not end the run.
@@ -77,8 +77,8 @@ class Logger:
             ``system/`` at each flush, with their cross-rank spread, in the same exchange
             (see [SystemMetrics][distlog.system.SystemMetrics], reached as ``logger.system``).
 
-    Every rank of the group must construct the logger and call :meth:`flush` at the same steps.
-    On the writer, ``<run_dir>/run.json`` keeps the run's id across restarts (:attr:`run_id`).
+    Every rank of the group must construct the logger and call [flush][distlog.logger.Logger.flush] at the same steps.
+    On the writer, ``<run_dir>/run.json`` keeps the run's id across restarts (``run_id``).
     """
 
     def __init__(
@@ -282,7 +282,7 @@ class Logger:
         """Buffer several values with one reduction. All or nothing: a bad entry logs none.
 
         torchmetrics ``Metric``/``MetricCollection`` values are computed instead (see
-        :meth:`log_metrics`; this makes the call collective) and written as they are under
+        [log_metrics][distlog.logger.Logger.log_metrics]; this makes the call collective) and written as they are under
         ``key`` (a collection's results under ``key/<name>``); ``reduce`` does not apply to them.
         """
         if type(values) is dict and weight is None and spread is False:
@@ -319,7 +319,7 @@ class Logger:
         ``compute()`` already gathers the states across ranks, so the values are global and are
         never reduced again. Keys are ``prefix + name`` (default: the class name) for a metric
         and ``prefix`` + torchmetrics' names for a collection. A metric no rank updated is
-        skipped with a warning; see :func:`distlog.metrics.metric_values`. Returns the values.
+        skipped with a warning; see `distlog.metrics.metric_values`. Returns the values.
         """
         if self._closed:
             self._raise_closed()
@@ -351,7 +351,7 @@ class Logger:
             self._precomputed.update(clean)
 
     def log_media(self, key: str, item: Any) -> None:
-        """Queue a converted media item (see :mod:`distlog.media`) for the next flush's step."""
+        """Queue a converted media item (see `distlog.media`) for the next flush's step."""
         if self._closed:
             self._raise_closed()
         check_key(key, "media")
@@ -404,7 +404,7 @@ class Logger:
         """Log a (B, C, H, W) / (C, H, W) tensor, HWC arrays, or a list of images under ``desc``.
 
         Floats in [0, 1] or [-1, 1] are scaled to uint8 (or pass ``value_range=(lo, hi)``);
-        see :mod:`distlog.media` for the rule and for ``ranks=``.
+        see `distlog.media` for the rule and for ``ranks=``.
         """
         self._collect_media(
             "collect_images",

@@ -46,5 +46,5 @@ def test_a_batch_script_of_one_process_in_a_big_allocation_is_a_world_of_one(
     log = distlog.Logger(sinks=[], handle_signals=False)
     assert log.world.world_size == 1
     log.log_scalar("x", 1.0)
-    assert log.flush() == {"x": 1.0}
+    assert log.flush(block=True) == {"x": 1.0}
     log.finish()

@@ -312,15 +312,19 @@ class LoggerMixin(AbstractTrainer):
         if logger is not None:
             logger.log_scalar(name, value, reduce, **kwargs)
 
-    def flush_logs(self, step: int | None = None) -> dict[str, float] | None:
+    def flush_logs(
+        self, step: int | None = None, *, block: bool = False
+    ) -> dict[str, float] | None:
         """Reduce and write what was logged, at ``step`` (default: ``global_step``).
 
         Collective: every rank calls it. The harness calls it every ``log_every_n_steps``.
+        With ``block=True`` it waits for the row and returns it on rank 0 (see
+        [Logger.flush][distlog.logger.Logger.flush]).
         """
         logger = self.logger
         if logger is None:
             return None
-        return logger.flush(step=self.global_step if step is None else step)
+        return logger.flush(step=self.global_step if step is None else step, block=block)
 
     # -- media (converted and gathered by distlog.Logger; rank 0's media by default) ------
     def log_images(

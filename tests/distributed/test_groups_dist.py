@@ -33,12 +33,12 @@ def _stage_pairs(rank: int, run_dir: str) -> Any:
             for step, v in enumerate(values):
                 log.log_scalar("x", v, "sum")
                 log.log_scalar("m", v)
-                row = log.flush(step)
+                row = log.flush(step, block=True)
             out = (row, log.world.group_ranks)
         # a second logger over the same pair builds its groups again, by the same rule
         with distlog.Logger(sinks=[], group=pair01, timeout=60, handle_signals=False) as log:
             log.log_scalar("y", float(rank), "max")
-            out = (*out, log.flush(0))
+            out = (*out, log.flush(0, block=True))
         if rank == 0:  # a member that never builds its logger: a named error, not a raw one
             try:
                 distlog.Logger(sinks=[], group=pair01, timeout=3, handle_signals=False)

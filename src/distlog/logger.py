@@ -115,6 +115,7 @@ class Logger:
         self.world = (
             world if world is not None else World.current(group, mesh=mesh, mesh_dim=mesh_dim)
         )
+        self._world_was_read = world is None
         self.nonfinite = nonfinite
         self._policy = policy
         self.async_flush = async_flush
@@ -562,7 +563,8 @@ class Logger:
         for it and returns it on rank 0 (None elsewhere). With ``async_flush=True`` the
         exchange itself runs in the background and this call returns at once.
         """
-        self.world.check_still_current()
+        if self._world_was_read:  # an explicit world (a writer-only one) is the caller's
+            self.world.check_still_current()
         if self._closed:
             self._raise_closed()
         if self._system is not None:

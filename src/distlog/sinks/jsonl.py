@@ -62,7 +62,7 @@ class JsonlSink:
         layout wandb and MLflow give them too)."""
         import shutil
 
-        from distlog.media_files import safe_relative_key
+        from distlog.media.files import safe_relative_key
 
         target = self.run_dir / runlog.ARTIFACTS_DIR / safe_relative_key(name)
         target.mkdir(parents=True, exist_ok=True)

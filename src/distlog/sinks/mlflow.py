@@ -168,7 +168,7 @@ class MlflowSink:
             self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
 
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
-        from distlog.media_files import safe_relative_key, save_media
+        from distlog.media.files import safe_relative_key, save_media
 
         with tempfile.TemporaryDirectory(prefix="distlog-mlflow-") as tmp:
             media = Path(tmp) / "media"

@@ -179,6 +179,8 @@ class Exchange:
         options: ExchangeOptions,
     ) -> None:
         self.world = world
+        # Read once: World derives them from the group's ranks (O(ranks) each time).
+        self.group_rank, self.group_size = world.group_rank, world.group_size
         self.buffer = buffer
         self.group = group  # the logger's gloo group, or None where nothing is communicated
         self.timeout = timeout
@@ -265,6 +267,8 @@ class Exchange:
     # ------------------------------------------------------------------ shared pieces
     def new_specs(self, snap: Snapshot) -> list[KeySpec]:
         """Specs of keys logged in ``snap`` that the layout lacks (usually none)."""
+        if not self._unplaced and self._checked >= snap.size:
+            return []  # the steady state: every key this rank has is placed
         by_key, specs = self.layout.by_key, snap.specs
         if self._checked < snap.size:
             self._unplaced += [
@@ -290,17 +294,18 @@ class Exchange:
         self, snap: Snapshot, prefix: int, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """This rank's payloads as numpy arrays (host protocols); views of ``out`` if given."""
-        w = self.world
         plan = self.plan(snap)
         if snap.t_vals or snap.lasts:
-            p = tensor_payloads(snap, plan, torch.device("cpu"), w.group_rank, w.group_size, prefix)
+            p = tensor_payloads(
+                snap, plan, torch.device("cpu"), self.group_rank, self.group_size, prefix
+            )
             sums = p.sums.numpy()
             maxes = p.maxes.numpy() if p.maxes is not None else np.zeros(0)
             if out is None:
                 return sums, maxes
             out[: len(sums)], out[len(sums) :] = sums, maxes
             return out[: len(sums)], out[len(sums) :]
-        return host_payloads(snap, plan, w.group_rank, w.group_size, prefix, out)
+        return host_payloads(snap, plan, self.group_rank, self.group_size, prefix, out)
 
     def gather_buffers(self) -> GatherBuffers:
         """This layout's send row and receive table, kept from flush to flush."""
@@ -537,7 +542,7 @@ def device_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | Non
     table = ex.gather_headers(step, ex.header(step, new, blob))
     if table[:, 3].any():
         ex.exchange_specs(step, blob, int(table[:, 4].max()), snap)
-    p = tensor_payloads(snap, ex.plan(snap), w.comm_device, w.group_rank, w.group_size)
+    p = tensor_payloads(snap, ex.plan(snap), w.comm_device, ex.group_rank, ex.group_size)
     # The writer, global rank 0, is a member of every group that communicates. Host payloads
     # (the device protocol run on CPU) ride on the logger's group, whose timeout guards them.
     group = ex.group if w.comm_device.type == "cpu" else w.group

@@ -126,7 +126,6 @@ class Layout:
         return Layout([*self.specs, *specs], self.version + 1)
 
 
-@dataclass(frozen=True)
 class Header:
     """The control numbers every rank sends with its payload; all must agree but the last two.
 
@@ -135,11 +134,13 @@ class Header:
     length of their JSON specs (the key exchange that follows pads every blob to the longest).
     """
 
-    flush: int
-    step: int
-    version: int
-    new_keys: bool = False
-    blob_len: int = 0
+    __slots__ = ("flush", "step", "version", "new_keys", "blob_len")
+
+    def __init__(
+        self, flush: int, step: int, version: int, new_keys: bool = False, blob_len: int = 0
+    ) -> None:
+        self.flush, self.step, self.version = flush, step, version
+        self.new_keys, self.blob_len = new_keys, blob_len
 
     WIDTH = 5
     CHUNKS = 6  # 8-bit chunks per number in the summed encoding: 48 bits

@@ -1181,7 +1181,11 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
     except Exception:
         return False
     table = flush_table(res)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    floors = floor_table(res)
+    if floors:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = {"1": "tab:blue", "2": "tab:orange", "4": "tab:green", "8": "tab:red"}
     for w, rows in sorted(table.items()):
         ks = sorted(int(k) for k in rows)
@@ -1212,6 +1216,24 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    if floors:
+        for w, rows in floors.items():
+            ks = sorted((int(k) for k, r in rows.items() if "all_gather" in r))
+            c = colors.get(w, None)
+            ratios = [floor_ratios(rows[str(k)]) for k in ks]
+            ax2.plot(ks, [r[0] for r in ratios], "-o", color=c, label=f"{w} ranks, rank 0")
+            ax2.plot(
+                ks, [r[1] for r in ratios], ":", color=c, alpha=0.7, label=f"{w} ranks, slowest"
+            )
+        ax2.axhline(TARGET_FLOOR_RATIO, color="black", lw=1, ls="--", label="target")
+        ax2.axhline(1.0, color="grey", lw=0.8)
+        ax2.set_xscale("log")
+        ax2.set_xlabel("keys per flush")
+        ax2.set_ylabel("distlog flush / the cheaper floor (one all_reduce or all_gather)")
+        ax2.set_title("A flush against one hand-written collective of its payload", fontsize=10)
+        ax2.set_ylim(bottom=0)
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -115,7 +115,6 @@ class Aggregator:
         )
         self._worker: ExchangeWorker | None = None
         self._async_error: BaseException | None = None
-        self._async_step: int | None = None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -146,11 +145,6 @@ class Aggregator:
     def pending_keys(self) -> list[str]:
         """Keys logged on this rank that no flush has taken yet."""
         return self.buffer.pending_keys
-
-    @property
-    def in_flight(self) -> bool:
-        """True while an asynchronous exchange runs."""
-        return self._worker is not None and self._worker.busy
 
     # ------------------------------------------------------------------ flushing
     def flush(self, step: int) -> PendingRow | None:
@@ -188,11 +182,10 @@ class Aggregator:
             except BaseException as exc:
                 if isinstance(exc, RankDivergenceError):
                     self.buffer.restore(snap)
-                self._async_error, self._async_step = exc, step
+                self._async_error = exc
                 return
             deliver(pending)
 
-        self._async_step = step
         self._worker.submit(job)
 
     def wait_async(self, timeout: float | None = None, *, polling: bool = False) -> bool:

@@ -74,11 +74,6 @@ class Snapshot:
     def empty(self) -> bool:
         return not any(self.n)
 
-    def logged_specs(self) -> list[KeySpec]:
-        """Specs of every key logged in this snapshot (sorted)."""
-        n, specs = self.n, self.specs
-        return sorted(specs[i] for i in range(self.size) if n[i])
-
 
 @dataclass
 class Payloads:

@@ -8,7 +8,7 @@ picks one per flush from facts every rank shares (the layout and the group), so 
 | protocol | when (``"auto"``) | steady flush | a flush that brings new keys |
 |---|---|---|---|
 | ``gather`` | host payloads, ranks x row <= ``gather_limit_bytes`` | 1 ``all_gather`` (min/max too) | 3 |
-| ``all_reduce`` | host payloads past that limit | 1 ``all_reduce`` (+1 with min/max) | 3 (+1) |
+| ``all_reduce`` | host payloads past that limit | 1 ``all_reduce`` (+1 with min/max or spread) | 3 (+1) |
 | ``device`` | payloads on a GPU (NCCL) | host header ``all_gather`` + ``reduce`` to rank 0 (+1) | +1 |
 
 The gather sends O(keys) bytes a rank and receives ranks x that, so it is used only while that is

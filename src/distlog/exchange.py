@@ -61,7 +61,7 @@ class ExchangeOptions:
     """Internal knobs of the exchange, validated; the defaults are right for almost everyone.
 
     Args:
-        protocol: ``"auto"`` (see the module's table), or force ``"gather"``,
+        protocol: ``"auto"`` (the rule is in docs/aggregation.md, "What it costs"), or force ``"gather"``,
             ``"all_reduce"`` (host payloads) or ``"device"`` (the NCCL protocol; on CPU it
             runs on host tensors, which is how the tests exercise it without a GPU).
         gather_limit_bytes: ``"auto"`` all-gathers while ranks x row bytes stay within it.

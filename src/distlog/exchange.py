@@ -48,6 +48,7 @@ from distlog.layout import (
     decode_row,
     decode_specs,
     encode_specs,
+    read_headers,
 )
 from distlog.world import World
 
@@ -111,8 +112,13 @@ class PendingRow:
     maxes: np.ndarray | torch.Tensor | None = None
     ready: Any = None  # a torch.cuda.Event when the payloads come from a GPU
     local: tuple[Snapshot, PayloadPlan, torch.device] | None = None
+    table: np.ndarray | None = None  # the gather protocol's table, reduced here
 
     def resolve(self) -> dict[str, float]:
+        if self.table is not None:
+            sums, mx = _reduce_table(self.table, self.layout)
+            maxes = mx if mx is not None else np.zeros(0)
+            return decode_row(self.layout, sums, maxes, self.group_ranks)
         if self.local is not None:
             snap, plan, device = self.local
             p = tensor_payloads(snap, plan, device, 0, 1)
@@ -291,9 +297,14 @@ class Exchange:
         return self._plan
 
     def host_rows(
-        self, snap: Snapshot, prefix: int, out: np.ndarray | None = None
+        self,
+        snap: Snapshot,
+        prefix: int,
+        out: np.ndarray | None = None,
+        head: list[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """This rank's payloads as numpy arrays (host protocols); views of ``out`` if given."""
+        """This rank's payloads as numpy arrays (host protocols), after ``prefix`` slots for a
+        header (written from ``head`` if given); views of ``out`` if given."""
         plan = self.plan(snap)
         if snap.t_vals or snap.lasts:
             p = tensor_payloads(
@@ -301,11 +312,13 @@ class Exchange:
             )
             sums = p.sums.numpy()
             maxes = p.maxes.numpy() if p.maxes is not None else np.zeros(0)
+            if head is not None:
+                sums[:prefix] = head
             if out is None:
                 return sums, maxes
             out[: len(sums)], out[len(sums) :] = sums, maxes
             return out[: len(sums)], out[len(sums) :]
-        return host_payloads(snap, plan, self.group_rank, self.group_size, prefix, out)
+        return host_payloads(snap, plan, self.group_rank, self.group_size, prefix, out, head)
 
     def gather_buffers(self) -> GatherBuffers:
         """This layout's send row and receive table, kept from flush to flush."""
@@ -460,42 +473,48 @@ def _reduce_table(table: np.ndarray, lay: Layout) -> tuple[np.ndarray, np.ndarra
     return sums, maxes
 
 
-def _gather_round(ex: Exchange, snap: Snapshot, step: int, header: Header) -> np.ndarray:
-    """All-gather this rank's header + payloads; raise if the ranks' headers disagree."""
+def _gather_round(
+    ex: Exchange, snap: Snapshot, step: int, header: Header
+) -> tuple[np.ndarray, int]:
+    """All-gather this rank's header + payloads; raise if the ranks' headers disagree.
+    Returns the table and the longest new-key blob any rank announced (0: none)."""
     lay = ex.layout
     buf = ex.gather_buffers()
     row = buf.send_np
     if header.new_keys:  # this round is redone with the new layout: send neutral payloads
         row[Header.WIDTH : Header.WIDTH + lay.sum_size] = 0.0
         row[Header.WIDTH + lay.sum_size :] = lay.max_init
+        row[: Header.WIDTH] = header.gathered()
     else:
-        ex.host_rows(snap, prefix=Header.WIDTH, out=row)
-    row[: Header.WIDTH] = header.gathered()
+        ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
     table = buf.table_np
     table[:, 0] = np.nan  # a table the collective did not fill can never pass as whole
     # Kept until the logger has taken the row (settle()): a signal handler that runs after the
     # collective returned salvages the row from this table.
     ex._inflight = None if header.new_keys else (header, buf.table, lay)
     ex.collective(step, lambda: all_gather(ex.group, buf.rows, buf.send))
-    heads = table[:, :3]
-    if not (heads == heads[0]).all():  # NaN never equals itself: a torn table lands here too
+    agree, blob_len = read_headers(table)
+    if not agree:
         ex.check(step, table[:, : Header.WIDTH])
-    return table
+    return table, blob_len
 
 
 def gather_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
     """One all_gather carries the header and every key, min/max included.
 
-    Every rank receives the whole table, checks the headers exactly (a rank out of step is
-    named at once, with no further collective) and reduces the columns itself.
+    Every rank receives the whole table and checks the headers exactly (a rank out of step is
+    named at once, with no further collective); rank 0's writer reduces the columns.
     """
     new = ex.new_specs(snap)
     blob = encode_specs(new)
-    table = _gather_round(ex, snap, step, ex.header(step, new, blob))
-    if table[:, 3].any():  # some rank brought keys the layout lacks
-        ex.exchange_specs(step, blob, int(table[:, 4].max()), snap)
-        table = _gather_round(ex, snap, step, ex.header(step, [], b""))
-    return ex.epilogue(step, *_reduce_table(table, ex.layout))
+    table, blob_len = _gather_round(ex, snap, step, ex.header(step, new, blob))
+    if blob_len:  # some rank brought keys the layout lacks
+        ex.exchange_specs(step, blob, blob_len, snap)
+        table, _ = _gather_round(ex, snap, step, ex.header(step, [], b""))
+    if not ex.world.is_global_zero:
+        return None
+    # The table is reused by the next flush: the writer reduces a copy.
+    return PendingRow(step, ex.layout, ex.world.group_ranks, table=table.copy())
 
 
 def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:

@@ -36,6 +36,7 @@ __all__ = [
     "decode_specs",
     "encode_specs",
     "pack_rank",
+    "read_headers",
     "spread_keys",
 ]
 
@@ -169,6 +170,31 @@ class Header:
         if summed[0] != size:
             return False
         return all(summed[i] == size * mine[i] for i in range(3, len(mine)))
+
+
+def read_headers(table: np.ndarray) -> tuple[bool, int]:
+    """(do all ranks' (flush, step, version) match, the longest new-key blob: 0 if none) of a
+    gathered table whose first [Header.WIDTH][distlog.layout.Header] columns are headers.
+
+    The steady-state question of every gather flush, so it is cheap: a few rows are read as
+    Python numbers (a numpy comparison costs more below ~16 rows). A mismatch is then
+    explained by [check_headers][distlog.layout.check_headers]; NaN (a row the collective did
+    not fill) never matches.
+    """
+    if len(table) <= 16:
+        rows = table[:, : Header.WIDTH].tolist()
+        ids = rows[0][:3]
+        agree = ids[0] == ids[0]  # NaN: rank 0's row was not filled
+        blob = 0.0
+        for r in rows:
+            if r[:3] != ids:
+                agree = False
+            if r[3] and r[4] > blob:
+                blob = r[4]
+        return agree, int(blob)
+    heads = table[:, :3]
+    agree = bool((heads == heads[0]).all())
+    return agree, int(table[:, 4].max()) if table[:, 3].any() else 0
 
 
 def check_headers(step: int, rows: np.ndarray, ranks: tuple[int, ...]) -> None:

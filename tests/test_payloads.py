@@ -1,0 +1,79 @@
+"""Payload building and header reading: the fast paths give exactly what the general ones do."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from distlog.buffer import Buffer, PayloadPlan, host_payloads
+from distlog.layout import Header, Layout, read_headers
+
+
+def _snapshot(reduces: list[str], seed: int, skip: float = 0.3):
+    rng = random.Random(seed)
+    buf = Buffer()
+    for i, red in enumerate(reduces):
+        buf.add(f"k/{i:03d}", 0.0, reduce=red)  # every key has a slot ...
+    buf.swap()
+    for i, red in enumerate(reduces):
+        if rng.random() < skip:
+            continue  # ... but not every key is logged in this window
+        for _ in range(rng.randint(1, 4)):
+            buf.add(f"k/{i:03d}", rng.uniform(-5, 5), reduce=red)
+    snap = buf.swap()
+    layout = Layout(list(buf.known.values()), 1)
+    return snap, PayloadPlan(layout, snap.specs, snap.size), layout
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fused_row_equals_general_path(seed: int) -> None:
+    rng = random.Random(seed)
+    reduces = [rng.choice(["mean", "sum"]) for _ in range(rng.randint(1, 40))]
+    snap, plan, lay = _snapshot(reduces, seed)
+    assert plan.fused(Header.WIDTH) is not None  # means and sums only: the fused path applies
+    head = [3.0, 7.0, 1.0, 0.0, 0.0]
+    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
+    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)  # no head: the general path
+    general[: Header.WIDTH] = head
+    np.testing.assert_array_equal(fused, general)
+
+
+def test_fused_row_is_not_used_for_other_reductions() -> None:
+    _, plan, _ = _snapshot(["mean", "max"], 0, skip=0.0)
+    assert plan.fused(Header.WIDTH) is None
+
+
+def test_weighted_snapshot_takes_the_general_path() -> None:
+    buf = Buffer()
+    buf.add("a", 2.0, weight=3.0)
+    buf.add("a", 4.0)
+    snap = buf.swap()
+    lay = Layout(list(buf.known.values()), 1)
+    plan = PayloadPlan(lay, snap.specs, snap.size)
+    out = np.empty(Header.WIDTH + lay.sum_size)
+    sums, _ = host_payloads(snap, plan, 0, 1, Header.WIDTH, out, [1.0, 1.0, 1.0, 0.0, 0.0])
+    # value 2*3 + 4*1, weight 3 + 1, two samples
+    assert sums[Header.WIDTH :].tolist() == [10.0, 4.0, 2.0]
+
+
+@pytest.mark.parametrize("ranks", [2, 5, 16, 17, 40])
+def test_read_headers(ranks: int) -> None:
+    table = np.zeros((ranks, Header.WIDTH + 3))
+    table[:, :3] = [4, 10, 2]
+    assert read_headers(table) == (True, 0)
+    table[ranks - 1, 3:5] = [1, 57]  # the last rank brings new keys
+    table[0, 3:5] = [1, 12]
+    assert read_headers(table) == (True, 57)
+    table[ranks // 2, 1] = 11  # one rank is at another step
+    assert read_headers(table)[0] is False
+    table[ranks // 2, 1] = 10
+    table[0, 0] = math.nan  # a row the collective did not fill
+    assert read_headers(table)[0] is False
+    table[0, 0] = 4
+    table[ranks - 1, 0] = math.nan
+    assert read_headers(table)[0] is False

@@ -131,6 +131,15 @@ class Buffer:
     ) -> None:
         """Buffer one sample. Never synchronises with a device; validates before touching state."""
         kind = type(value)
+        if kind is torch.Tensor and weight is None and self.fold_host_tensors and value.is_cpu:
+            # A 0-d CPU tensor (a detached loss): read without any device sync and folded like a
+            # number. Whatever .item() refuses takes the full path below, which names the key.
+            try:
+                number = value.item()
+            except Exception:
+                number = None
+            if type(number) is float or type(number) is int:
+                value, kind = number, type(number)
         if (kind is float or kind is int) and weight is None:
             try:
                 i = self._fast.get(key)

@@ -77,3 +77,31 @@ def test_read_headers(ranks: int) -> None:
     table[0, 0] = 4
     table[ranks - 1, 0] = math.nan
     assert read_headers(table)[0] is False
+
+
+def test_cpu_tensors_fold_like_numbers() -> None:
+    import torch
+
+    from distlog.errors import LogTypeError, LogValueError
+
+    fast, slow = Buffer(), Buffer()
+    values = [
+        torch.tensor(1.5),
+        torch.tensor(2.0, dtype=torch.bfloat16),
+        torch.tensor(3, dtype=torch.int64),
+        torch.tensor([4.0]),  # one element, not 0-d
+        torch.tensor(5.0, requires_grad=True),
+    ]
+    for v in values:
+        fast.add("x", v)
+        slow.add_many({"x": v})  # the full path: prepare() and commit
+    rows = []
+    for buf in (fast, slow):
+        snap = buf.swap()
+        lay = Layout(list(buf.known.values()), 1)
+        sums, _ = host_payloads(snap, PayloadPlan(lay, snap.specs, snap.size), 0, 1)
+        rows.append(sums.tolist())
+    assert rows[0] == rows[1] == [1.5 + 2.0 + 3 + 4.0 + 5.0, 5.0, 5.0]  # value, weight, count
+    with pytest.raises((LogTypeError, LogValueError), match="'pair'"):
+        fast.add("pair", torch.tensor([1.0, 2.0]))
+    assert "pair" not in fast.known  # refused before anything was buffered

@@ -34,6 +34,9 @@ __all__ = ["Buffer", "Payloads", "Sample", "Snapshot"]
 Sample = tuple[KeySpec, float, "torch.Tensor | None", float, "torch.Tensor | None"]
 
 
+_TENSOR = torch.Tensor  # the hot path's type check, without an attribute lookup
+
+
 def initial(reduce: str) -> float:
     """An accumulator's value before any sample: neutral for its reduction."""
     return math.inf if reduce == "min" else (-math.inf if reduce == "max" else 0.0)
@@ -131,7 +134,7 @@ class Buffer:
     ) -> None:
         """Buffer one sample. Never synchronises with a device; validates before touching state."""
         kind = type(value)
-        if kind is torch.Tensor and weight is None and self.fold_host_tensors and value.is_cpu:
+        if kind is _TENSOR and weight is None and self.fold_host_tensors and value.is_cpu:
             # A 0-d CPU tensor (a detached loss): read without any device sync and folded like a
             # number. Whatever .item() refuses takes the full path below, which names the key.
             try:

@@ -1429,7 +1429,9 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         a = ov.get("distlog async_flush, tensors, flush every step")
         fa = ov.get("floor: async all_reduce of the same payload every step")
         if a and fa:
-            added, floor_added = a["ms"] - a["bare_ms"], fa["ms"] - fa["bare_ms"]
+            # The paired overheads (each round against the bare round next to it), as in the
+            # step table: the ratio of two medians of separate rounds carries the load's drift.
+            added, floor_added = a["overhead"] * a["bare_ms"], fa["overhead"] * fa["bare_ms"]
             ratio = added / floor_added if floor_added > 0 else math.inf
             out.append(
                 (

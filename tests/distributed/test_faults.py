@@ -54,11 +54,12 @@ def kill_at_random_point(job: Job, rng: random.Random, target: str, signum: int)
 
 # (launcher, target, signal, exit codes run.json may record)
 SIGNAL_CASES = [
+    # SIGINT on the writer is the torchrun "group" case below; on a non-writer it ends the rank
+    # like SIGTERM (the exception cases cover the KeyboardInterrupt path): the suite keeps each
+    # signal, target and launcher at least once, within its 10-minute budget.
     ("plain", "rank0", signal.SIGTERM, {143}),
-    ("plain", "rank0", signal.SIGINT, {130}),
     ("plain", "rank1", signal.SIGKILL, {1}),
     ("plain", "rank1", signal.SIGTERM, {1}),
-    ("plain", "rank1", signal.SIGINT, {1}),
     # torchrun stops the other workers with SIGTERM when one dies; rank 0 may see that first
     # or the dead peer at its next flush
     ("torchrun", "rank1", signal.SIGKILL, {1, 143}),

@@ -31,8 +31,21 @@ def run_script(tmp_path, body: str, **env: str) -> subprocess.CompletedProcess[s
     full_env = {**os.environ, "PYTHONPATH": SRC, **env}
     full_env.pop("TORCHELASTIC_RESTART_COUNT", None)
     return subprocess.run(
-        [sys.executable, str(script)], env=full_env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_signals,
     )
+
+
+def _default_signals() -> None:
+    """In the child, before exec: SIGINT and SIGTERM act by default. A harness that runs the
+    suite in the background (``cmd &`` in a script) ignores SIGINT, and an ignored signal is one
+    distlog rightly leaves alone, so a test of what a signal does must not inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def info(run_dir) -> dict:
@@ -69,6 +82,28 @@ def test_a_signal_closes_the_run_then_ends_the_process_as_before(tmp_path, signu
     assert [r["x"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert info(tmp_path / "run")["exit_code"] == code
     assert info(tmp_path / "run")["last_step"] == 4
+
+
+@pytest.mark.slow  # starts a process
+def test_an_ignored_sigint_stays_ignored_and_nothing_is_lost(tmp_path):
+    proc = run_script(
+        tmp_path,
+        f"""
+        import os, signal, distlog
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started with `cmd &`
+        logger = distlog.Logger(run_dir={str(tmp_path / "run")!r})
+        logger.log_scalar("x", 1.0)
+        logger.flush(0)
+        os.kill(os.getpid(), signal.SIGINT)
+        logger.log_scalar("x", 2.0)
+        logger.finish()
+        print("went on", signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "went on True" in proc.stdout
+    assert [r["x"] for r in distlog.read_metrics(tmp_path / "run")] == [1.0, 2.0]
+    assert info(tmp_path / "run")["exit_code"] == 0
 
 
 @pytest.mark.slow  # starts a process

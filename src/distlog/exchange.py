@@ -449,13 +449,20 @@ class Exchange:
             )
 
     def epilogue(
-        self, step: int, sums: np.ndarray | torch.Tensor, maxes: np.ndarray | torch.Tensor | None,
-        ready: Any = None,
+        self, step: int, sums: np.ndarray | torch.Tensor | None,
+        maxes: np.ndarray | torch.Tensor | None, ready: Any = None,
+        table: np.ndarray | None = None,
     ) -> PendingRow | None:  # fmt: skip
-        """Every protocol's end: the writer's share on global rank 0, nothing elsewhere."""
+        """Every protocol's end: the writer's share on global rank 0, nothing elsewhere. The
+        gather protocol hands over its table (a copy: the next flush reuses it), which the
+        writer reduces."""
         if not self.world.is_global_zero:
             return None
-        return PendingRow(step, self.layout, self.world.group_ranks, sums, maxes, ready)
+        if table is not None:
+            table = table.copy()
+        return PendingRow(
+            step, self.layout, self.world.group_ranks, sums, maxes, ready, table=table
+        )
 
     def raise_conflict(self) -> None:
         err, self.conflict = self.conflict, None
@@ -511,10 +518,7 @@ def gather_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | Non
     if blob_len:  # some rank brought keys the layout lacks
         ex.exchange_specs(step, blob, blob_len, snap)
         table, _ = _gather_round(ex, snap, step, ex.header(step, [], b""))
-    if not ex.world.is_global_zero:
-        return None
-    # The table is reused by the next flush: the writer reduces a copy.
-    return PendingRow(step, ex.layout, ex.world.group_ranks, table=table.copy())
+    return ex.epilogue(step, None, None, table=table)
 
 
 def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 from dist_harness import run_ranks
@@ -36,6 +37,14 @@ def _flush_and_time(logger: distlog.Logger, step: int) -> tuple[float, str]:
     return time.monotonic() - start, "no error"
 
 
+def _stay_away_until_rank0_gave_up(tmp: str) -> None:
+    """Rank 1 hangs (or computes) until rank 0 has seen its errors, at most as long as rank 0
+    may take to see them: no fixed sleep to sit out."""
+    deadline = time.monotonic() + TIMEOUT + SLACK + 1
+    while not Path(tmp, "rank0-gave-up").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def diverge(rank: int, tmp: str, how: str):
     logger = _logger(tmp)
     for step in range(3):
@@ -46,14 +55,15 @@ def diverge(rank: int, tmp: str, how: str):
         if how == "crash":
             os._exit(17)  # no cleanup at all, like a segfault or an OOM kill
         if how == "hang":
-            time.sleep(TIMEOUT + SLACK + 1)
+            _stay_away_until_rank0_gave_up(tmp)
             return "hung"
         if how == "skip":  # skips the flush at step 3, then computes for a while
-            time.sleep(TIMEOUT + SLACK + 1)
+            _stay_away_until_rank0_gave_up(tmp)
             return _flush_and_time(logger, 4)
     elapsed, message = _flush_and_time(logger, 3)
     # Later flushes fail at once with the same story instead of reusing a broken group.
     again = _flush_and_time(logger, 4)
+    Path(tmp, "rank0-gave-up").touch()
     logger.finish(exit_code=1)
     rows = distlog.read_metrics(tmp) if rank == 0 else None
     return elapsed, message, again, rows

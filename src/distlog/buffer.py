@@ -65,7 +65,7 @@ class Snapshot:
         lasts: dict[int, torch.Tensor] | None = None,
         weighted: dict[int, int] | None = None,
     ) -> None:
-        self.a, self.b, self.n = a, b, n
+        self.a, self.b, self.n = a, b, n  # ``size`` items each: taken whole by the swap
         self.size = size  # slots at the swap; later slots are not in this snapshot
         self.specs = specs  # the buffer's slot specs (shared; read the first ``size``)
         self.t_vals = [] if t_vals is None else t_vals
@@ -255,6 +255,7 @@ class Buffer:
             except OverflowError:
                 v = as_float(key, value)  # raises the clear error
         elif isinstance(value, torch.Tensor):
+            # The same rule as add()'s fast path, which folds these without weights.
             if self.fold_host_tensors and value.is_cpu and type(value) is torch.Tensor:
                 # A host tensor is read without any device sync: fold it like a Python number.
                 # What .item() refuses (several elements, nested, ...) or float() refuses
@@ -594,7 +595,7 @@ def host_payloads(
     sums, maxes = out[:split], out[split:]
     size = plan.size
     if head is not None:
-        fused = plan.fused(prefix) if not snap.weighted and len(snap.a) == size else None
+        fused = None if snap.weighted else plan.fused(prefix)
         if fused is not None:  # the common case: means and sums, no weights
             fused.build(snap, head, out)
             return sums, maxes
@@ -636,10 +637,8 @@ def host_payloads(
 
 
 def floats(values: list[float] | list[int], size: int) -> np.ndarray:
-    """The first ``size`` items of a list of numbers as a float64 array (``struct`` packs
-    about twice as fast as ``np.fromiter``)."""
-    if len(values) != size:
-        values = values[:size]
+    """A list of ``size`` numbers as a float64 array (``struct`` packs about twice as fast as
+    ``np.fromiter``)."""
     return np.frombuffer(struct.pack(f"{size}d", *values), np.float64)
 
 

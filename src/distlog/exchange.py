@@ -562,9 +562,9 @@ def device_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | Non
     w = ex.world
     new = ex.new_specs(snap)
     blob = encode_specs(new)
-    table = ex.gather_headers(step, ex.header(step, new, blob))
-    if table[:, 3].any():
-        ex.exchange_specs(step, blob, int(table[:, 4].max()), snap)
+    _, blob_len = read_headers(ex.gather_headers(step, ex.header(step, new, blob)))
+    if blob_len:
+        ex.exchange_specs(step, blob, blob_len, snap)
     p = tensor_payloads(snap, ex.plan(snap), w.comm_device, ex.group_rank, ex.group_size)
     # The writer, global rank 0, is a member of every group that communicates. Host payloads
     # (the device protocol run on CPU) ride on the logger's group, whose timeout guards them.

@@ -1237,7 +1237,7 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
             ratios = [floor_ratios(rows[str(k)]) for k in ks]
             ax2.plot(ks, [r[0] for r in ratios], "-o", color=c, label=f"{w} ranks, rank 0")
             ax2.plot(
-                ks, [r[1] for r in ratios], ":", color=c, alpha=0.7, label=f"{w} ranks, slowest"
+                ks, [r[1] for r in ratios], ":", color=c, alpha=0.7, label=f"{w} ranks, worst rank"
             )
         ax2.axhline(TARGET_FLOOR_RATIO, color="black", lw=1, ls="--", label="target")
         ax2.axhline(1.0, color="grey", lw=0.8)
@@ -1584,7 +1584,7 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         add("")
         add(
             "| ranks | keys | protocol | distlog (r0 / slowest) | all_reduce | all_gather "
-            "| ratio (r0 / slowest) | async: in flush() |"
+            "| ratio (r0 / worst rank) | async: in flush() |"
         )
         add("|---|---|---|---|---|---|---|---|")
         for w, rows in fl.items():

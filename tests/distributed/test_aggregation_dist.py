@@ -317,16 +317,22 @@ def out_of_step(rank: int, tmp: str):
 def skipped_flush(rank: int, tmp: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=3)
     logger.log_scalar("x", 1.0)
+    gave_up = Path(tmp, "rank0-gave-up")
     if rank == 1:
         import time
 
-        time.sleep(8)  # never reaches the flush in time
+        # Never reaches the flush in time: stays away until rank 0 has its error (at most 8 s).
+        deadline = time.monotonic() + 8
+        while not gave_up.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         return "skipped"
     try:
         logger.flush(0)
         return "no error"
     except distlog.RankDivergenceError as exc:
         return str(exc)
+    finally:
+        gave_up.touch()
 
 
 def test_ranks_flushing_different_steps_get_a_clear_error(tmp_path):

@@ -70,7 +70,7 @@ def _media_while_flushing(rank: int, run_dir: str) -> Any:
     import distlog
     from distlog import RankDivergenceError
 
-    log = distlog.Logger(run_dir=run_dir, timeout=8, handle_signals=False)
+    log = distlog.Logger(run_dir=run_dir, timeout=5, handle_signals=False)
     try:
         with log:
             log.log_scalar("x", float(rank + 1), "sum")

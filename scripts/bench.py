@@ -520,18 +520,25 @@ def job_step_overhead(
     payload = torch.zeros(5 + 3 * n_keys, dtype=torch.float64)
     pending: list[Any] = []
 
-    def floor_async(s: int) -> None:
-        if pending:
-            pending.pop().wait()
-        payload.fill_(float(s))
-        pending.append(dist.all_reduce(payload, group=second, async_op=True))
+    def floor_async(every: int) -> Any:
+        def hook(s: int) -> None:
+            if (s + 1) % every:
+                return
+            if pending:
+                pending.pop().wait()
+            payload.fill_(float(s))
+            pending.append(dist.all_reduce(payload, group=second, async_op=True))
+
+        return hook
 
     variants = {
         "bare step": bare,
         "distlog, tensors, flush every 10 steps": distlog_tensors(10),
         "distlog, tensors, flush every step": distlog_tensors(1),
         "distlog async_flush, tensors, flush every step": distlog_tensors(1, alogger),
-        "floor: async all_reduce of the same payload every step": floor_async,
+        "floor: async all_reduce of the same payload every step": floor_async(1),
+        "distlog async_flush, tensors, flush every 10 steps": distlog_tensors(10, alogger),
+        "floor: async all_reduce of the same payload every 10 steps": floor_async(10),
         "floor: one scalar all_reduce + .item() every step": floor,
         "floor, on a second gloo group (as distlog's own group)": floor_second,
         "distlog, buffered path (as CUDA tensors), flush every 10 steps": distlog_tensors(
@@ -674,7 +681,8 @@ def job_lightning(
 def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) -> dict[str, Any]:
     """distlog's flush against its floor: one hand-written collective of the same payload.
 
-    In the same processes, interleaved (variants and key counts take turns in a rotating order):
+    In the same processes, interleaved (variants and key counts take turns in a rotating order;
+    ``bench.py`` gives each key count processes of its own, see ``floor_worlds``):
     distlog's blocking flush; an ``all_reduce`` and an ``all_gather`` of the bytes distlog sends
     (a 5-slot header and 3 slots a mean key), on a second gloo group like the logger's own; and
     the time the training thread spends inside ``flush()`` with ``async_flush=True``.
@@ -1044,6 +1052,25 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def floor_worlds(w: int, keys: list[int], reps: int) -> Any:
+    """The floor comparison, each key count in fresh processes of its own.
+
+    A job has one logger: the buffers of a 4096-key logger living in the same processes would
+    make a 1-key flush pay for cache misses no real job has. Within each world distlog and its
+    floors still run side by side, interleaved. Returns one dict per rank, keyed by key count.
+    """
+    per_rank: list[dict[str, Any]] = [{} for _ in range(w)]
+    for n in keys:
+        t0 = perf()
+        got = run_world(w, [("floor", "floor", {"keys": [n], "reps": reps, "warmup": 2})], 600)
+        log(f"world of {w}: floor, {n} keys: {perf() - t0:.1f}s")
+        if not isinstance(got.get("floor"), list):
+            return got.get("floor", {"error": f"no floor result for {n} keys"})
+        for mine, theirs in zip(per_rank, got["floor"], strict=True):
+            mine.update(theirs)
+    return per_rank
+
+
 def run_all(quick: bool) -> dict[str, Any]:
     res: dict[str, Any] = {"quick": quick, "machine": machine_info()}
     t_start = perf()
@@ -1084,19 +1111,6 @@ def run_all(quick: bool) -> dict[str, Any]:
                 {"keys": keys, "reps": reps, "warmup": warmup, "perkey_budget": budget},
             ),
         ]
-        if w > 1:
-            jobs.insert(
-                0,
-                (
-                    "floor",
-                    "floor",
-                    {
-                        "keys": floor_keys,
-                        "reps": 6 if quick else (30 if w <= 4 else 12),
-                        "warmup": 2,
-                    },
-                ),
-            )
         if w == 2:
             jobs.append(("threads", "threads", {"flushes": 40 if quick else 200}))
             jobs.append(
@@ -1133,11 +1147,15 @@ def run_all(quick: bool) -> dict[str, Any]:
                     )
                 )
         if w >= 8:  # 8 ranks on a small host: only the floor comparison, the rest is known
-            jobs = [j for j in jobs if j[0] == "floor"]
-        t0 = perf()
-        log(f"world of {w}: {', '.join(j[0] for j in jobs)}")
-        got = run_world(w, jobs, timeout=240 if quick else 600)
-        log(f"world of {w}: {perf() - t0:.1f}s")
+            jobs = []
+        got: dict[str, Any] = {}
+        if jobs:
+            t0 = perf()
+            log(f"world of {w}: {', '.join(j[0] for j in jobs)}")
+            got = run_world(w, jobs, timeout=240 if quick else 600)
+            log(f"world of {w}: {perf() - t0:.1f}s")
+        if w > 1:
+            got["floor"] = floor_worlds(w, floor_keys, reps=6 if quick else (30 if w <= 4 else 12))
         if "flush_sweep" in got:
             res["flush"][str(w)] = got["flush_sweep"]
         for label in (
@@ -1443,14 +1461,28 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     ratio <= TARGET_ASYNC_STEP_RATIO,
                 )
             )
-        ten = ov.get("distlog, tensors, flush every 10 steps")
-        if ten:
+        # Issue 11's end-to-end target is about async_flush; the blocking flush is reported
+        # beside it. The floor (one async all_reduce of the payload every 10 steps, no logging
+        # calls at all) says what any cross-rank reduction at that interval costs on this host.
+        sparse_floor = ov.get("floor: async all_reduce of the same payload every 10 steps", {})
+        for name, judged in (
+            ("distlog async_flush, tensors, flush every 10 steps", True),
+            ("distlog, tensors, flush every 10 steps", False),
+        ):
+            o = ov.get(name)
+            if not o:
+                continue
             out.append(
                 (
-                    f"flush every 10 steps: within {TARGET_SPARSE_STEP:.0%} of the bare step",
-                    f"{ten['overhead']:+.1%}",
-                    "",
-                    ten["overhead"] <= TARGET_SPARSE_STEP,
+                    f"flush every 10 steps ({'async_flush' if judged else 'blocking'}): "
+                    f"within {TARGET_SPARSE_STEP:.0%} of the bare step",
+                    f"{o['overhead']:+.1%} wall, {o.get('in_calls_of_bare', math.nan):.1%} of "
+                    "the step inside distlog's calls",
+                    f"(the floor, one async all_reduce of the payload every 10 steps and no "
+                    f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%})"
+                    if judged
+                    else "(for reference)",
+                    o["overhead"] <= TARGET_SPARSE_STEP if judged else None,
                 )
             )
         floor = ov.get("floor: one scalar all_reduce + .item() every step", {})
@@ -1576,7 +1608,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             "slots a mean key), on a second gloo group like the logger's own; and the time the "
             "training thread spends inside `flush()` with `async_flush=True`. After each timed "
             "flush its writer thread (and the asynchronous exchange) finish outside the timing, "
-            "as they would during a step's compute. Medians, rank 0 "
+            "as they would during a step's compute. Each key count runs in fresh processes of "
+            "its own, as a job has one logger: a 4096-key logger's buffers in the same "
+            "processes would make a 1-key flush pay for cache misses no real job has. Medians, "
+            "rank 0 "
             "and the slowest rank. *ratio* is distlog over the cheaper of the two floors: the "
             "median over iterations of each flush over the floor measured next to it, on rank 0 "
             "and on the rank where it is highest."
@@ -1919,14 +1954,22 @@ def analysis(res: dict[str, Any]) -> list[str]:
         one = c2[0][ALLREDUCE1]
         every = ov.get("distlog, tensors, flush every step", {})
         ten = ov.get("distlog, tensors, flush every 10 steps", {})
+        aten = ov.get("distlog async_flush, tensors, flush every 10 steps", {})
+        aten_floor = ov.get("floor: async all_reduce of the same payload every 10 steps", {})
         floor = ov.get("floor: one scalar all_reduce + .item() every step", {})
         floor2 = ov.get("floor, on a second gloo group (as distlog's own group)", {})
         nan = math.nan
         out.append(
             f"- **Step overhead.** Logged every step and written every 10 steps (a trainer's "
-            f"log interval), 32 keys add {ten.get('overhead', nan):+.1%} to the "
-            f"{bare * 1e3:.1f} ms bare step; the training thread spends "
-            f"{ten.get('in_calls_of_bare', nan):.1%} of the step inside distlog's calls. "
+            f"log interval), 32 keys add {aten.get('overhead', nan):+.1%} to the "
+            f"{bare * 1e3:.1f} ms bare step with `async_flush=True` "
+            f"({aten.get('in_calls_of_bare', nan):.1%} of the step inside distlog's calls, "
+            f"most of it the 32 `log_scalar` calls of a CPU tensor, each an `.item()`), and "
+            f"{ten.get('overhead', nan):+.1%} with the blocking flush "
+            f"({ten.get('in_calls_of_bare', nan):.1%} inside the calls). One hand-written "
+            f"async all_reduce of the same payload every 10 steps, with no logging calls at "
+            f"all, adds {aten_floor.get('overhead', nan):+.1%}: on 2 shared cores a hidden "
+            "collective still takes CPU from the step. "
             f"Flushing every step pays one fused collective every step: "
             f"{every.get('overhead', nan):+.1%}. The floor of anything that reduces across "
             f"ranks every step, one scalar all_reduce + .item() and nothing else, adds "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from itertools import compress
 
@@ -172,6 +173,9 @@ class Header:
         return all(summed[i] == size * mine[i] for i in range(3, len(mine)))
 
 
+_HEADER_ROW = struct.Struct(f"{Header.WIDTH}d")  # one row's header, read in one C call
+
+
 def read_headers(table: np.ndarray) -> tuple[bool, int]:
     """(do all ranks' (flush, step, version) match, the longest new-key blob: 0 if none) of a
     gathered table whose first [Header.WIDTH][distlog.layout.Header] columns are headers.
@@ -181,16 +185,17 @@ def read_headers(table: np.ndarray) -> tuple[bool, int]:
     explained by [check_headers][distlog.layout.check_headers]; NaN (a row the collective did
     not fill) never matches.
     """
-    if len(table) <= 16:
-        rows = table[:, : Header.WIDTH].tolist()
-        ids = rows[0][:3]
-        agree = ids[0] == ids[0]  # NaN: rank 0's row was not filled
+    if len(table) <= 16 and table.dtype == np.float64 and table.flags.c_contiguous:
+        unpack, stride = _HEADER_ROW.unpack_from, table.strides[0]
+        flush, step, version, _, _ = unpack(table, 0)
+        agree = flush == flush  # NaN: rank 0's row was not filled
         blob = 0.0
-        for r in rows:
-            if r[:3] != ids:
+        for offset in range(0, len(table) * stride, stride):
+            f, s, v, new_keys, blob_len = unpack(table, offset)
+            if f != flush or s != step or v != version:
                 agree = False
-            if r[3] and r[4] > blob:
-                blob = r[4]
+            if new_keys and blob_len > blob:
+                blob = blob_len
         return agree, int(blob)
     heads = table[:, :3]
     agree = bool((heads == heads[0]).all())

@@ -12,16 +12,18 @@ from distlog.buffer import Buffer, PayloadPlan, host_payloads
 from distlog.layout import Header, Layout, read_headers
 
 
-def _snapshot(reduces: list[str], seed: int, skip: float = 0.3):
+def _snapshot(
+    reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None
+):
     rng = random.Random(seed)
     buf = Buffer()
     for i, red in enumerate(reduces):
         buf.add(f"k/{i:03d}", 0.0, reduce=red)  # every key has a slot ...
     buf.swap()
     for i, red in enumerate(reduces):
-        if rng.random() < skip:
+        if repeats is None and rng.random() < skip:
             continue  # ... but not every key is logged in this window
-        for _ in range(rng.randint(1, 4)):
+        for _ in range(rng.randint(1, 4) if repeats is None else repeats[i]):
             buf.add(f"k/{i:03d}", rng.uniform(-5, 5), reduce=red)
     snap = buf.swap()
     layout = Layout(list(buf.known.values()), 1)
@@ -39,6 +41,30 @@ def test_fused_row_equals_general_path(seed: int) -> None:
     host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
     general = np.full(Header.WIDTH + lay.sum_size, np.nan)
     host_payloads(snap, plan, 0, 2, Header.WIDTH, general)  # no head: the general path
+    general[: Header.WIDTH] = head
+    np.testing.assert_array_equal(fused, general)
+
+
+@pytest.mark.parametrize(
+    "size, repeats",
+    [(63, "uniform"), (64, "uniform"), (300, "uniform"), (300, "one differs"), (300, "one unlogged")],
+)
+def test_fused_row_with_equal_counts_equals_general_path(size: int, repeats: str) -> None:
+    """From 64 slots the fused row fills equal counts at once: the same row either way."""
+    rng = random.Random(size)
+    reduces = [rng.choice(["mean", "sum"]) for _ in range(size)]
+    counts = [3] * size
+    if repeats == "one differs":
+        counts[size // 2] = 4
+    elif repeats == "one unlogged":
+        counts[-1] = 0
+    snap, plan, lay = _snapshot(reduces, size, repeats=counts)
+    assert snap.n == counts
+    head = [3.0, 7.0, 1.0, 0.0, 0.0]
+    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
+    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
     general[: Header.WIDTH] = head
     np.testing.assert_array_equal(fused, general)
 

@@ -546,12 +546,20 @@ class FusedRow:
     unweighted snapshot in two C calls: ``header, a, n`` are packed into a scratch array
     (``struct``, about 6 ns a float) and one ``np.take`` puts each slot where the layout wants
     it. Per-reduction numpy writes cost several microseconds each on a cold cache.
+
+    When every slot was logged equally often (one sample a step, the common case) the counts
+    are one number: only ``header, a`` are packed and the counts are one fill. Packing an int
+    as a double costs about 35 ns on a cold cache, a float 15: at 4096 keys this saves ~100 us.
     """
+
+    UNIFORM_FROM = 64  # below this many slots the extra fill costs more than it saves
 
     def __init__(self, plan: PayloadPlan, prefix: int) -> None:
         size, S = plan.size, Slots
         self.prefix = prefix
         self.packer = struct.Struct(f"{prefix + 2 * size}d")
+        self.values = struct.Struct(f"{prefix + size}d")  # header and values only
+        self.counts = slice(prefix + size, prefix + 2 * size)
         self.scratch = np.zeros(prefix + 2 * size + 1)  # the last slot stays 0.0
         a, n = prefix, prefix + size  # where the value and count lists start in the scratch
         index = np.full(prefix + plan.layout.sum_size, prefix + 2 * size, dtype=np.int64)
@@ -568,7 +576,12 @@ class FusedRow:
         self.index = index
 
     def build(self, snap: Snapshot, head: Sequence[float], out: np.ndarray) -> None:
-        self.packer.pack_into(self.scratch, 0, *head, *snap.a, *snap.n)  # type: ignore[arg-type]
+        n = snap.n
+        if len(n) >= self.UNIFORM_FROM and n.count(n[0]) == len(n):
+            self.values.pack_into(self.scratch, 0, *head, *snap.a)  # type: ignore[arg-type]
+            self.scratch[self.counts] = n[0]
+        else:
+            self.packer.pack_into(self.scratch, 0, *head, *snap.a, *n)  # type: ignore[arg-type]
         self.scratch.take(self.index, out=out)
 
 

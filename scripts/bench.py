@@ -1155,7 +1155,7 @@ def run_all(quick: bool) -> dict[str, Any]:
             got = run_world(w, jobs, timeout=240 if quick else 600)
             log(f"world of {w}: {perf() - t0:.1f}s")
         if w > 1:
-            got["floor"] = floor_worlds(w, floor_keys, reps=6 if quick else (30 if w <= 4 else 12))
+            got["floor"] = floor_worlds(w, floor_keys, reps=6 if quick else (60 if w <= 4 else 24))
         if "flush_sweep" in got:
             res["flush"][str(w)] = got["flush_sweep"]
         for label in (
@@ -1996,10 +1996,12 @@ def analysis(res: dict[str, Any]) -> list[str]:
         "layouts use a few numpy writes per reduction); every rank reads the gathered headers "
         "as a few Python numbers, and only rank 0's writer thread reduces the table and decodes "
         "the row. What the floor table still shows above one collective is the fixed Python "
-        "work that is left, which on this 2-core host runs on a cold cache right after each "
-        "collective (reading two header rows costs 0.6 us in a loop and 20-25 us right after a "
-        "gloo wait), and at 1024+ keys converting the taken slot lists and freeing them "
-        "(10-20 ns a key each, on every rank). "
+        "work that is left, about 40-50 function calls a flush, which on this 2-core host run "
+        "on a cold cache: right after a gloo wait even an empty lambda costs 1.5 us against "
+        "0.2 us in a loop, and reading two header rows 12-17 us against 1.6-2.5 us. At "
+        "1024+ keys it is converting the taken slot lists and freeing them, on every rank: "
+        "about 15 ns a float and 10 ns a list item just to read it, cold (when every key was "
+        "logged equally often the counts are one fill, not one conversion a key). "
         "`Logger(async_flush=True)` takes the exchange off the training thread: the time "
         "inside `flush()` is in the floor table's last column. On NCCL the header all_gather "
         "stays separate, since reading a header from a GPU payload would make every rank wait "

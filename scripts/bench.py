@@ -1476,8 +1476,9 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 (
                     f"flush every 10 steps ({'async_flush' if judged else 'blocking'}): "
                     f"within {TARGET_SPARSE_STEP:.0%} of the bare step",
-                    f"{o['overhead']:+.1%} wall, {o.get('in_calls_of_bare', math.nan):.1%} of "
-                    "the step inside distlog's calls",
+                    f"{o['overhead']:+.1%} ± {o.get('overhead_se', math.nan):.1%} wall, "
+                    f"{o.get('in_calls_of_bare', math.nan):.1%} of the step inside distlog's "
+                    "calls",
                     f"(the floor, one async all_reduce of the payload every 10 steps and no "
                     f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%})"
                     if judged
@@ -1536,7 +1537,15 @@ def step_overheads(per_rank: list[dict[str, Any]]) -> dict[str, dict[str, float]
     for name, v in slowest.items():
         # Pair each round with the bare round next to it: cancels slow drifts of machine load.
         paired = [x / b - 1 for x, b in zip(v, slowest["bare step"], strict=True)]
-        out[name] = {"ms": med(v) * 1e3, "bare_ms": bare * 1e3, "overhead": med(paired)}
+        # Standard error of that median (normal approximation): how far the host's round-to-
+        # round noise lets the figure be trusted. On a busy 2-core host it is a few %.
+        se = 1.2533 * statistics.pstdev(paired) / math.sqrt(len(paired)) if paired else math.nan
+        out[name] = {
+            "ms": med(v) * 1e3,
+            "bare_ms": bare * 1e3,
+            "overhead": med(paired),
+            "overhead_se": se,
+        }
         hooks = [r.get("hook_round_s", {}).get(name) for r in per_rank]
         if all(hooks):
             # time the training thread spends inside the logging calls, slowest rank
@@ -1811,7 +1820,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             "calls* is the time the training thread spends inside the logging code (log calls "
             "and flushes, collectives included), slowest rank. *CPU added* is the process CPU "
             "time (all threads: writer, gloo) added per step, slowest rank. Both as a share of "
-            "the bare step. Values logged are 0-d CPU tensors."
+            "the bare step. Values logged are 0-d CPU tensors. The ± after an overhead is "
+            "the standard error of its median over the rounds: on a shared host a round's step "
+            "time moves by 10-20% from one round to the next, so a wall figure is only as good "
+            "as that; *in the calls* is measured directly and varies far less."
         )
         add("")
         add("| variant | step time | overhead over bare (wall) | in the calls | CPU added |")
@@ -1823,7 +1835,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
                 if "in_calls_ms" in o and name != "bare step"
                 else "-"
             )
-            add(f"| {name} | {o['ms']:.2f} ms | {o['overhead']:+.1%} | {calls} | {cpu} |")
+            wall = f"{o['overhead']:+.1%}" + (
+                f" ± {o['overhead_se']:.1%}" if name != "bare step" and "overhead_se" in o else ""
+            )
+            add(f"| {name} | {o['ms']:.2f} ms | {wall} | {calls} | {cpu} |")
         add("")
 
     # lightning

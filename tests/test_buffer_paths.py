@@ -12,9 +12,7 @@ from distlog.buffer import Buffer, PayloadPlan, host_payloads
 from distlog.layout import Header, Layout, read_headers
 
 
-def _snapshot(
-    reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None
-):
+def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):
     rng = random.Random(seed)
     buf = Buffer()
     for i, red in enumerate(reduces):
@@ -47,7 +45,13 @@ def test_fused_row_equals_general_path(seed: int) -> None:
 
 @pytest.mark.parametrize(
     "size, repeats",
-    [(63, "uniform"), (64, "uniform"), (300, "uniform"), (300, "one differs"), (300, "one unlogged")],
+    [
+        (63, "uniform"),
+        (64, "uniform"),
+        (300, "uniform"),
+        (300, "one differs"),
+        (300, "one unlogged"),
+    ],
 )
 def test_fused_row_with_equal_counts_equals_general_path(size: int, repeats: str) -> None:
     """From 64 slots the fused row fills equal counts at once: the same row either way."""

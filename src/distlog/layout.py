@@ -186,12 +186,12 @@ def read_headers(table: np.ndarray) -> tuple[bool, int]:
     not fill) never matches.
     """
     if len(table) <= 16 and table.dtype == np.float64 and table.flags.c_contiguous:
-        unpack, stride = _HEADER_ROW.unpack_from, table.strides[0]
-        flush, step, version, _, _ = unpack(table, 0)
+        unpack, stride, data = _HEADER_ROW.unpack_from, table.strides[0], table.data
+        flush, step, version, _, _ = unpack(data, 0)
         agree = flush == flush  # NaN: rank 0's row was not filled
         blob = 0.0
         for offset in range(0, len(table) * stride, stride):
-            f, s, v, new_keys, blob_len = unpack(table, offset)
+            f, s, v, new_keys, blob_len = unpack(data, offset)
             if f != flush or s != step or v != version:
                 agree = False
             if new_keys and blob_len > blob:

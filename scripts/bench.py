@@ -1076,7 +1076,7 @@ def run_all(quick: bool) -> dict[str, Any]:
     t_start = perf()
     if quick:
         keys, worlds, reps, warmup, budget = [1, 32], [1, 2], 8, 2, 64
-        floor_keys = [1, 128]
+        floor_keys = [8]
     else:
         keys, worlds, reps, warmup, budget = [1, 8, 32, 128, 512, 1024], [1, 2, 4, 8], 40, 3, 3072
         floor_keys = [1, 8, 128, 1024, 4096]

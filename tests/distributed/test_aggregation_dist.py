@@ -138,6 +138,23 @@ def pool3():
     pool.close()
 
 
+# Long-lived groups for the explicit cases whose loggers all finish (no timeout, no dead rank):
+# starting processes once saves seconds a case. Cases that time out or leave a rank behind
+# keep fresh processes (run_ranks).
+@pytest.fixture(scope="module")
+def pool2():
+    pool = RankPool(2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def pool4():
+    pool = RankPool(4)
+    yield pool
+    pool.close()
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(scenario=scenarios(3), collective=st.sampled_from(["all_gather", "all_reduce"]))
 def test_random_key_subsets_match_reference(pool3, scenario, collective):
@@ -186,8 +203,8 @@ def every_reduction(rank: int, tmp: str, collective: str):
 
 
 @pytest.mark.parametrize("collective", ["all_gather", "all_reduce"])
-def test_every_reduction_on_four_ranks(tmp_path, collective):
-    res = run_ranks(every_reduction, 4, str(tmp_path), collective)
+def test_every_reduction_on_four_ranks(pool4, tmp_path, collective):
+    res = pool4.run(every_reduction, str(tmp_path), collective, timeout=120)
     samples = [[10.0 * r + i for i in range(r + 1)] for r in range(4)]
     flat = [v for s in samples for v in s]
     weights = [[i + 1 for i in range(r + 1)] for r in range(4)]
@@ -234,8 +251,8 @@ def spread_and_subsets(rank: int, tmp: str, collective: str):
 
 
 @pytest.mark.parametrize("collective", ["all_gather", "all_reduce"])
-def test_spread_and_keys_only_some_ranks_log(tmp_path, collective):
-    results = run_ranks(spread_and_subsets, 3, str(tmp_path), collective)
+def test_spread_and_keys_only_some_ranks_log(pool3, tmp_path, collective):
+    results = pool3.run(spread_and_subsets, str(tmp_path), collective, timeout=120)
     row = results[0][0]
     # one all_gather; the all-reduce protocol carries the spread's extremes in a MAX all_reduce
     assert all(steady == (1 if collective == "all_gather" else 2) for _, steady in results)
@@ -273,8 +290,8 @@ def bad_input_on_one_rank(rank: int, tmp: str):
     return row, errors
 
 
-def test_bad_input_raises_on_that_rank_and_nobody_hangs(tmp_path):
-    res = run_ranks(bad_input_on_one_rank, 2, str(tmp_path), timeout=60)
+def test_bad_input_raises_on_that_rank_and_nobody_hangs(pool2, tmp_path):
+    res = pool2.run(bad_input_on_one_rank, str(tmp_path), timeout=60)
     row, _ = res[0]
     _, errors = res[1]
     assert row == {"ok": 0.5}  # what was buffered before the errors is kept; "fine" was not logged
@@ -296,8 +313,8 @@ def conflicting_reductions(rank: int, tmp: str):
     return outcome
 
 
-def test_conflicting_reductions_raise_on_every_rank_and_keep_the_row(tmp_path):
-    outcomes = run_ranks(conflicting_reductions, 2, str(tmp_path))
+def test_conflicting_reductions_raise_on_every_rank_and_keep_the_row(pool2, tmp_path):
+    outcomes = pool2.run(conflicting_reductions, str(tmp_path), timeout=120)
     for out in outcomes:
         assert "shared" in out and "'max'" in out, out
     rows = distlog.read_metrics(tmp_path)
@@ -364,10 +381,12 @@ def gather_or_reduce(rank: int, tmp: str, limit: int | None):
 
 
 @pytest.mark.parametrize(("limit", "steady"), [(None, 1), (0, 2)])
-def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(tmp_path, limit, steady):
+def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(
+    pool2, tmp_path, limit, steady
+):
     """Within gather_limit_bytes a flush is one all_gather (min/max included); past it, the
     fused all_reduce and a MAX all_reduce. Both give the same rows."""
-    results = run_ranks(gather_or_reduce, 2, str(tmp_path), limit)
+    results = pool2.run(gather_or_reduce, str(tmp_path), limit, timeout=120)
     for counts, _ in results:
         assert counts == [3 if steady == 1 else 4, steady, steady]
     rows = results[0][1]

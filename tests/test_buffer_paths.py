@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distlog.buffer import Buffer, PayloadPlan, host_payloads
-from distlog.layout import Header, Layout, read_headers
+from distlog.layout import Header, HeaderReader, Layout, read_headers
 
 
 def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):
@@ -91,22 +91,33 @@ def test_weighted_snapshot_takes_the_general_path() -> None:
     assert sums[Header.WIDTH :].tolist() == [10.0, 4.0, 2.0]
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["read_headers", "one HeaderReader"])
 @pytest.mark.parametrize("ranks", [2, 5, 16, 17, 40])
-def test_read_headers(ranks: int) -> None:
+def test_read_headers(ranks: int, reused: bool) -> None:
+    """A fresh read and one reader kept across in-place changes of its table (as the gather
+    protocol keeps it, flush after flush) see the same thing, on both sides of 16 rows."""
     table = np.zeros((ranks, Header.WIDTH + 3))
+    reader = HeaderReader(table)
+
+    def read() -> tuple[bool, int]:
+        return reader.read() if reused else read_headers(table)
+
     table[:, :3] = [4, 10, 2]
-    assert read_headers(table) == (True, 0)
+    assert read() == (True, 0)
     table[ranks - 1, 3:5] = [1, 57]  # the last rank brings new keys
     table[0, 3:5] = [1, 12]
-    assert read_headers(table) == (True, 57)
+    assert read() == (True, 57)
     table[ranks // 2, 1] = 11  # one rank is at another step
-    assert read_headers(table)[0] is False
+    assert read()[0] is False
     table[ranks // 2, 1] = 10
     table[0, 0] = math.nan  # a row the collective did not fill
-    assert read_headers(table)[0] is False
+    assert read()[0] is False
     table[0, 0] = 4
     table[ranks - 1, 0] = math.nan
-    assert read_headers(table)[0] is False
+    assert read()[0] is False
+    table[:, 0] = 5  # the next flush: every rank at flush 5, nobody with new keys
+    table[:, 3:5] = 0
+    assert read() == (True, 0)
 
 
 def test_cpu_tensors_fold_like_numbers() -> None:

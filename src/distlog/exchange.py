@@ -42,6 +42,7 @@ from distlog.buffer import (
 from distlog.errors import KeyConflictError, LogValueError, RankDivergenceError
 from distlog.layout import (
     Header,
+    HeaderReader,
     KeySpec,
     Layout,
     check_headers,
@@ -153,6 +154,8 @@ class GatherBuffers:
         self.table = torch.empty(size, width, dtype=torch.float64)
         self.table_np = self.table.numpy()
         self.rows = list(self.table.unbind(0))  # views: gloo writes each rank's row in place
+        self.flush_ids = self.table_np[:, 0]  # NaN-filled before each collective
+        self.headers = HeaderReader(self.table_np)
 
 
 def all_gather(group: Any, rows: list[torch.Tensor], mine: torch.Tensor) -> None:
@@ -494,13 +497,13 @@ def _gather_round(
         row[: Header.WIDTH] = header.gathered()
     else:
         ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
-    table = buf.table_np
-    table[:, 0] = np.nan  # a table the collective did not fill can never pass as whole
+    buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole
     # Kept until the logger has taken the row (settle()): a signal handler that runs after the
     # collective returned salvages the row from this table.
     ex._inflight = None if header.new_keys else (header, buf.table, lay)
     ex.collective(step, lambda: all_gather(ex.group, buf.rows, buf.send))
-    agree, blob_len = read_headers(table)
+    agree, blob_len = buf.headers.read()
+    table = buf.table_np
     if not agree:
         ex.check(step, table[:, : Header.WIDTH])
     return table, blob_len

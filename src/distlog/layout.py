@@ -176,30 +176,48 @@ class Header:
 _HEADER_ROW = struct.Struct(f"{Header.WIDTH}d")  # one row's header, read in one C call
 
 
-def read_headers(table: np.ndarray) -> tuple[bool, int]:
-    """(do all ranks' (flush, step, version) match, the longest new-key blob: 0 if none) of a
-    gathered table whose first [Header.WIDTH][distlog.layout.Header] columns are headers.
+class HeaderReader:
+    """Answers, for one gathered table reused flush after flush, the steady-state question of
+    every gather flush: do all ranks' (flush, step, version) match, and how long is the longest
+    new-key blob (0: none)? The table's first [Header.WIDTH][distlog.layout.Header] columns
+    are the ranks' headers.
 
-    The steady-state question of every gather flush, so it is cheap: a few rows are read as
-    Python numbers (a numpy comparison costs more below ~16 rows). A mismatch is then
-    explained by [check_headers][distlog.layout.check_headers]; NaN (a row the collective did
-    not fill) never matches.
+    It must be cheap. Up to 16 rows, each row's header is unpacked as Python numbers from a
+    buffer view taken once (right after a collective, even reading ``table.dtype`` or
+    ``table.strides`` costs microseconds on a cold cache); above that, one numpy comparison.
+    A mismatch is then explained by [check_headers][distlog.layout.check_headers]; NaN (a
+    row the collective did not fill) never matches.
     """
-    if len(table) <= 16 and table.dtype == np.float64 and table.flags.c_contiguous:
-        unpack, stride, data = _HEADER_ROW.unpack_from, table.strides[0], table.data
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+        small = len(table) <= 16 and table.dtype == np.float64 and table.flags.c_contiguous
+        self.data = table.data if small else None
+        self.offsets = range(0, table.strides[0] * len(table), table.strides[0])
+
+    def read(self) -> tuple[bool, int]:
+        data = self.data
+        if data is None:
+            table = self.table
+            heads = table[:, :3]
+            agree = bool((heads == heads[0]).all())
+            return agree, int(table[:, 4].max()) if table[:, 3].any() else 0
+        unpack = _HEADER_ROW.unpack_from
         flush, step, version, _, _ = unpack(data, 0)
         agree = flush == flush  # NaN: rank 0's row was not filled
         blob = 0.0
-        for offset in range(0, len(table) * stride, stride):
+        for offset in self.offsets:
             f, s, v, new_keys, blob_len = unpack(data, offset)
             if f != flush or s != step or v != version:
                 agree = False
             if new_keys and blob_len > blob:
                 blob = blob_len
         return agree, int(blob)
-    heads = table[:, :3]
-    agree = bool((heads == heads[0]).all())
-    return agree, int(table[:, 4].max()) if table[:, 3].any() else 0
+
+
+def read_headers(table: np.ndarray) -> tuple[bool, int]:
+    """[HeaderReader][distlog.layout.HeaderReader]'s answer for a table read once."""
+    return HeaderReader(table).read()
 
 
 def check_headers(step: int, rows: np.ndarray, ranks: tuple[int, ...]) -> None:

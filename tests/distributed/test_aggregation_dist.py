@@ -381,9 +381,7 @@ def gather_or_reduce(rank: int, tmp: str, limit: int | None):
 
 
 @pytest.mark.parametrize(("limit", "steady"), [(None, 1), (0, 2)])
-def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(
-    pool2, tmp_path, limit, steady
-):
+def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(pool2, tmp_path, limit, steady):
     """Within gather_limit_bytes a flush is one all_gather (min/max included); past it, the
     fused all_reduce and a MAX all_reduce. Both give the same rows."""
     results = pool2.run(gather_or_reduce, str(tmp_path), limit, timeout=120)

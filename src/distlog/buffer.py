@@ -531,6 +531,14 @@ class PayloadPlan:
         self.spread_specs = [specs[i] for i in spread]
         self._fused: FusedRow | None = None
 
+    def fused_for(self, snap: Snapshot, prefix: int) -> FusedRow | None:
+        """The [FusedRow][distlog.buffer.FusedRow] that lays ``snap`` out, or None where it
+        does not apply: tensor samples, ``last`` values or weighted samples in the snapshot, or
+        a layout that is not means and sums only."""
+        if snap.t_vals or snap.lasts or snap.weighted:
+            return None
+        return self.fused(prefix)
+
     def fused(self, prefix: int) -> FusedRow | None:
         """The [FusedRow][distlog.buffer.FusedRow] of this plan's layout after ``prefix`` header
         slots, when the layout holds means and sums only (no min/max, last or spread)."""
@@ -608,7 +616,7 @@ def host_payloads(
     sums, maxes = out[:split], out[split:]
     size = plan.size
     if head is not None:
-        fused = None if snap.weighted else plan.fused(prefix)
+        fused = plan.fused_for(snap, prefix)
         if fused is not None:  # the common case: means and sums, no weights
             fused.build(snap, head, out)
             return sums, maxes

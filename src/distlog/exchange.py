@@ -495,6 +495,8 @@ def _gather_round(
         row[Header.WIDTH : Header.WIDTH + lay.sum_size] = 0.0
         row[Header.WIDTH + lay.sum_size :] = lay.max_init
         row[: Header.WIDTH] = header.gathered()
+    elif (fused := ex.plan(snap).fused_for(snap, Header.WIDTH)) is not None:
+        fused.build(snap, header.gathered(), row)  # the common case, in two C calls
     else:
         ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
     buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole

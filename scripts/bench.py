@@ -1451,12 +1451,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             # step table: the ratio of two medians of separate rounds carries the load's drift.
             added, floor_added = a["overhead"] * a["bare_ms"], fa["overhead"] * fa["bare_ms"]
             ratio = added / floor_added if floor_added > 0 else math.inf
+            se_a = a.get("overhead_se", math.nan) * a["bare_ms"]
+            se_f = fa.get("overhead_se", math.nan) * fa["bare_ms"]
             out.append(
                 (
                     f"async_flush, 32 keys flushed every step: added time <= "
                     f"{TARGET_ASYNC_STEP_RATIO:g}x that of one hand-written async all_reduce "
                     "of the same payload, 2 ranks",
-                    f"{ratio:.2f}x ({added:+.2f} ms vs {floor_added:+.2f} ms a step)",
+                    f"{ratio:.2f}x ({added:+.2f} ± {se_a:.2f} ms vs {floor_added:+.2f} ± "
+                    f"{se_f:.2f} ms a step)",
                     "",
                     ratio <= TARGET_ASYNC_STEP_RATIO,
                 )

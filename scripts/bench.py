@@ -282,13 +282,20 @@ def job_flush_sweep(
     return out
 
 
+_TIMING: set[str] = set()  # labels being timed now: a nested call is not counted twice
+
+
 def _timed(fn: Any, label: str, into: dict[str, float]) -> Any:
     def timed(*a: Any, **k: Any) -> Any:
+        if label in _TIMING:
+            return fn(*a, **k)
+        _TIMING.add(label)
         t0 = perf()
         try:
             return fn(*a, **k)
         finally:
             into[label] = into.get(label, 0.0) + perf() - t0
+            _TIMING.discard(label)
 
     return timed
 
@@ -303,6 +310,7 @@ def _time_calls(obj: Any, name: str, label: str, into: dict[str, float]) -> None
 def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str, Any]:
     """Where a flush's time goes, by timing the logger's own steps from outside (best effort)."""
     import distlog
+    import distlog.buffer as buf_mod
     import distlog.exchange as agg_mod
 
     out: dict[str, Any] = {}
@@ -316,6 +324,9 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
         _time_calls(ex, "collective", "collectives (all)", current)
         orig_resolve = agg_mod.PendingRow.resolve
         agg_mod.PendingRow.resolve = _timed(orig_resolve, "decode row", current)  # type: ignore[method-assign]
+        # the gather protocol builds a means-and-sums row straight into its send row
+        orig_build = buf_mod.FusedRow.build
+        buf_mod.FusedRow.build = _timed(orig_build, "build payload", current)  # type: ignore[method-assign]
         names = [f"bench/{i:04d}" for i in range(n)]
         vals = [torch.tensor(float(i)) for i in range(n)]
         try:
@@ -333,6 +344,7 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
                         timers.setdefault(label, []).append(v)
         finally:
             agg_mod.PendingRow.resolve = orig_resolve  # type: ignore[method-assign]
+            buf_mod.FusedRow.build = orig_build  # type: ignore[method-assign]
         logger.finish()
         out[str(n)] = {label: med(v) for label, v in timers.items()}
     return out

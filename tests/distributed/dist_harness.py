@@ -25,6 +25,17 @@ import torch.multiprocessing as mp
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
+def wait_for_file(path: str | Path, seconds: float) -> None:
+    """Stay away (hang, or compute) until another rank creates ``path``, at most ``seconds``:
+    a rank that plays the missing one leaves as soon as the others have seen their errors,
+    with no fixed sleep to sit out."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

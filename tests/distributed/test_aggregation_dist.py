@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dist_harness import RankPool, run_ranks
+from dist_harness import RankPool, run_ranks, wait_for_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import assert_rows_close, reference_row
@@ -336,12 +336,7 @@ def skipped_flush(rank: int, tmp: str):
     logger.log_scalar("x", 1.0)
     gave_up = Path(tmp, "rank0-gave-up")
     if rank == 1:
-        import time
-
-        # Never reaches the flush in time: stays away until rank 0 has its error (at most 8 s).
-        deadline = time.monotonic() + 8
-        while not gave_up.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_file(gave_up, 8)  # never reaches the flush in time
         return "skipped"
     try:
         logger.flush(0)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dist_harness import run_ranks
+from dist_harness import run_ranks, wait_for_file
 
 import distlog
 
@@ -39,10 +39,8 @@ def _flush_and_time(logger: distlog.Logger, step: int) -> tuple[float, str]:
 
 def _stay_away_until_rank0_gave_up(tmp: str) -> None:
     """Rank 1 hangs (or computes) until rank 0 has seen its errors, at most as long as rank 0
-    may take to see them: no fixed sleep to sit out."""
-    deadline = time.monotonic() + TIMEOUT + SLACK + 1
-    while not Path(tmp, "rank0-gave-up").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    may take to see them."""
+    wait_for_file(Path(tmp, "rank0-gave-up"), TIMEOUT + SLACK + 1)
 
 
 def diverge(rank: int, tmp: str, how: str):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distlog.buffer import Buffer, PayloadPlan, host_payloads
-from distlog.layout import Header, HeaderReader, Layout, read_headers
+from distlog.layout import Header, HeaderReader, KeySpec, Layout, read_headers
 
 
 def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):
@@ -146,3 +146,36 @@ def test_cpu_tensors_fold_like_numbers() -> None:
     with pytest.raises((LogTypeError, LogValueError), match="'pair'"):
         fast.add("pair", torch.tensor([1.0, 2.0]))
     assert "pair" not in fast.known  # refused before anything was buffered
+
+
+def test_a_prepared_window_takes_keys_registered_after_it() -> None:
+    """The clean lists a flush builds while its collective is in flight (prepare_window) are
+    used by the next swap; a key first logged in between still gets its slot there."""
+    buf = Buffer()
+    buf.add("a", 1.0)
+    buf.add("m", 5.0, reduce="max")
+    buf.swap()
+    buf.prepare_window()
+    buf.add("late", 2.0, reduce="min")  # registered after the window was built
+    snap = buf.swap()
+    assert snap.size == 3 and snap.n == [0, 0, 1] and snap.a[2] == 2.0
+    buf.add("late", 4.0, reduce="min")
+    buf.add("m", 7.0, reduce="max")
+    snap = buf.swap()  # the window the swap before gave out, extended to the late key
+    assert snap.n == [0, 1, 1]
+    assert snap.a == [0.0, 7.0, 4.0]
+    assert len(buf.swap().a) == 3  # and every later window has its slot too
+
+
+def test_a_prepared_window_is_not_used_after_a_spec_change() -> None:
+    """A slot whose reduction changed since the window was built starts from the new
+    reduction's neutral value (a max must not start at the 0.0 of a mean)."""
+    buf = Buffer()
+    buf.add("x", 1.0)
+    buf.swap()
+    buf.prepare_window()
+    buf.respec("x", KeySpec("x", "max"), None)  # what a key exchange may do
+    buf.add("x", -3.0, reduce="max")
+    assert buf.swap().a == [-3.0]
+    buf.add("x", -5.0, reduce="max")  # into the window that swap gave out
+    assert buf.swap().a == [-5.0]  # it started at -inf, so max(-inf, -5) = -5

@@ -122,6 +122,7 @@ class Buffer:
         self._lasts: dict[int, torch.Tensor] = {}
         self._wc: dict[int, int] = {}
         self.respecs = 0  # counts slot spec changes (payload plans depend on the specs)
+        self._prepared: tuple[int, list[float], list[float], list[int]] | None = None
 
     # ------------------------------------------------------------------ hot path
     def add(
@@ -400,12 +401,16 @@ class Buffer:
     def swap(self) -> Snapshot:
         """Take everything logged since the last swap and start a clean window.
 
-        The clean lists are built before the lock is taken; under it, the swap itself is a
+        The clean lists were built by [prepare_window][distlog.buffer.Buffer.prepare_window]
+        (else they are built now), before the lock is taken; under it, the swap itself is a
         handful of reference assignments, so a thread logging meanwhile waits O(1).
         """
-        a0 = self._a0
-        size = len(a0)
-        fresh_a, fresh_b, fresh_n = list(a0), [0.0] * size, [0] * size
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == self.respecs:
+            fresh_a, fresh_b, fresh_n = prepared[1:]
+        else:
+            fresh_a, fresh_b, fresh_n = self._clean_window()
+        size = len(fresh_a)
         with self.lock:
             if len(self.specs) > size:  # a key was registered since: give it its slot too
                 extra = self._a0[size:]
@@ -419,6 +424,17 @@ class Buffer:
             self._a, self._b, self._n = fresh_a, fresh_b, fresh_n
             self._tv, self._ts, self._tw, self._lasts, self._wc = [], [], [], {}, {}
         return snap
+
+    def prepare_window(self) -> None:
+        """Build the next swap's clean lists now: a flush calls this while its collective is in
+        flight, so the next swap does no O(keys) work. A key registered in between gets its
+        slot at the swap; a spec change since (``respecs``) makes the swap build them anew."""
+        self._prepared = (self.respecs, *self._clean_window())
+
+    def _clean_window(self) -> tuple[list[float], list[float], list[int]]:
+        fresh_a = list(self._a0)  # one C call: a key registered meanwhile is in or out whole
+        size = len(fresh_a)
+        return fresh_a, [0.0] * size, [0] * size
 
     def restore(self, snap: Snapshot) -> None:
         """Put a snapshot's samples back into the active window (a flush that could not run).

@@ -158,13 +158,13 @@ class GatherBuffers:
         self.headers = HeaderReader(self.table_np)
 
 
-def all_gather(group: Any, rows: list[torch.Tensor], mine: torch.Tensor) -> None:
-    """``dist.all_gather`` through the process group's own method when it has one: the same
-    collective without ~60 us of Python argument checks a flush does not need."""
+def all_gather(group: Any, rows: list[torch.Tensor], mine: torch.Tensor) -> Any:
+    """Start ``dist.all_gather`` and return its work, through the process group's own method
+    when it has one: the same collective without ~60 us of Python argument checks a flush does
+    not need."""
     if hasattr(group, "allgather"):
-        group.allgather([rows], [mine]).wait()
-    else:
-        dist.all_gather(rows, mine, group=group)
+        return group.allgather([rows], [mine])
+    return dist.all_gather(rows, mine, group=group, async_op=True)
 
 
 class Disagreement(RankDivergenceError):
@@ -209,6 +209,8 @@ class Exchange:
         self._inflight: tuple[Header, torch.Tensor, Layout] | None = None
         self._gbuf: GatherBuffers | None = None
         self._protocol: tuple[int, str] = (-1, "")
+        self._meanwhile: Callable[[], None] | None = None
+        self._in_flight: Any = None  # the started collective the flush has not waited for yet
 
     @property
     def communicates(self) -> bool:
@@ -216,21 +218,36 @@ class Exchange:
         return self.group is not None
 
     # ------------------------------------------------------------------ one flush
-    def run(self, snap: Snapshot, step: int) -> PendingRow | None:
+    def run(
+        self, snap: Snapshot, step: int, meanwhile: Callable[[], None] | None = None
+    ) -> PendingRow | None:
         """Reduce ``snap`` over the group (collective). Returns the writer's share on global
         rank 0, None elsewhere. Raises [RankDivergenceError][distlog.errors.RankDivergenceError]
         when the ranks are out of step; key conflicts are kept in ``conflict`` for the caller
-        to raise once the row is on its way."""
+        to raise once the row is on its way.
+
+        ``meanwhile`` (housekeeping that must not raise) runs once, while the first collective
+        is in flight: time this rank would otherwise spend waiting for the others.
+        """
         self.collectives = 0
-        self.check_usable()
-        if not self.communicates:
-            return self._run_locally(snap, step)
-        protocol = self.protocol()
-        self.last_protocol = protocol
-        run = _PROTOCOLS[protocol]
-        pending = run(self, snap, step)
-        self.flush_count += 1
-        return pending
+        self._meanwhile = meanwhile
+        try:
+            self.check_usable()
+            if not self.communicates:
+                return self._run_locally(snap, step)
+            protocol = self.protocol()
+            self.last_protocol = protocol
+            run = _PROTOCOLS[protocol]
+            pending = run(self, snap, step)
+            self.flush_count += 1
+            return pending
+        finally:
+            self._spare_time()
+
+    def _spare_time(self) -> None:
+        idle, self._meanwhile = self._meanwhile, None
+        if idle is not None:
+            idle()
 
     def check_usable(self) -> None:
         """Raise at once if an earlier collective failed (the group's state is unknown)."""
@@ -253,15 +270,20 @@ class Exchange:
             step, self.layout, self.world.group_ranks, local=(snap, plan, self.world.comm_device)
         )
 
-    def salvage(self) -> PendingRow | None:
-        """The row of a gather interrupted by a signal right after its collective returned.
+    def salvage(self, timeout: float | None = None) -> PendingRow | None:
+        """The row of a gather interrupted by a signal after its collective started.
 
-        A signal handler runs between two bytecodes of the interrupted flush; if the last
-        all_gather had completed, its table is whole and every header in it matches: the row
-        is decoded from it, so a row whose flush returned on the other ranks is not lost.
+        A signal handler runs between two bytecodes of the interrupted flush: right after the
+        all_gather returned, or while it is in flight and the flush does its ``meanwhile``
+        work. The collective is then waited for (at most ``timeout``, default the group's);
+        once it completed, its table is whole and every header in it matches: the row is
+        decoded from it, so a row whose flush returned on the other ranks is not lost.
         """
         inflight, self._inflight = self._inflight, None
         if inflight is None:
+            return None
+        work = self._in_flight
+        if work is not None and not _completes(work, self.timeout if timeout is None else timeout):
             return None
         header, out, lay = inflight
         table = out.numpy()
@@ -341,11 +363,21 @@ class Exchange:
         return Header(self.flush_count, step, self.layout.version, bool(new), len(blob))
 
     def collective(self, step: int, call: Callable[[], Any]) -> None:
-        """Run one collective; a timeout or a dead peer becomes a named RankDivergenceError."""
+        """Run one collective; a timeout or a dead peer becomes a named RankDivergenceError.
+
+        ``call`` may start the collective and return its work (``async_op=True``): the flush's
+        ``meanwhile`` work then runs before it is waited for."""
         self.collectives += 1
         start = time.monotonic()
         try:
-            call()
+            work = call()
+            if work is not None:
+                self._in_flight = work  # a signal handler may run meanwhile: see salvage()
+                try:
+                    self._spare_time()
+                    work.wait()
+                finally:
+                    self._in_flight = None
         except RuntimeError as exc:  # gloo reports timeouts and dead peers as RuntimeError
             waited = time.monotonic() - start
             missing = self._missing_ranks()
@@ -473,6 +505,17 @@ class Exchange:
             raise err
 
 
+def _completes(work: Any, timeout: float) -> bool:
+    """Poll a started collective until it completed (no lock: this may run in a signal
+    handler); False if ``timeout`` ran out first."""
+    deadline = time.monotonic() + timeout
+    while not work.is_completed():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 # ---------------------------------------------------------------------- the protocols
 def _reduce_table(table: np.ndarray, lay: Layout) -> tuple[np.ndarray, np.ndarray | None]:
     """Column sums of the SUM part and maxima of the MAX part of a gathered table, in rank
@@ -541,7 +584,7 @@ def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow |
         sums, maxes = ex.host_rows(snap, prefix=h)
     sums[:h] = header.summed()
     buf = torch.from_numpy(sums)
-    ex.collective(step, lambda: dist.all_reduce(buf, group=ex.group))
+    ex.collective(step, lambda: dist.all_reduce(buf, group=ex.group, async_op=True))
     if not header.agrees_with_sum(sums[:h], size):
         ex.gather_headers(step, header)  # names who is out of step; raises
         raise Disagreement(f"ranks disagree on the flush at log step {step}")

@@ -730,7 +730,7 @@ class Logger:
             return
         inflight = self._inflight
         if inflight is None:
-            salvaged = self._agg.salvage()  # a signal right after a gather returned
+            salvaged = self._agg.salvage(timeout)  # a signal during or right after a gather
             if salvaged is not None:
                 inflight = self._write_job(salvaged.step, salvaged)
         if inflight is not None and inflight.step > self._resume_after:

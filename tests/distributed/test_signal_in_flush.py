@@ -44,3 +44,36 @@ def test_sigterm_inside_the_flush_collective_keeps_the_row(tmp_path, async_flush
     assert [r["step"] for r in rows] == [0, 1]
     assert rows[1]["x"] == 10.5
     assert distlog.read_run_info(tmp_path)["exit_code"] == 128 + signal.SIGTERM
+
+
+def signalled_while_in_flight(rank: int, run_dir: str):
+    logger = distlog.Logger(run_dir=run_dir, async_write=True)
+    logger.log_scalar("x", float(rank))
+    logger.flush(0)
+    logger.log_scalar("x", 10.0 + rank)
+    if rank == 0:
+        buffer = logger.aggregator.buffer
+        prepare = buffer.prepare_window
+
+        def signal_first() -> None:  # runs after the gather started, before it is waited for
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode
+            prepare()
+
+        buffer.prepare_window = signal_first
+        logger.flush(1)
+        time.sleep(30)
+        return "survived"
+    time.sleep(3.0)
+    logger.flush(1)
+    return "flushed"
+
+
+def test_sigterm_while_the_gather_is_in_flight_keeps_the_row(tmp_path):
+    """A blocking flush does its housekeeping between starting the gather and waiting for it;
+    a signal handler that runs there waits for the gather and writes its row."""
+    res = run_ranks(signalled_while_in_flight, 2, str(tmp_path), expect_errors=True, timeout=120)
+    assert res[0] == ("died", -signal.SIGTERM), res[0]
+    assert res[1] == "flushed", res[1]
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[1]["x"] == 10.5

@@ -384,3 +384,53 @@ def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(pool2, tmp_pat
         assert counts == [3 if steady == 1 else 4, steady, steady]
     rows = results[0][1]
     assert rows == [{"loss": step + 0.5, "lat": 10.0 + step} for step in range(3)]
+
+
+class SlowSink:
+    """A sink slower than training: the writer falls several rows behind the exchange."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    def log_scalars(self, step, values):
+        import time
+
+        time.sleep(0.05)
+        self.rows.append((step, dict(values)))
+
+    def log_media(self, step, key, item):
+        pass
+
+    def log_config(self, config):
+        pass
+
+    def log_artifact(self, path, name, type):  # noqa: A002
+        pass
+
+    def close(self, exit_code=0):
+        pass
+
+
+def writer_behind(rank: int, tmp: str, keys: int, flushes: int):
+    logger = distlog.Logger(run_dir=tmp, async_write=True)
+    sink = SlowSink()
+    logger.add_sink(sink)
+    for step in range(flushes):
+        for k in range(keys):
+            logger.log_scalar(f"k/{k:03d}", float(1000 * step + 10 * k + rank))
+        logger.flush(step)  # returns long before the writer has written the row before
+    logger.finish()
+    return sink.rows
+
+
+def test_rows_stay_right_while_the_writer_lags_behind(pool2, tmp_path):
+    """Rank 0 lends the gather's table to its writer instead of copying it: with the writer
+    many rows behind, no table is gathered into before the writer has reduced it."""
+    keys, flushes = 70, 12
+    res = pool2.run(writer_behind, str(tmp_path), keys, flushes, timeout=120)
+    want = [
+        (step, {f"k/{k:03d}": 1000 * step + 10 * k + 0.5 for k in range(keys)})
+        for step in range(flushes)
+    ]
+    assert res[0] == want
+    assert [r["step"] for r in distlog.read_metrics(tmp_path)] == list(range(flushes))

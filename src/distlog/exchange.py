@@ -285,7 +285,7 @@ class Exchange:
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return None
-        work = self._in_flight
+        work, self._in_flight = self._in_flight, None
         if work is not None and not _completes(work, self.timeout if timeout is None else timeout):
             return None
         header, out, lay = inflight
@@ -384,13 +384,14 @@ class Exchange:
         try:
             work = call()
             if work is not None:
-                self._in_flight = work  # a signal handler may run meanwhile: see salvage()
-                try:
-                    self._spare_time()
-                    work.wait()
-                finally:
-                    self._in_flight = None
+                # Until it is waited for, a signal handler (or an interrupt raised meanwhile)
+                # must wait for it before reading its table: see salvage().
+                self._in_flight = work
+                self._spare_time()
+                work.wait()
+                self._in_flight = None
         except RuntimeError as exc:  # gloo reports timeouts and dead peers as RuntimeError
+            self._in_flight = self._inflight = None  # a failed gather's table is never read
             waited = time.monotonic() - start
             missing = self._missing_ranks()
             who = f"; ranks that never reached it: {missing}" if missing else ""
@@ -519,12 +520,16 @@ class Exchange:
 
 def _completes(work: Any, timeout: float) -> bool:
     """Poll a started collective until it completed (no lock: this may run in a signal
-    handler); False if ``timeout`` ran out first."""
+    handler); False if ``timeout`` ran out first or it failed."""
     deadline = time.monotonic() + timeout
     while not work.is_completed():
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.001)
+    try:
+        work.wait()  # completed: returns at once, or raises what failed it
+    except RuntimeError:
+        return False
     return True
 
 

@@ -77,3 +77,36 @@ def test_sigterm_while_the_gather_is_in_flight_keeps_the_row(tmp_path):
     rows = distlog.read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1]
     assert rows[1]["x"] == 10.5
+
+
+def interrupted_while_in_flight(rank: int, run_dir: str):
+    logger = distlog.Logger(run_dir=run_dir, async_write=True, handle_signals=False)
+    logger.log_scalar("x", float(rank))
+    logger.flush(0)
+    logger.log_scalar("x", 10.0 + rank)
+    if rank == 0:
+
+        def interrupt() -> None:  # Ctrl-C with no handler of distlog's, the gather in flight
+            raise KeyboardInterrupt
+
+        logger.aggregator.buffer.prepare_window = interrupt
+        try:
+            logger.flush(1)
+        except KeyboardInterrupt:
+            logger.close_locally(130)  # what the exit hooks do: the gather is still running
+            return "interrupted"
+        return "not interrupted"
+    time.sleep(3.0)
+    logger.flush(1)
+    return "flushed"  # no finish(): its last flush would wait for rank 0, which has left
+
+
+def test_an_interrupt_while_the_gather_is_in_flight_keeps_the_row(tmp_path):
+    """The interrupt leaves the flush before it waited for its gather: closing the logger
+    waits for the gather (rank 1 arrives 3 s later) and writes the row it brings."""
+    res = run_ranks(interrupted_while_in_flight, 2, str(tmp_path), timeout=120)
+    assert res == ["interrupted", "flushed"]
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert rows[1]["x"] == 10.5
+    assert distlog.read_run_info(tmp_path)["exit_code"] == 130

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 
 import numpy as np
 import pytest
 
 from distlog.buffer import Buffer, PayloadPlan, host_payloads
-from distlog.layout import Header, HeaderReader, KeySpec, Layout, read_headers
+from distlog.layout import Header, HeaderReader, KeySpec, Layout, decode_row, read_headers
 
 
 def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):
@@ -179,3 +180,43 @@ def test_a_prepared_window_is_not_used_after_a_spec_change() -> None:
     assert buf.swap().a == [-3.0]
     buf.add("x", -5.0, reduce="max")  # into the window that swap gave out
     assert buf.swap().a == [-5.0]  # it started at -inf, so max(-inf, -5) = -5
+
+
+SPECIAL = [0.0, -0.0, 1.0, -2.5, math.inf, -math.inf, math.nan, 1e308, 5e-324]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_plain_decoding_equals_the_numpy_one(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small layouts are decoded as Python numbers: the same row, key for key and bit for bit
+    (NaN, infinities, signed zeros, zero weights, keys nobody logged), as numpy's decoding."""
+    import distlog.layout as layout_module
+
+    rng = random.Random(seed)
+    specs = [
+        KeySpec(f"k/{i:02d}", rng.choice(["mean", "sum", "min", "max", "last"]), rng.random() < 0.2)
+        for i in range(rng.randint(1, layout_module.PLAIN_DECODE_UP_TO))
+    ]
+    lay = Layout(specs, 1)
+
+    def number() -> float:
+        return rng.choice(SPECIAL) if rng.random() < 0.4 else rng.uniform(-9, 9)
+
+    sums = np.array([number() for _ in range(lay.sum_size)])
+    maxes = np.array([number() for _ in range(lay.max_size)])
+    for spec in specs:  # presence slots: often absent, sometimes zero weight
+        if spec.reduce in ("min", "max"):
+            o = lay.max_off[spec.key]
+            maxes[o + 1], maxes[o + 2] = rng.choice([0.0, 1.0]), rng.choice([0.0, 0.0, 1.0])
+        else:
+            o = lay.sum_off[spec.key]
+            sums[o + (2 if spec.reduce == "mean" else 1)] = rng.choice([0.0, 1.0, 3.0])
+            if spec.reduce == "mean" and rng.random() < 0.3:
+                sums[o + 1] = 0.0
+    plain = decode_row(lay, sums, maxes, (0, 1, 2))
+    monkeypatch.setattr(layout_module, "PLAIN_DECODE_UP_TO", 0)
+    vectorised = decode_row(lay, sums, maxes, (0, 1, 2))
+    assert list(plain) == list(vectorised)  # the same keys, in the same order
+    for key, value in vectorised.items():
+        assert struct.pack("d", plain[key]) == struct.pack("d", value) or (
+            math.isnan(plain[key]) and math.isnan(value)
+        ), key

@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             out["log_history"] = trainer.state.log_history
         (run_dir.parent / f"raw_rank{rank}.json").write_text(json.dumps(out))
+    # The Trainer leaves its process group alive; an exit with a live gloo group can abort
+    # (SIGABRT at interpreter exit, about one exit in three with torch 2.13).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

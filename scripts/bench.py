@@ -1064,6 +1064,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+FLOOR_REPS = {2: 150, 4: 100, 8: 24}  # timed iterations of a floor world, by its ranks
+
+
 def floor_worlds(w: int, keys: list[int], reps: int) -> Any:
     """The floor comparison, each key count in fresh processes of its own.
 
@@ -1167,7 +1170,10 @@ def run_all(quick: bool) -> dict[str, Any]:
             got = run_world(w, jobs, timeout=240 if quick else 600)
             log(f"world of {w}: {perf() - t0:.1f}s")
         if w > 1:
-            got["floor"] = floor_worlds(w, floor_keys, reps=6 if quick else (60 if w <= 4 else 24))
+            # Process start-up dominates a floor world: more iterations on small worlds cost
+            # a second or two and steady the paired medians.
+            reps = 6 if quick else FLOOR_REPS.get(w, FLOOR_REPS[8])
+            got["floor"] = floor_worlds(w, floor_keys, reps=reps)
         if "flush_sweep" in got:
             res["flush"][str(w)] = got["flush_sweep"]
         for label in (
@@ -1634,11 +1640,12 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             "flush its writer thread (and the asynchronous exchange) finish outside the timing, "
             "as they would during a step's compute. Each key count runs in fresh processes of "
             "its own, as a job has one logger: a 4096-key logger's buffers in the same "
-            "processes would make a 1-key flush pay for cache misses no real job has. Medians, "
-            "rank 0 "
-            "and the slowest rank. *ratio* is distlog over the cheaper of the two floors: the "
-            "median over iterations of each flush over the floor measured next to it, on rank 0 "
-            "and on the rank where it is highest."
+            "processes would make a 1-key flush pay for cache misses no real job has. Medians "
+            f"over {FLOOR_REPS[2]} iterations on 2 ranks, {FLOOR_REPS[4]} on 4 and "
+            f"{FLOOR_REPS[8]} on 8, rank 0 and the slowest rank. "
+            "*ratio* is distlog over the cheaper of the two floors: the median over iterations "
+            "of each flush over the floor measured next to it, on rank 0 and on the rank where "
+            "it is highest."
         )
         add("")
         add(

@@ -209,11 +209,13 @@ class Exchange:
         self._checked = 0  # slots below this were sorted into placed / unplaced
         self._plan: PayloadPlan | None = None
         self._plan_key: tuple[int, int, int] = (-1, -1, -1)
-        self._inflight: tuple[Header, torch.Tensor, Layout] | None = None
+        # The last gather's header, table and layout until the logger took its row: what a
+        # signal handler salvages (see salvage()).
+        self._salvageable: tuple[Header, torch.Tensor, Layout] | None = None
         self._gbufs: list[GatherBuffers] = []  # this layout's; more than one only on rank 0
         self._protocol: tuple[int, str] = (-1, "")
         self._meanwhile: Callable[[], None] | None = None
-        self._in_flight: Any = None  # the started collective the flush has not waited for yet
+        self._unwaited: Any = None  # the started collective the flush has not waited for yet
 
     @property
     def communicates(self) -> bool:
@@ -282,13 +284,13 @@ class Exchange:
         once it completed, its table is whole and every header in it matches: the row is
         decoded from it, so a row whose flush returned on the other ranks is not lost.
         """
-        inflight, self._inflight = self._inflight, None
-        if inflight is None:
+        salvageable, self._salvageable = self._salvageable, None
+        if salvageable is None:
             return None
-        work, self._in_flight = self._in_flight, None
+        work, self._unwaited = self._unwaited, None
         if work is not None and not _completes(work, self.timeout if timeout is None else timeout):
             return None
-        header, out, lay = inflight
+        header, out, lay = salvageable
         table = out.numpy()
         want = np.array(header.gathered()[:3])
         if not (table[:, :3] == want).all() or table[:, 3].any():
@@ -296,7 +298,7 @@ class Exchange:
         return self.epilogue(header.step, *_reduce_table(table, lay))
 
     def settle(self) -> None:
-        self._inflight = None
+        self._salvageable = None
 
     # ------------------------------------------------------------------ shared pieces
     def new_specs(self, snap: Snapshot) -> list[KeySpec]:
@@ -386,12 +388,12 @@ class Exchange:
             if work is not None:
                 # Until it is waited for, a signal handler (or an interrupt raised meanwhile)
                 # must wait for it before reading its table: see salvage().
-                self._in_flight = work
+                self._unwaited = work
                 self._spare_time()
                 work.wait()
-                self._in_flight = None
+                self._unwaited = None
         except RuntimeError as exc:  # gloo reports timeouts and dead peers as RuntimeError
-            self._in_flight = self._inflight = None  # a failed gather's table is never read
+            self._unwaited = self._salvageable = None  # a failed gather's table is never read
             waited = time.monotonic() - start
             missing = self._missing_ranks()
             who = f"; ranks that never reached it: {missing}" if missing else ""
@@ -561,9 +563,9 @@ def _gather_round(
     else:
         ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
     buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole
-    # Kept until the logger has taken the row (settle()): a signal handler that runs after the
-    # collective returned salvages the row from this table.
-    ex._inflight = None if header.new_keys else (header, buf.table, lay)
+    # Kept until the logger has taken the row (settle()): a signal handler that runs once the
+    # collective started salvages the row from this table.
+    ex._salvageable = None if header.new_keys else (header, buf.table, lay)
     ex.collective(step, lambda: all_gather(ex.group, buf.rows, buf.send))
     agree, blob_len = buf.headers.read()
     if not agree:

@@ -113,12 +113,12 @@ class PendingRow:
     maxes: np.ndarray | torch.Tensor | None = None
     ready: Any = None  # a torch.cuda.Event when the payloads come from a GPU
     local: tuple[Snapshot, PayloadPlan, torch.device] | None = None
-    table: GatherBuffers | None = None  # the gather protocol's buffers, lent until reduced
+    gathered: GatherBuffers | None = None  # the gather protocol's buffers, lent until reduced
 
     def resolve(self) -> dict[str, float]:
-        if self.table is not None:
-            sums, mx = _reduce_table(self.table.table_np, self.layout)
-            self.table.lent = False  # the exchange may gather into it again
+        if self.gathered is not None:
+            sums, mx = _reduce_table(self.gathered.table_np, self.layout)
+            self.gathered.lent = False  # the exchange may gather into it again
             maxes = mx if mx is not None else np.zeros(0)
             return decode_row(self.layout, sums, maxes, self.group_ranks)
         if self.local is not None:
@@ -501,17 +501,17 @@ class Exchange:
     def epilogue(
         self, step: int, sums: np.ndarray | torch.Tensor | None,
         maxes: np.ndarray | torch.Tensor | None, ready: Any = None,
-        table: GatherBuffers | None = None,
+        gathered: GatherBuffers | None = None,
     ) -> PendingRow | None:  # fmt: skip
         """Every protocol's end: the writer's share on global rank 0, nothing elsewhere. The
         gather protocol lends its buffers, whose table the writer reduces (copying 4096 keys
         of 2 ranks costs ~30 us on a cold cache)."""
         if not self.world.is_global_zero:
             return None
-        if table is not None:
-            table.lent = True
+        if gathered is not None:
+            gathered.lent = True
         return PendingRow(
-            step, self.layout, self.world.group_ranks, sums, maxes, ready, table=table
+            step, self.layout, self.world.group_ranks, sums, maxes, ready, gathered=gathered
         )
 
     def raise_conflict(self) -> None:
@@ -585,7 +585,7 @@ def gather_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | Non
     if blob_len:  # some rank brought keys the layout lacks
         ex.exchange_specs(step, blob, blob_len, snap)
         buffers, _ = _gather_round(ex, snap, step, ex.header(step, [], b""))
-    return ex.epilogue(step, None, None, table=buffers)
+    return ex.epilogue(step, None, None, gathered=buffers)
 
 
 def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:

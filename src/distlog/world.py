@@ -266,6 +266,7 @@ def init_distributed(backend: str | None = None, *, timeout: timedelta | None = 
             kwargs["timeout"] = timeout
         dist.init_process_group(**kwargs)
         if backend == "gloo":
+            atexit.unregister(_destroy_at_exit)  # at most once, however often a group starts
             atexit.register(_destroy_at_exit)  # runs after the loggers' exit hook (LIFO)
     return World.current()
 

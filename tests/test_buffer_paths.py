@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from distlog.buffer import Buffer, PayloadPlan, host_payloads
-from distlog.layout import Header, HeaderReader, KeySpec, Layout, decode_row, read_headers
+from distlog.layout import (
+    REDUCTIONS,
+    SPREAD_MAXES,
+    SPREAD_SUMS,
+    Header,
+    HeaderReader,
+    KeySpec,
+    Layout,
+    Slots,
+    decode_row,
+    read_headers,
+)
 
 
 def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):
@@ -72,6 +83,63 @@ def test_fused_row_with_equal_counts_equals_general_path(size: int, repeats: str
     host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
     general[: Header.WIDTH] = head
     np.testing.assert_array_equal(fused, general)
+
+
+def test_fused_row_with_a_key_this_rank_never_logged_equals_general_path() -> None:
+    """A layout key this rank has no slot for (another rank's) stays neutral, counts included,
+    even when every slot of this rank was logged equally often."""
+    reduces = ["mean"] * 200 + ["sum"] * 100
+    snap, _, lay = _snapshot(reduces, 1, repeats=[2] * 300)
+    lay = Layout([*lay.specs, KeySpec("a/other", "mean"), KeySpec("zz/other", "sum")], 2)
+    plan = PayloadPlan(lay, snap.specs, snap.size)
+    head = [3.0, 7.0, 2.0, 0.0, 0.0]
+    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
+    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
+    general[: Header.WIDTH] = head
+    np.testing.assert_array_equal(fused, general)
+    body = fused[Header.WIDTH :]
+    for key, red in (("a/other", "mean"), ("zz/other", "sum")):
+        assert [body[lay.slot(red, kind, key)] for kind in range(3 if red == "mean" else 2)] == [
+            0.0
+        ] * (3 if red == "mean" else 2)
+    assert decode_row(lay, body, fused[:0], (0,)).keys() == {s.key for s in snap.specs}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_slot_of_a_layout_has_a_position_of_its_own(seed: int) -> None:
+    """The planes tile each payload exactly: no two slots share a position, none is left over,
+    a slot kind of a block is one contiguous slice in layout order, and in a layout of means
+    and sums the values come before every slot that counts samples."""
+    rng = random.Random(seed)
+    specs = [
+        KeySpec(f"k/{i:03d}", rng.choice(REDUCTIONS), rng.random() < 0.3)
+        for i in range(rng.randint(0, 30))
+    ]
+    lay = Layout(specs, 1)
+    sums: list[int] = []
+    maxes: list[int] = []
+    for spec in lay.specs:
+        side, width = (
+            (maxes, 3) if spec.reduce in ("min", "max") else (sums, Slots.SUM_WIDTH[spec.reduce])
+        )
+        side += [lay.slot(spec.reduce, kind, spec.key) for kind in range(width)]
+        if spec.spread:
+            sums += [lay.slot(SPREAD_SUMS, k, spec.key) for k in range(Slots.SPREAD_SUM_WIDTH)]
+            maxes += [lay.slot(SPREAD_MAXES, k, spec.key) for k in range(Slots.SPREAD_MAX_WIDTH)]
+    assert sorted(sums) == list(range(lay.sum_size))
+    assert sorted(maxes) == list(range(lay.max_size))
+    for (block, kind), plane in lay.planes.items():
+        keys = [
+            s.key
+            for s in lay.specs
+            if s.reduce == block or (block.startswith("spread") and s.spread)
+        ]
+        assert [lay.slot(block, kind, k) for k in keys] == list(range(plane.start, plane.stop))
+    plain = Layout([s for s in specs if s.reduce in ("mean", "sum")], 1)
+    values = [plain.slot(s.reduce, 0, s.key) for s in plain.specs]
+    assert sorted(values) == list(range(plain.values_end))
 
 
 def test_fused_row_is_not_used_for_other_reductions() -> None:
@@ -203,15 +271,19 @@ def test_plain_decoding_equals_the_numpy_one(seed: int, monkeypatch: pytest.Monk
 
     sums = np.array([number() for _ in range(lay.sum_size)])
     maxes = np.array([number() for _ in range(lay.max_size)])
+    S = Slots
     for spec in specs:  # presence slots: often absent, sometimes zero weight
-        if spec.reduce in ("min", "max"):
-            o = lay.max_off[spec.key]
-            maxes[o + 1], maxes[o + 2] = rng.choice([0.0, 1.0]), rng.choice([0.0, 0.0, 1.0])
+        red, key = spec.reduce, spec.key
+        if red in ("min", "max"):
+            maxes[lay.slot(red, S.EXT_PRESENT, key)] = rng.choice([0.0, 1.0])
+            maxes[lay.slot(red, S.EXT_NAN, key)] = rng.choice([0.0, 0.0, 1.0])
+        elif red == "mean":
+            sums[lay.slot(red, S.MEAN_COUNT, key)] = rng.choice([0.0, 1.0, 3.0])
+            if rng.random() < 0.3:
+                sums[lay.slot(red, S.MEAN_WEIGHT, key)] = 0.0
         else:
-            o = lay.sum_off[spec.key]
-            sums[o + (2 if spec.reduce == "mean" else 1)] = rng.choice([0.0, 1.0, 3.0])
-            if spec.reduce == "mean" and rng.random() < 0.3:
-                sums[o + 1] = 0.0
+            count = S.SUM_COUNT if red == "sum" else S.LAST_RANKS
+            sums[lay.slot(red, count, key)] = rng.choice([0.0, 1.0, 3.0])
     plain = decode_row(lay, sums, maxes, (0, 1, 2))
     monkeypatch.setattr(layout_module, "PLAIN_DECODE_UP_TO", 0)
     vectorised = decode_row(lay, sums, maxes, (0, 1, 2))

@@ -24,7 +24,16 @@ import torch
 
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
 from distlog.keys import check_key
-from distlog.layout import REDUCTIONS, SPREAD_SUFFIXES, KeySpec, Layout, Slots, pack_rank
+from distlog.layout import (
+    REDUCTIONS,
+    SPREAD_MAXES,
+    SPREAD_SUFFIXES,
+    SPREAD_SUMS,
+    KeySpec,
+    Layout,
+    Slots,
+    pack_rank,
+)
 from distlog.layout import spread_keys as _spread_keys
 from distlog.values import as_float, plain_tensor
 
@@ -523,25 +532,28 @@ class PayloadPlan:
 
     def __init__(self, layout: Layout, specs: list[KeySpec], size: int) -> None:
         self.layout, self.size = layout, size
+        # Per reduction: (snapshot slots, the keys' places in the layout's block).
         self.by_reduce: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for red in REDUCTIONS:
-            offs = layout.max_off if red in ("min", "max") else layout.sum_off
+            place = layout.place[red]
             pairs = [
-                (i, offs[specs[i].key])
+                (i, place[specs[i].key])
                 for i in range(size)
-                if specs[i].reduce == red and specs[i].key in offs
-                and layout.by_key[specs[i].key] == specs[i]
-            ]  # fmt: skip
+                if specs[i].reduce == red and layout.by_key.get(specs[i].key) == specs[i]
+            ]
             if pairs:
-                src, dst = zip(*pairs, strict=True)
-                self.by_reduce[red] = (np.array(src, np.int64), np.array(dst, np.int64))
-        # Absolute payload positions of each slot kind, so a flush indexes without arithmetic.
+                src, places = zip(*pairs, strict=True)
+                self.by_reduce[red] = (np.array(src, np.int64), np.array(places, np.int64))
+        # Payload positions of each slot kind, so a flush indexes without arithmetic.
         self.at = {
-            red: [dst + k for k in range(Slots.SUM_WIDTH[red] or Slots.MAX_WIDTH[red])]
-            for red, (_, dst) in self.by_reduce.items()
+            red: [
+                layout.slots(red, k, places)
+                for k in range(Slots.SUM_WIDTH[red] or Slots.MAX_WIDTH[red])
+            ]
+            for red, (_, places) in self.by_reduce.items()
         }
         spread = [
-            i for i in range(size) if specs[i].spread and specs[i].key in layout.spread_sum_off
+            i for i in range(size) if specs[i].spread and specs[i].key in layout.place[SPREAD_SUMS]
         ]
         self.spread_slots = np.array(spread, dtype=np.int64)
         self.spread_specs = [specs[i] for i in spread]
@@ -571,22 +583,22 @@ class FusedRow:
     (``struct``, about 6 ns a float) and one ``np.take`` puts each slot where the layout wants
     it. Per-reduction numpy writes cost several microseconds each on a cold cache.
 
-    When every slot was logged equally often (one sample a step, the common case) the counts
-    are one number: only ``header, a`` are packed and the counts are one fill. Packing an int
-    as a double costs about 35 ns on a cold cache, a float 15: at 4096 keys this saves ~100 us.
+    When every slot was logged equally often (one sample a step, the common case) and this rank
+    has a slot for every key of the layout, the counts are one number: only ``header, a`` are
+    packed and taken, and every slot after the values (weights and counts: the layout puts them
+    last) is one fill. Packing an int as a double costs about 35 ns on a cold cache, a float 15.
     """
 
     UNIFORM_FROM = 64  # below this many slots the extra fill costs more than it saves
 
     def __init__(self, plan: PayloadPlan, prefix: int) -> None:
-        size, S = plan.size, Slots
+        size, S, lay = plan.size, Slots, plan.layout
         self.prefix = prefix
         self.packer = struct.Struct(f"{prefix + 2 * size}d")
         self.values = struct.Struct(f"{prefix + size}d")  # header and values only
-        self.counts = slice(prefix + size, prefix + 2 * size)
         self.scratch = np.zeros(prefix + 2 * size + 1)  # the last slot stays 0.0
         a, n = prefix, prefix + size  # where the value and count lists start in the scratch
-        index = np.full(prefix + plan.layout.sum_size, prefix + 2 * size, dtype=np.int64)
+        index = np.full(prefix + lay.sum_size, prefix + 2 * size, dtype=np.int64)
         index[:prefix] = np.arange(prefix)
         for red, (src, _) in plan.by_reduce.items():
             at = plan.at[red]
@@ -598,15 +610,20 @@ class FusedRow:
                 index[prefix + at[S.SUM_VALUE]] = a + src
                 index[prefix + at[S.SUM_COUNT]] = n + src
         self.index = index
+        self.split = prefix + lay.values_end  # header and values | slots that count samples
+        covered = sum(len(src) for src, _ in plan.by_reduce.values()) == len(lay)
+        self.head_and_values = index[: self.split].copy() if covered else None
 
     def build(self, snap: Snapshot, head: Sequence[float], out: np.ndarray) -> None:
         n = snap.n
-        if len(n) >= self.UNIFORM_FROM and n.count(n[0]) == len(n):
+        uniform = len(n) >= self.UNIFORM_FROM and n.count(n[0]) == len(n)
+        if uniform and self.head_and_values is not None:
             self.values.pack_into(self.scratch, 0, *head, *snap.a)  # type: ignore[arg-type]
-            self.scratch[self.counts] = n[0]
+            self.scratch.take(self.head_and_values, out=out[: self.split])
+            out[self.split :] = n[0]
         else:
             self.packer.pack_into(self.scratch, 0, *head, *snap.a, *n)  # type: ignore[arg-type]
-        self.scratch.take(self.index, out=out)
+            self.scratch.take(self.index, out=out)
 
 
 def host_payloads(
@@ -681,18 +698,16 @@ def floats(values: list[float] | list[int], size: int) -> np.ndarray:
 
 def local_value_host(body: np.ndarray, maxes: np.ndarray, lay: Layout, spec: KeySpec) -> float:
     """This rank's own reduced value of one key, from its payloads (for spread)."""
-    S = Slots
-    if spec.reduce in ("min", "max"):
-        o = lay.max_off[spec.key]
-        if maxes[o + S.EXT_NAN] > 0:
+    S, red, key = Slots, spec.reduce, spec.key
+    if red in ("min", "max"):
+        if maxes[lay.slot(red, S.EXT_NAN, key)] > 0:
             return math.nan
-        v = float(maxes[o + S.EXT_VALUE])
-        return -v if spec.reduce == "min" else v
-    o = lay.sum_off[spec.key]
-    if spec.reduce == "mean":
-        den = body[o + S.MEAN_WEIGHT]
-        return float(body[o + S.MEAN_VALUE] / den) if den != 0 else math.nan
-    return float(body[o])
+        v = float(maxes[lay.slot(red, S.EXT_VALUE, key)])
+        return -v if red == "min" else v
+    if red == "mean":
+        den = body[lay.slot(red, S.MEAN_WEIGHT, key)]
+        return float(body[lay.slot(red, S.MEAN_VALUE, key)] / den) if den != 0 else math.nan
+    return float(body[lay.slot(red, S.SUM_VALUE if red == "sum" else S.LAST_VALUE, key)])
 
 
 def add_spread_host(
@@ -712,17 +727,23 @@ def add_spread_host(
     if not specs:
         return
     v = np.array([local_value_host(body, maxes, lay, s) for s in specs])
-    so = np.array([lay.spread_sum_off[s.key] for s in specs], dtype=np.int64)
-    mo = np.array([lay.spread_max_off[s.key] for s in specs], dtype=np.int64)
+    places = np.array([lay.place[SPREAD_SUMS][s.key] for s in specs], dtype=np.int64)
     S = Slots
+
+    def sums(kind: int) -> np.ndarray:
+        return lay.slots(SPREAD_SUMS, kind, places)
+
+    def extremes(kind: int) -> np.ndarray:
+        return lay.slots(SPREAD_MAXES, kind, places)
+
     number = ~np.isnan(v)
-    body[so + S.SPREAD_SUM] = v
-    body[so + S.SPREAD_SQUARES] = v * v
-    body[so + S.SPREAD_RANKS] = 1.0
-    body[so + S.SPREAD_NUMBERS] = number
-    maxes[mo + S.SPREAD_MAX] = np.where(number, v, -np.inf)
-    maxes[mo + S.SPREAD_NEG_MIN] = np.where(number, -v, -np.inf)
-    maxes[mo + S.SPREAD_ARGMAX] = pack_rank(v, group_rank, group_size)
+    body[sums(S.SPREAD_SUM)] = v
+    body[sums(S.SPREAD_SQUARES)] = v * v
+    body[sums(S.SPREAD_RANKS)] = 1.0
+    body[sums(S.SPREAD_NUMBERS)] = number
+    maxes[extremes(S.SPREAD_MAX)] = np.where(number, v, -np.inf)
+    maxes[extremes(S.SPREAD_NEG_MIN)] = np.where(number, -v, -np.inf)
+    maxes[extremes(S.SPREAD_ARGMAX)] = pack_rank(v, group_rank, group_size)
 
 
 def tensor_payloads(
@@ -757,9 +778,11 @@ def _add_tensor_samples(
     snap: Snapshot, plan: PayloadPlan, sum_p: torch.Tensor, max_p: torch.Tensor
 ) -> None:
     lay, dev, specs, S = plan.layout, sum_p.device, snap.specs, Slots
-    lasts = {i: t for i, t in snap.lasts.items() if i < plan.size and specs[i].key in lay.sum_off}
+    lasts = {
+        i: t for i, t in snap.lasts.items() if i < plan.size and specs[i].key in lay.place["last"]
+    }
     if lasts:
-        idx = [lay.sum_off[specs[i].key] + S.LAST_VALUE for i in lasts]
+        idx = [lay.slot("last", S.LAST_VALUE, specs[i].key) for i in lasts]
         vals = torch.stack([t.to(dev, torch.float64) for t in lasts.values()])
         sum_p.index_put_((_index(idx, dev),), vals)
     members_by: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -775,14 +798,16 @@ def _add_tensor_samples(
             sel = [k for k, r in enumerate(reds) if r == "mean"]
             v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
             w = _weights([snap.t_weights[members[k]] for k in sel], dev)
-            offs = [lay.sum_off[mspecs[k].key] for k in sel]
-            sum_p.index_add_(0, _index(offs, dev), torch.where(w == 0, 0.0, v * w))
-            sum_p.index_add_(0, _index([o + S.MEAN_WEIGHT for o in offs], dev), w)
+            keys = [mspecs[k].key for k in sel]
+            value_at = _index([lay.slot("mean", S.MEAN_VALUE, key) for key in keys], dev)
+            weight_at = _index([lay.slot("mean", S.MEAN_WEIGHT, key) for key in keys], dev)
+            sum_p.index_add_(0, value_at, torch.where(w == 0, 0.0, v * w))
+            sum_p.index_add_(0, weight_at, w)
         if "sum" in reds:
             sel = [k for k, r in enumerate(reds) if r == "sum"]
             v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
-            offs = [lay.sum_off[mspecs[k].key] for k in sel]
-            sum_p.index_add_(0, _index(offs, dev), v)
+            at = [lay.slot("sum", S.SUM_VALUE, mspecs[k].key) for k in sel]
+            sum_p.index_add_(0, _index(at, dev), v)
         if "min" in reds or "max" in reds:
             sel = [k for k, r in enumerate(reds) if r in ("min", "max")]
             v = vals[_index(sel, dev)] if len(sel) < len(reds) else vals
@@ -790,9 +815,10 @@ def _add_tensor_samples(
                                 dtype=torch.float64, device=dev)  # fmt: skip
             v = v * sign
             nan = torch.isnan(v)
-            slots = _index([lay.max_off[mspecs[k].key] for k in sel], dev)
-            max_p.scatter_reduce_(0, slots, torch.where(nan, -math.inf, v), "amax")
-            max_p.scatter_reduce_(0, slots + S.EXT_NAN, nan.to(torch.float64), "amax")
+            value_at = _index([lay.slot(reds[k], S.EXT_VALUE, mspecs[k].key) for k in sel], dev)
+            nan_at = _index([lay.slot(reds[k], S.EXT_NAN, mspecs[k].key) for k in sel], dev)
+            max_p.scatter_reduce_(0, value_at, torch.where(nan, -math.inf, v), "amax")
+            max_p.scatter_reduce_(0, nan_at, nan.to(torch.float64), "amax")
 
 
 def _add_spread_tensor(
@@ -813,25 +839,33 @@ def _add_spread_tensor(
     lay, dev, S = plan.layout, sum_p.device, Slots
     vals: list[torch.Tensor] = []
     for spec in specs:
-        if spec.reduce in ("min", "max"):
-            o = lay.max_off[spec.key]
-            v = torch.where(max_p[o + S.EXT_NAN] > 0, math.nan, max_p[o + S.EXT_VALUE])
-            vals.append(-v if spec.reduce == "min" else v)
+        red, key = spec.reduce, spec.key
+        if red in ("min", "max"):
+            has_nan = max_p[lay.slot(red, S.EXT_NAN, key)] > 0
+            v = torch.where(has_nan, math.nan, max_p[lay.slot(red, S.EXT_VALUE, key)])
+            vals.append(-v if red == "min" else v)
+        elif red == "mean":
+            den = sum_p[lay.slot(red, S.MEAN_WEIGHT, key)]
+            vals.append(sum_p[lay.slot(red, S.MEAN_VALUE, key)] / den)
         else:
-            o = lay.sum_off[spec.key]
-            vals.append(sum_p[o] / sum_p[o + 1] if spec.reduce == "mean" else sum_p[o])
+            vals.append(sum_p[lay.slot(red, S.SUM_VALUE if red == "sum" else S.LAST_VALUE, key)])
     v = torch.stack(vals)
-    so = _index([lay.spread_sum_off[s.key] for s in specs], dev)
-    mo = _index([lay.spread_max_off[s.key] for s in specs], dev)
+
+    def sums(kind: int) -> torch.Tensor:
+        return _index([lay.slot(SPREAD_SUMS, kind, s.key) for s in specs], dev)
+
+    def extremes(kind: int) -> torch.Tensor:
+        return _index([lay.slot(SPREAD_MAXES, kind, s.key) for s in specs], dev)
+
     number = ~torch.isnan(v)
-    sum_p[so + S.SPREAD_SUM] = v
-    sum_p[so + S.SPREAD_SQUARES] = v * v
-    sum_p[so + S.SPREAD_RANKS] = 1.0
-    sum_p[so + S.SPREAD_NUMBERS] = number.to(torch.float64)
+    sum_p[sums(S.SPREAD_SUM)] = v
+    sum_p[sums(S.SPREAD_SQUARES)] = v * v
+    sum_p[sums(S.SPREAD_RANKS)] = 1.0
+    sum_p[sums(S.SPREAD_NUMBERS)] = number.to(torch.float64)
     neg_inf = torch.full_like(v, -math.inf)
-    max_p[mo + S.SPREAD_MAX] = torch.where(number, v, neg_inf)
-    max_p[mo + S.SPREAD_NEG_MIN] = torch.where(number, -v, neg_inf)
-    max_p[mo + S.SPREAD_ARGMAX] = pack_rank_tensor(v, group_rank, group_size)
+    max_p[extremes(S.SPREAD_MAX)] = torch.where(number, v, neg_inf)
+    max_p[extremes(S.SPREAD_NEG_MIN)] = torch.where(number, -v, neg_inf)
+    max_p[extremes(S.SPREAD_ARGMAX)] = pack_rank_tensor(v, group_rank, group_size)
 
 
 def pack_rank_tensor(v: torch.Tensor, group_rank: int, group_size: int) -> torch.Tensor:

@@ -3,9 +3,10 @@
 A flush moves two flat float64 payloads. The **SUM payload** is reduced by addition: every mean,
 weighted mean, sum and "last" key, and the additive half of each spread block. The **MAX
 payload** is reduced by maximum: every max and min key (a min travels negated) and the extreme
-half of each spread block. Each key owns a fixed run of slots in them, named by [Slots][]; the
-[Layout][distlog.layout.Layout] (sorted specs and their offsets) is identical on every rank, so a
-key a rank did not log contributes neutral values and is never paired with another key.
+half of each spread block. Each key owns fixed slots in them, of the kinds [Slots][] names, one
+in each plane of its block; the [Layout][distlog.layout.Layout] (sorted specs and their planes)
+is identical on every rank, so a key a rank did not log contributes neutral values and is never
+paired with another key.
 
 Every payload is O(keys) floats whatever the number of ranks: a spread block is 4 SUM and 3 MAX
 slots (the rank with the maximum rides in the low mantissa bits of a MAX slot, see
@@ -28,7 +29,9 @@ from distlog.runlog import SPREAD_SUFFIXES  # the row format names the spread co
 __all__ = [
     "PLAIN_DECODE_UP_TO",
     "REDUCTIONS",
+    "SPREAD_MAXES",
     "SPREAD_SUFFIXES",
+    "SPREAD_SUMS",
     "Header",
     "KeySpec",
     "Layout",
@@ -51,7 +54,8 @@ def spread_keys(key: str) -> list[str]:
 
 
 class Slots:
-    """The slot schema: what each slot of a key's run in a payload holds (offsets in the run)."""
+    """The slot schema: the kinds of slot a key sends, by reduction (each kind is one plane of
+    its payload, see [Layout][distlog.layout.Layout])."""
 
     # SUM payload, reduce="mean": sum of value * weight, sum of weights, number of samples.
     MEAN_VALUE, MEAN_WEIGHT, MEAN_COUNT = 0, 1, 2
@@ -71,6 +75,12 @@ class Slots:
     SPREAD_SUM_WIDTH, SPREAD_MAX_WIDTH = 4, 3
 
 
+# The blocks of keys that own slots: each reduction, and the spread blocks of spread=True keys.
+SPREAD_SUMS, SPREAD_MAXES = "spread_sums", "spread_maxes"
+_SUM_SIDE = (("mean", 3), ("sum", 2), ("last", 2))  # (block, slots a key)
+_MAX_SIDE = (("min", 3), ("max", 3))
+
+
 @dataclass(frozen=True, order=True)
 class KeySpec:
     """What the ranks agree on for one key: its name, reduction and whether to report spread."""
@@ -81,57 +91,79 @@ class KeySpec:
 
 
 class Layout:
-    """Slot offsets of every agreed key in the SUM and MAX payloads. Identical on every rank."""
+    """Where every agreed key's slots lie in the SUM and MAX payloads. Identical on every rank.
+
+    Each payload is a sequence of *planes*: one slot kind of one block (say the weights of the
+    means) for every key of that block, contiguous, keys in layout order. The SUM payload holds
+    its planes kind by kind: first the value of every mean, sum and last key, then their second
+    slots (weights, counts, ranks), then the means' counts, then the four spread planes; the MAX
+    payload likewise for min and max keys, then the three spread planes. A slot kind is one
+    slice, so decoding reads slices; and in a layout of means and sums the values come first
+    and every slot after them counts samples: an unweighted row is one copy and one fill.
+
+    [slot][distlog.layout.Layout.slot] is the one rule for a slot's position.
+    """
 
     def __init__(self, specs: list[KeySpec], version: int = 0) -> None:
         self.version = version
         self.specs = sorted(specs)
         self.by_key = {s.key: s for s in self.specs}
         self.keys = [s.key for s in self.specs]
-        sum_off: dict[str, int] = {}
-        max_off: dict[str, int] = {}
-        s = m = 0
-        max_init: list[float] = []
-        for spec in self.specs:
-            if Slots.SUM_WIDTH[spec.reduce]:
-                sum_off[spec.key] = s
-                s += Slots.SUM_WIDTH[spec.reduce]
-            if Slots.MAX_WIDTH[spec.reduce]:
-                max_off[spec.key] = m
-                m += Slots.MAX_WIDTH[spec.reduce]
-                max_init += [-math.inf, 0.0, 0.0]
-        spread_sum: dict[str, int] = {}
-        spread_max: dict[str, int] = {}
-        for spec in self.specs:
-            if spec.spread:
-                spread_sum[spec.key], spread_max[spec.key] = s, m
-                s += Slots.SPREAD_SUM_WIDTH
-                m += Slots.SPREAD_MAX_WIDTH
-                max_init += [-math.inf] * Slots.SPREAD_MAX_WIDTH
-        self.sum_off, self.max_off = sum_off, max_off
-        # (key, reduction, offset of its run) in layout order: the plain-Python decoding.
-        self.runs = [
-            (
-                spec.key,
-                spec.reduce,
-                (max_off if spec.reduce in ("min", "max") else sum_off)[spec.key],
-            )
-            for spec in self.specs
-        ]
-        self.spread_sum_off, self.spread_max_off = spread_sum, spread_max
+        members = {red: [s.key for s in self.specs if s.reduce == red] for red in REDUCTIONS}
+        members[SPREAD_SUMS] = members[SPREAD_MAXES] = [s.key for s in self.specs if s.spread]
+        # A key's place among the keys of a block: its offset in each of the block's planes.
+        self.place = {block: {k: j for j, k in enumerate(keys)} for block, keys in members.items()}
+        self.planes: dict[tuple[str, int], slice] = {}
+
+        def lay_out(side: tuple[tuple[str, int], ...], end: int) -> int:
+            for kind in range(max(width for _, width in side)):
+                for block, width in side:
+                    if kind < width:
+                        self.planes[block, kind] = slice(end, end + len(members[block]))
+                        end += len(members[block])
+            return end
+
+        s = lay_out(((SPREAD_SUMS, Slots.SPREAD_SUM_WIDTH),), lay_out(_SUM_SIDE, 0))
+        m = lay_out(((SPREAD_MAXES, Slots.SPREAD_MAX_WIDTH),), lay_out(_MAX_SIDE, 0))
+        max_init = [0.0] * m  # present and NaN flags start at 0, extremes at -inf
+        for block, kind in ((b, Slots.EXT_VALUE) for b, _ in _MAX_SIDE):
+            plane = self.planes[block, kind]
+            max_init[plane] = [-math.inf] * (plane.stop - plane.start)
+        for kind in range(Slots.SPREAD_MAX_WIDTH):
+            plane = self.planes[SPREAD_MAXES, kind]
+            max_init[plane] = [-math.inf] * (plane.stop - plane.start)
         self.sum_size, self.max_size = s, m
         self.max_init = np.array(max_init, dtype=np.float64)
-        # Per reduction: positions in ``specs`` and payload offsets, for vectorised decoding.
-        self.positions: dict[str, np.ndarray] = {}
-        self.offsets: dict[str, np.ndarray] = {}
-        for red in REDUCTIONS:
-            pos = [i for i, spec in enumerate(self.specs) if spec.reduce == red]
-            offs = max_off if red in ("min", "max") else sum_off
-            self.positions[red] = np.array(pos, dtype=np.int64)
-            self.offsets[red] = np.array([offs[self.keys[i]] for i in pos], dtype=np.int64)
+        # The values end where the first plane of second slots begins (means-and-sums rows).
+        self.values_end = self.planes["mean", 1].start
+        # (key, reduction, its slot positions) in layout order: the plain-Python decoding.
+        self.runs = [
+            (s.key, s.reduce, tuple(self.slot(s.reduce, k, s.key) for k in range(self._width(s))))
+            for s in self.specs
+        ]
+        self.spread_keys = members[SPREAD_SUMS]
+        # Per reduction: positions in ``specs``, for vectorised decoding.
+        self.positions = {
+            red: np.array([i for i, s in enumerate(self.specs) if s.reduce == red], np.int64)
+            for red in REDUCTIONS
+        }
+
+    @staticmethod
+    def _width(spec: KeySpec) -> int:
+        return Slots.SUM_WIDTH[spec.reduce] or Slots.MAX_WIDTH[spec.reduce]
 
     def __len__(self) -> int:
         return len(self.specs)
+
+    def slot(self, block: str, kind: int, key: str) -> int:
+        """The position of ``key``'s slot of this ``kind`` in its payload: the SUM payload for
+        mean, sum, last and [SPREAD_SUMS][distlog.layout.SPREAD_SUMS], the MAX payload for min,
+        max and [SPREAD_MAXES][distlog.layout.SPREAD_MAXES]."""
+        return self.planes[block, kind].start + self.place[block][key]
+
+    def slots(self, block: str, kind: int, places: np.ndarray) -> np.ndarray:
+        """[slot][distlog.layout.Layout.slot] for many keys, given their places in the block."""
+        return self.planes[block, kind].start + places
 
     def merged(self, specs: list[KeySpec]) -> Layout:
         """The next layout: these specs plus the current ones (a new version)."""
@@ -313,43 +345,50 @@ def decode_row(
 ) -> dict[str, float]:
     """Final values from reduced payloads. Keys that no rank logged this flush are left out.
 
-    Vectorised per reduction with numpy, so decoding costs about the same for 1 or 1000 keys;
-    up to [PLAIN_DECODE_UP_TO][distlog.layout.PLAIN_DECODE_UP_TO] keys the same rule runs on
-    Python numbers instead (a dozen numpy calls cost more than the loop; 32 keys: 6 against
-    17 us warm, several times that on the writer thread of a busy host).
+    Vectorised per reduction with numpy (each slot kind is a slice), so decoding costs about
+    the same for 1 or 1000 keys; up to [PLAIN_DECODE_UP_TO][distlog.layout.PLAIN_DECODE_UP_TO]
+    keys the same rule runs on Python numbers instead (a dozen numpy calls cost more than the
+    loop; 32 keys: 6 against 17 us warm, several times that on the writer thread of a busy host).
     """
     if len(layout) <= PLAIN_DECODE_UP_TO:
         row = _decode_plain(layout, sums.tolist(), maxes.tolist())
     else:
         row = _decode_numpy(layout, sums, maxes)
-    if layout.spread_sum_off:
+    if layout.spread_keys:
         size = len(group_ranks)
-        for key, so in layout.spread_sum_off.items():
+        for key in layout.spread_keys:
             if key in row:
-                mo = layout.spread_max_off[key]
-                row.update(_spread(key, sums[so : so + 4], maxes[mo : mo + 3], group_ranks, size))
+                s = [sums[layout.slot(SPREAD_SUMS, k, key)] for k in range(Slots.SPREAD_SUM_WIDTH)]
+                m = [
+                    maxes[layout.slot(SPREAD_MAXES, k, key)] for k in range(Slots.SPREAD_MAX_WIDTH)
+                ]
+                row.update(_spread(key, s, m, group_ranks, size))
     return row
 
 
 def _decode_plain(layout: Layout, sums: list[float], maxes: list[float]) -> dict[str, float]:
     """[decode_row][distlog.layout.decode_row]'s rule, key by key (the same IEEE operations)."""
-    S, nan = Slots, math.nan
+    nan = math.nan
     row: dict[str, float] = {}
-    for key, red, o in layout.runs:
+    for key, red, at in layout.runs:
         if red == "mean":
-            if sums[o + S.MEAN_COUNT] > 0:
-                den = sums[o + S.MEAN_WEIGHT]
-                row[key] = sums[o + S.MEAN_VALUE] / den if den != 0 else nan
+            value, weight, count = at
+            if sums[count] > 0:
+                den = sums[weight]
+                row[key] = sums[value] / den if den != 0 else nan
         elif red == "sum":
-            if sums[o + S.SUM_COUNT] > 0:
-                row[key] = sums[o + S.SUM_VALUE]
+            value, count = at
+            if sums[count] > 0:
+                row[key] = sums[value]
         elif red == "last":
-            ranks = sums[o + S.LAST_RANKS]
-            if ranks > 0:
-                row[key] = sums[o + S.LAST_VALUE] / max(ranks, 1.0)
-        elif maxes[o + S.EXT_PRESENT] > 0:
-            best = maxes[o + S.EXT_VALUE] if red == "max" else -maxes[o + S.EXT_VALUE]
-            row[key] = nan if maxes[o + S.EXT_NAN] > 0 else best
+            value, ranks = at
+            if sums[ranks] > 0:
+                row[key] = sums[value] / max(sums[ranks], 1.0)
+        else:
+            value, present, has_nan = at
+            if maxes[present] > 0:
+                best = maxes[value] if red == "max" else -maxes[value]
+                row[key] = nan if maxes[has_nan] > 0 else best
     return row
 
 
@@ -357,28 +396,29 @@ def _decode_numpy(layout: Layout, sums: np.ndarray, maxes: np.ndarray) -> dict[s
     n = len(layout)
     values = np.full(n, np.nan)
     present = np.zeros(n, dtype=bool)
-    S = Slots
+    S, P = Slots, layout.planes
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for red in REDUCTIONS:
-            pos, o = layout.positions[red], layout.offsets[red]
+            pos = layout.positions[red]
             if not len(pos):
                 continue
             if red == "mean":
-                present[pos] = sums[o + S.MEAN_COUNT] > 0
-                den = sums[o + S.MEAN_WEIGHT]
-                num = sums[o + S.MEAN_VALUE]
+                present[pos] = sums[P["mean", S.MEAN_COUNT]] > 0
+                den = sums[P["mean", S.MEAN_WEIGHT]]
+                num = sums[P["mean", S.MEAN_VALUE]]
                 values[pos] = np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
             elif red == "sum":
-                present[pos] = sums[o + S.SUM_COUNT] > 0
-                values[pos] = sums[o + S.SUM_VALUE]
+                present[pos] = sums[P["sum", S.SUM_COUNT]] > 0
+                values[pos] = sums[P["sum", S.SUM_VALUE]]
             elif red == "last":  # each rank's latest value, averaged over the ranks that logged it
-                ranks = sums[o + S.LAST_RANKS]
+                ranks = sums[P["last", S.LAST_RANKS]]
                 present[pos] = ranks > 0
-                values[pos] = sums[o + S.LAST_VALUE] / np.maximum(ranks, 1.0)
+                values[pos] = sums[P["last", S.LAST_VALUE]] / np.maximum(ranks, 1.0)
             else:
-                present[pos] = maxes[o + S.EXT_PRESENT] > 0
-                best = maxes[o + S.EXT_VALUE] if red == "max" else -maxes[o + S.EXT_VALUE]
-                values[pos] = np.where(maxes[o + S.EXT_NAN] > 0, np.nan, best)
+                present[pos] = maxes[P[red, S.EXT_PRESENT]] > 0
+                best = maxes[P[red, S.EXT_VALUE]]
+                best = best if red == "max" else -best
+                values[pos] = np.where(maxes[P[red, S.EXT_NAN]] > 0, np.nan, best)
     if present.all():
         return dict(zip(layout.keys, values.tolist(), strict=True))
     kept = values[present].tolist()
@@ -386,7 +426,7 @@ def _decode_numpy(layout: Layout, sums: np.ndarray, maxes: np.ndarray) -> dict[s
 
 
 def _spread(
-    key: str, s: np.ndarray, m: np.ndarray, group_ranks: tuple[int, ...], size: int
+    key: str, s: list[float], m: list[float], group_ranks: tuple[int, ...], size: int
 ) -> dict[str, float]:
     total, squares, ranks, numbers = (float(x) for x in s)
     if ranks <= 0:
@@ -396,9 +436,10 @@ def _spread(
     std = math.sqrt(var) if var > 0 else (0.0 if var == var else math.nan)
     out = {f"{key}/rank_std": std}
     if numbers > 0:
-        out[f"{key}/rank_argmax"] = float(group_ranks[unpack_rank(float(m[2]), size)])
-        out[f"{key}/rank_max"] = float(m[0])
-        out[f"{key}/rank_min"] = -float(m[1])
+        argmax = unpack_rank(float(m[Slots.SPREAD_ARGMAX]), size)
+        out[f"{key}/rank_argmax"] = float(group_ranks[argmax])
+        out[f"{key}/rank_max"] = float(m[Slots.SPREAD_MAX])
+        out[f"{key}/rank_min"] = -float(m[Slots.SPREAD_NEG_MIN])
     else:
         out[f"{key}/rank_argmax"] = out[f"{key}/rank_max"] = out[f"{key}/rank_min"] = math.nan
     return dict(sorted(out.items()))

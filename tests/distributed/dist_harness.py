@@ -231,7 +231,14 @@ class RankPool:
         self._procs = [
             ctx.Process(
                 target=_pool_worker,
-                args=(r, world_size, port, self._jobs[r], self._results, {**os.environ, **(env or {})}),
+                args=(
+                    r,
+                    world_size,
+                    port,
+                    self._jobs[r],
+                    self._results,
+                    {**os.environ, **(env or {})},
+                ),
             )
             for r in range(world_size)
         ]

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from distlog.buffer import Buffer, PayloadPlan, host_payloads
+from distlog.buffer import Buffer, PayloadPlan, Snapshot, host_payloads
 from distlog.layout import (
     REDUCTIONS,
     SPREAD_MAXES,
@@ -40,6 +40,19 @@ def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[in
     return snap, PayloadPlan(layout, snap.specs, snap.size), layout
 
 
+def _fused_row_equals_general_path(
+    snap: Snapshot, plan: PayloadPlan, lay: Layout, head: list[float]
+) -> np.ndarray:
+    """Build the row by the fused path (a head given) and the general one: they must agree."""
+    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
+    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)  # no head: the general path
+    general[: Header.WIDTH] = head
+    np.testing.assert_array_equal(fused, general)
+    return fused
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_fused_row_equals_general_path(seed: int) -> None:
     rng = random.Random(seed)
@@ -47,12 +60,7 @@ def test_fused_row_equals_general_path(seed: int) -> None:
     snap, plan, lay = _snapshot(reduces, seed)
     assert plan.fused(Header.WIDTH) is not None  # means and sums only: the fused path applies
     head = [3.0, 7.0, 1.0, 0.0, 0.0]
-    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
-    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)  # no head: the general path
-    general[: Header.WIDTH] = head
-    np.testing.assert_array_equal(fused, general)
+    _fused_row_equals_general_path(snap, plan, lay, head)
 
 
 @pytest.mark.parametrize(
@@ -77,12 +85,7 @@ def test_fused_row_with_equal_counts_equals_general_path(size: int, repeats: str
     snap, plan, lay = _snapshot(reduces, size, repeats=counts)
     assert snap.n == counts
     head = [3.0, 7.0, 1.0, 0.0, 0.0]
-    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
-    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
-    general[: Header.WIDTH] = head
-    np.testing.assert_array_equal(fused, general)
+    _fused_row_equals_general_path(snap, plan, lay, head)
 
 
 def test_fused_row_with_a_key_this_rank_never_logged_equals_general_path() -> None:
@@ -92,13 +95,7 @@ def test_fused_row_with_a_key_this_rank_never_logged_equals_general_path() -> No
     snap, _, lay = _snapshot(reduces, 1, repeats=[2] * 300)
     lay = Layout([*lay.specs, KeySpec("a/other", "mean"), KeySpec("zz/other", "sum")], 2)
     plan = PayloadPlan(lay, snap.specs, snap.size)
-    head = [3.0, 7.0, 2.0, 0.0, 0.0]
-    fused = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, fused, head)
-    general = np.full(Header.WIDTH + lay.sum_size, np.nan)
-    host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
-    general[: Header.WIDTH] = head
-    np.testing.assert_array_equal(fused, general)
+    fused = _fused_row_equals_general_path(snap, plan, lay, [3.0, 7.0, 2.0, 0.0, 0.0])
     body = fused[Header.WIDTH :]
     for key, red in (("a/other", "mean"), ("zz/other", "sum")):
         assert [body[lay.slot(red, kind, key)] for kind in range(3 if red == "mean" else 2)] == [

@@ -125,15 +125,11 @@ class Layout:
 
         s = lay_out(((SPREAD_SUMS, Slots.SPREAD_SUM_WIDTH),), lay_out(_SUM_SIDE, 0))
         m = lay_out(((SPREAD_MAXES, Slots.SPREAD_MAX_WIDTH),), lay_out(_MAX_SIDE, 0))
-        max_init = [0.0] * m  # present and NaN flags start at 0, extremes at -inf
-        for block, kind in ((b, Slots.EXT_VALUE) for b, _ in _MAX_SIDE):
-            plane = self.planes[block, kind]
-            max_init[plane] = [-math.inf] * (plane.stop - plane.start)
-        for kind in range(Slots.SPREAD_MAX_WIDTH):
-            plane = self.planes[SPREAD_MAXES, kind]
-            max_init[plane] = [-math.inf] * (plane.stop - plane.start)
         self.sum_size, self.max_size = s, m
-        self.max_init = np.array(max_init, dtype=np.float64)
+        self.max_init = np.zeros(m)  # present and NaN flags start at 0, extremes at -inf
+        for (block, kind), plane in self.planes.items():
+            if block == SPREAD_MAXES or (block in ("min", "max") and kind == Slots.EXT_VALUE):
+                self.max_init[plane] = -math.inf
         # The values end where the first plane of second slots begins (means-and-sums rows).
         self.values_end = self.planes["mean", 1].start
         # (key, reduction, its slot positions) in layout order: the plain-Python decoding.

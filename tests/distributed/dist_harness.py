@@ -81,6 +81,7 @@ def _child(
     results: Any,
     backend: str,
     env: dict[str, str],
+    init: bool,
 ) -> None:
     _as_at_spawn(env)
     os.environ.update(
@@ -95,7 +96,8 @@ def _child(
     import torch.distributed as dist
 
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        if init:
+            dist.init_process_group(backend, rank=rank, world_size=world_size)
         value = fn(rank, *args)
         results.put((rank, "ok", value))
     except BaseException:  # report everything, SystemExit included
@@ -117,11 +119,13 @@ def run_ranks(
     timeout: float = 120.0,
     env: dict[str, str] | None = None,
     expect_errors: bool = False,
+    init: bool = True,
 ) -> list[Any]:
     """Run ``fn(rank, *args)`` on ``world_size`` fresh processes and return results by rank.
 
     With ``expect_errors=True`` a rank's failure is returned as ``("error", traceback)`` in its
-    slot instead of failing at once, for tests that check what each rank raised.
+    slot instead of failing at once, for tests that check what each rank raised. With
+    ``init=False`` no process group is made: ``fn`` finds torchrun's environment and makes it.
     """
     ctx = _context()
     results = ctx.Queue()
@@ -130,7 +134,7 @@ def run_ranks(
     procs = [
         ctx.Process(
             target=_child,
-            args=(rank, world_size, port, fn, args, results, backend, child_env),
+            args=(rank, world_size, port, fn, args, results, backend, child_env, init),
             daemon=False,
         )
         for rank in range(world_size)
@@ -175,11 +179,14 @@ def run_ranks(
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
+    failed = [r for r in range(world_size) if collected[r][0] != "ok"]
+    if failed and not expect_errors:  # every failed rank: the first is often only the echo
+        raise AssertionError(
+            "\n".join(f"rank {r} failed:\n{collected[r][1]}" for r in failed)
+        )
     out: list[Any] = []
     for rank in range(world_size):
         status, value = collected[rank]
-        if status != "ok" and not expect_errors:
-            raise AssertionError(f"rank {rank} failed:\n{value}")
         out.append(value if status == "ok" else (status, value))
     return out
 

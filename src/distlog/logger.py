@@ -303,7 +303,7 @@ class Logger:
             return
         plain = {k: v for k, v in values.items() if k not in metrics}
         for key in plain:  # validate before computing: all or nothing
-            self._agg.buffer.prepare(key, plain[key], reduce, weight, spread)
+            self._buffer.prepare(key, plain[key], reduce, weight, spread)
         computed: dict[str, float] = {}
         for key in metrics:
             computed.update(metric_values_under(key, values[key]))

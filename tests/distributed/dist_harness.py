@@ -238,7 +238,12 @@ def _pool_worker(
     )
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    except Exception:
+        results.put((rank, "init-error", traceback.format_exc()))
+        return
+    results.put((rank, "up", None))
     try:
         while True:
             job = jobs.get()
@@ -262,27 +267,41 @@ class RankPool:
     """
 
     def __init__(self, world_size: int, env: dict[str, str] | None = None) -> None:
-        ctx = _context()
         self.world_size = world_size
+        self._env = {**os.environ, **(env or {})}
+        for _ in range(_INIT_ATTEMPTS):
+            if self._start():
+                return
+        raise AssertionError(f"the gloo group did not form in {_INIT_ATTEMPTS} attempts")
+
+    def _start(self, timeout: float = 120.0) -> bool:
+        """Start the ranks and wait until each has joined the group; False (all killed) if
+        one could not."""
+        ctx = _context()
         self._results = ctx.Queue()
-        self._jobs = [ctx.Queue() for _ in range(world_size)]
+        self._jobs = [ctx.Queue() for _ in range(self.world_size)]
         port = free_port()
         self._procs = [
             ctx.Process(
                 target=_pool_worker,
-                args=(
-                    r,
-                    world_size,
-                    port,
-                    self._jobs[r],
-                    self._results,
-                    {**os.environ, **(env or {})},
-                ),
+                args=(r, self.world_size, port, self._jobs[r], self._results, self._env),
             )
-            for r in range(world_size)
+            for r in range(self.world_size)
         ]
         for p in self._procs:
             p.start()
+        for _ in range(self.world_size):
+            try:
+                rank, status, value = self._results.get(timeout=timeout)
+            except queue.Empty:
+                status, rank, value = "init-error", -1, f"no rank joined within {timeout:.0f}s"
+            if status != "up":
+                sys.stderr.write(f"rank {rank}: the gloo group did not form:\n{value}")
+                for p in self._procs:
+                    p.kill()
+                    p.join(timeout=5)
+                return False
+        return True
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> list[Any]:
         for q in self._jobs:

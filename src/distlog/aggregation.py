@@ -74,6 +74,8 @@ class ExchangeWorker:
 
     def wait(self, timeout: float | None = None, *, polling: bool = False) -> bool:
         """Wait until the exchange in flight is done; False if ``timeout`` ran out first."""
+        if not self.busy:  # the usual case at a flush: done long ago, no lock to take
+            return True
         if not polling:
             return self._idle.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -232,6 +234,8 @@ class Aggregator:
 def _record_stream(snap: Any, world: World) -> Any:
     """An event on the training thread's stream, for an exchange that reads its tensors from
     another thread (no host sync: the worker's stream waits on it)."""
+    if not snap.t_vals and not snap.lasts:  # numbers only (host tensors were read at the call)
+        return None
     if not any(t.is_cuda for t in [*snap.t_vals, *snap.lasts.values()]):
         return None
     event = torch.cuda.Event()

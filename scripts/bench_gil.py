@@ -20,30 +20,27 @@ rounds). Figures are quoted in docs/aggregation.md ("Blocking and asynchronous f
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench  # noqa: E402  (its launcher: fresh gloo ranks, a timeout, dead ranks reported)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 
 VARIANTS = ("bare", "floor", "blocking", "async", "async, switch 0.2 ms")
 N_KEYS = 32
 
 
-def _rank(rank: int, port: int, variant: str, steps: int, step_kind: str, queue: object) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def job_gil_step(rank: int, world: int, variant: str, steps: int, step_kind: str) -> float:
+    """Seconds a step of ``variant`` takes on this rank."""
     import distlog
 
-    torch.set_num_threads(1)
     if variant == "async, switch 0.2 ms":
         sys.setswitchinterval(0.0002)
     names = [f"train/metric_{i:02d}" for i in range(N_KEYS)]
@@ -54,7 +51,7 @@ def _rank(rank: int, port: int, variant: str, steps: int, step_kind: str, queue:
         run_dir=tempfile.mkdtemp(), async_flush=variant.startswith("async"), handle_signals=False
     )
     a = torch.randn(160, 160) * 0.05
-    pending: list = []
+    pending: list[Any] = []
 
     def step() -> None:
         if step_kind == "python":
@@ -87,30 +84,19 @@ def _rank(rank: int, port: int, variant: str, steps: int, step_kind: str, queue:
     while pending:
         pending.pop().wait()
     logger.finish()
-    queue.put((rank, (time.perf_counter() - t0) / steps))  # type: ignore[attr-defined]
-    dist.destroy_process_group()
+    return (time.perf_counter() - t0) / steps
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+bench.JOBS["gil_step"] = job_gil_step  # also runs in each spawned rank, which imports this file
 
 
 def run(variant: str, steps: int, step_kind: str) -> float:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_rank, args=(r, port, variant, steps, step_kind, queue))
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    per_rank = [queue.get(timeout=600) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    return max(t for _, t in per_rank)
+    """The slowest rank's step time of ``variant``, in fresh processes."""
+    kwargs = {"variant": variant, "steps": steps, "step_kind": step_kind}
+    out = bench.run_world(2, [("gil", "gil_step", kwargs)], timeout=600)["gil"]
+    if isinstance(out, dict):
+        raise RuntimeError(f"{variant}: {out['error']}")
+    return max(out)
 
 
 def main() -> None:

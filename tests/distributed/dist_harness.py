@@ -24,9 +24,11 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.multiprocessing as mp
+
+T = TypeVar("T")
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -120,6 +122,15 @@ def _child(
 _INIT_ATTEMPTS = 2
 
 
+def _until_formed(start: Callable[[], T | None]) -> T:
+    """The first start of the ranks whose group formed (``start`` returns None when not)."""
+    for _ in range(_INIT_ATTEMPTS):
+        started = start()
+        if started is not None:
+            return started
+    raise AssertionError(f"the gloo group did not form in {_INIT_ATTEMPTS} attempts")
+
+
 def run_ranks(
     fn: Callable[..., Any],
     world_size: int,
@@ -136,12 +147,9 @@ def run_ranks(
     slot instead of failing at once, for tests that check what each rank raised. With
     ``init=False`` no process group is made: ``fn`` finds torchrun's environment and makes it.
     """
-    for _ in range(_INIT_ATTEMPTS):
-        collected = _run_once(fn, world_size, args, backend, timeout, env, expect_errors, init)
-        if collected is not None:
-            break
-    else:
-        raise AssertionError(f"the gloo group did not form in {_INIT_ATTEMPTS} attempts")
+    collected = _until_formed(
+        lambda: _run_once(fn, world_size, args, backend, timeout, env, expect_errors, init)
+    )
     failed = [r for r in range(world_size) if collected[r][0] != "ok"]
     if failed and not expect_errors:  # every failed rank: the first is often only the echo
         raise AssertionError("\n".join(f"rank {r} failed:\n{collected[r][1]}" for r in failed))
@@ -269,10 +277,7 @@ class RankPool:
     def __init__(self, world_size: int, env: dict[str, str] | None = None) -> None:
         self.world_size = world_size
         self._env = {**os.environ, **(env or {})}
-        for _ in range(_INIT_ATTEMPTS):
-            if self._start():
-                return
-        raise AssertionError(f"the gloo group did not form in {_INIT_ATTEMPTS} attempts")
+        _until_formed(lambda: self._start() or None)
 
     def _start(self, timeout: float = 120.0) -> bool:
         """Start the ranks and wait until each has joined the group; False (all killed) if

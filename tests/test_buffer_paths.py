@@ -104,6 +104,52 @@ def test_fused_row_with_a_key_this_rank_never_logged_equals_general_path() -> No
     assert decode_row(lay, body, fused[:0], (0,)).keys() == {s.key for s in snap.specs}
 
 
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("order", ["as logged", "reversed"])
+def test_fused_row_in_layout_order_is_packed_straight_into_the_row(reduce: str, order: str) -> None:
+    """A rank whose slots are in layout order packs its values into the row with no take;
+    in another order they are permuted. Both give the general path's row."""
+    snap, _, lay = _snapshot([reduce] * 200, 3, repeats=[2] * 200)
+    if order == "reversed":
+        lay = Layout(lay.specs[::-1], 2)
+    plan = PayloadPlan(lay, snap.specs, snap.size)
+    fused = plan.fused(Header.WIDTH)
+    assert fused is not None and fused.in_order is (order == "as logged")
+    row = _fused_row_equals_general_path(snap, plan, lay, [3.0, 7.0, 1.0, 0.0, 0.0])
+    values = [row[Header.WIDTH + lay.slot(reduce, 0, s.key)] for s in snap.specs]
+    assert values == snap.a
+
+
+def test_one_row_reused_flush_after_flush_is_always_the_general_paths() -> None:
+    """The send row is kept from flush to flush and its count slots are refilled only when
+    the count changed: whatever the sequence of windows, each row is the general path's."""
+    keys = [f"k/{i:03d}" for i in range(100)]
+    buf = Buffer()
+    for key in keys:
+        buf.add(key, 0.0)
+    buf.swap()
+    lay = Layout(list(buf.known.values()), 1)
+    out = np.full(Header.WIDTH + lay.sum_size, np.nan)
+    filled = None
+    rng = random.Random(0)
+    windows = [[1] * 100, [1] * 100, [2] * 100, [1] * 99 + [3], [2] * 100, [0] * 100, [1] * 100]
+    for flush, counts in enumerate(windows):
+        for key, count in zip(keys, counts, strict=True):
+            for _ in range(count):
+                buf.add(key, rng.uniform(-5, 5))
+        snap = buf.swap()
+        plan = PayloadPlan(lay, snap.specs, snap.size)
+        fused = plan.fused(Header.WIDTH)
+        assert fused is not None and fused.in_order
+        head = [float(flush), 7.0, 1.0, 0.0, 0.0]
+        filled = fused.build(snap, head, out, filled)
+        assert filled == (counts[0] if len(set(counts)) == 1 else None)
+        general = np.full(Header.WIDTH + lay.sum_size, np.nan)
+        host_payloads(snap, plan, 0, 2, Header.WIDTH, general)
+        general[: Header.WIDTH] = head
+        np.testing.assert_array_equal(out, general)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_every_slot_of_a_layout_has_a_position_of_its_own(seed: int) -> None:
     """The planes tile each payload exactly: no two slots share a position, none is left over,

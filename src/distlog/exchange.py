@@ -158,6 +158,7 @@ class GatherBuffers:
         self.table_np = self.table.numpy()
         self.rows = list(self.table.unbind(0))  # views: gloo writes each rank's row in place
         self.flush_ids = self.table_np[:, 0]  # NaN-filled before each collective
+        self.counts: int | None = None  # what every count slot of ``send`` holds, if one number
         self.headers = HeaderReader(self.table_np)
 
 
@@ -312,7 +313,7 @@ class Exchange:
             ]
             self._checked = snap.size
         n = snap.n
-        return sorted(specs[i] for i in self._unplaced if i < snap.size and n[i])
+        return [specs[i] for i in self._unplaced if i < snap.size and n[i]]  # first logged first
 
     def set_layout(self, layout: Layout) -> None:
         self.layout = layout
@@ -558,10 +559,13 @@ def _gather_round(
         row[Header.WIDTH : Header.WIDTH + lay.sum_size] = 0.0
         row[Header.WIDTH + lay.sum_size :] = lay.max_init
         row[: Header.WIDTH] = header.gathered()
+        buf.counts = None
     elif (fused := ex.plan(snap).fused_for(snap, Header.WIDTH)) is not None:
-        fused.build(snap, header.gathered(), row)  # the common case, in two C calls
+        # The common case, in one or two C calls (and a fill when the counts changed).
+        buf.counts = fused.build(snap, header.gathered(), row, buf.counts)
     else:
         ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
+        buf.counts = None
     buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole
     # Kept until the logger has taken the row (settle()): a signal handler that runs once the
     # collective started salvages the row from this table.

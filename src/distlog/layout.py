@@ -4,8 +4,8 @@ A flush moves two flat float64 payloads. The **SUM payload** is reduced by addit
 weighted mean, sum and "last" key, and the additive half of each spread block. The **MAX
 payload** is reduced by maximum: every max and min key (a min travels negated) and the extreme
 half of each spread block. Each key owns fixed slots in them, of the kinds [Slots][] names, one
-in each plane of its block; the [Layout][distlog.layout.Layout] (sorted specs and their planes)
-is identical on every rank, so a key a rank did not log contributes neutral values and is never
+in each plane of its block; the [Layout][distlog.layout.Layout] (the agreed specs and their
+planes) is identical on every rank, so a key a rank did not log contributes neutral values and is never
 paired with another key.
 
 Every payload is O(keys) floats whatever the number of ranks: a spread block is 4 SUM and 3 MAX
@@ -93,6 +93,11 @@ class KeySpec:
 class Layout:
     """Where every agreed key's slots lie in the SUM and MAX payloads. Identical on every rank.
 
+    Keys keep the order they are given in: the order the group agreed at its key exchanges
+    (earlier layouts first, then each rank's new keys in the order that rank first logged
+    them, lowest rank first). A rank that logged its keys in that order, the usual case, finds
+    each block's keys where its own slots are, and its values travel without a permutation.
+
     Each payload is a sequence of *planes*: one slot kind of one block (say the weights of the
     means) for every key of that block, contiguous, keys in layout order. The SUM payload holds
     its planes kind by kind: first the value of every mean, sum and last key, then their second
@@ -106,7 +111,9 @@ class Layout:
 
     def __init__(self, specs: list[KeySpec], version: int = 0) -> None:
         self.version = version
-        self.specs = sorted(specs)
+        self.specs = list(specs)
+        if len({s.key for s in self.specs}) != len(self.specs):
+            raise ValueError("a layout holds each key once")
         self.by_key = {s.key: s for s in self.specs}
         self.keys = [s.key for s in self.specs]
         members = {red: [s.key for s in self.specs if s.reduce == red] for red in REDUCTIONS}

@@ -434,3 +434,42 @@ def test_rows_stay_right_while_the_writer_lags_behind(pool2, tmp_path):
     ]
     assert res[0] == want
     assert [r["step"] for r in distlog.read_metrics(tmp_path)] == list(range(flushes))
+
+
+def logged_out_of_order(rank: int, tmp: str, names: list[str], flushes: int):
+    """Ranks 0 and 1 log ``names`` in that (unsorted) order; rank 2 in reverse, with a key of
+    its own first."""
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    order = names if rank < 2 else ["only/rank2", *names[::-1]]
+    rows = []
+    for step in range(flushes):
+        for key in order:
+            offset = names.index(key) % 7 if key in names else 0
+            logger.log_scalar(key, float(100 * step + 10 * rank + offset))
+        rows.append(logger.flush(step, block=True))
+    layout = logger.aggregator.exchange.layout.keys
+    logger.finish()
+    return rows, layout
+
+
+def test_the_layout_follows_the_order_keys_were_first_logged(pool3, tmp_path):
+    """Every rank agrees on one layout: the keys in the order they were first logged, lowest
+    rank first (rank 0's order, then keys only later ranks brought). Ranks that logged in that
+    order pack their values without a permutation, the others with one; every value is right,
+    and rows are written in that order."""
+    rng = np.random.default_rng(0)
+    names = [f"k/{i:03d}" for i in rng.permutation(100)]
+    flushes = 3
+    res = pool3.run(logged_out_of_order, str(tmp_path), names, flushes, timeout=120)
+    want_layout = [*names, "only/rank2"]
+    assert [layout for _, layout in res] == [want_layout] * 3
+    rows = res[0][0]
+    assert len(rows) == flushes
+    for step, row in enumerate(rows):
+        want = {key: 100 * step + names.index(key) % 7 + (0 + 10 + 20) / 3 for key in names} | {
+            "only/rank2": 100 * step + 20.0
+        }
+        assert row == pytest.approx(want)
+        assert list(row) == want_layout
+    written = distlog.read_metrics(tmp_path)
+    assert [list(r)[2:] for r in written] == [want_layout] * flushes  # after step and time

@@ -38,6 +38,7 @@ import platform
 import queue
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -696,8 +697,9 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
     In the same processes, interleaved (variants and key counts take turns in a rotating order;
     ``bench.py`` gives each key count processes of its own, see ``floor_worlds``):
     distlog's blocking flush; an ``all_reduce`` and an ``all_gather`` of the bytes distlog sends
-    (a 5-slot header and 3 slots a mean key), on a second gloo group like the logger's own; and
-    the time the training thread spends inside ``flush()`` with ``async_flush=True``.
+    (a 5-slot header and 3 slots a mean key), on a second gloo group like the logger's own; the
+    same all_gather with its row packed from Python floats after the barrier (for reference);
+    and the time the training thread spends inside ``flush()`` with ``async_flush=True``.
     """
     import distlog
 
@@ -749,10 +751,33 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
         dist.all_gather(rows, x, group=group)
         return perf() - t0
 
+    # For reference, not a target: the same all_gather with its row packed, after the barrier,
+    # from n Python floats that were added to before it, as a logger's accumulators are: what
+    # any logger keeping its sums in Python numbers pays at least (distlog's values plane and
+    # unit counts, one struct call and one fill).
+    accumulators = {n: [0.0] * n for n in keys}
+    packers = {n: struct.Struct(f"{5 + n}d") for n in keys}
+
+    def run_packed_gather(n: int) -> float:
+        acc = accumulators[n]
+        for i in range(n):
+            acc[i] += float(rank)
+        x = torch.empty(width[n], dtype=torch.float64)
+        xn = x.numpy()
+        out = torch.empty(world, width[n], dtype=torch.float64)
+        rows = list(out.unbind(0))
+        dist.barrier()
+        t0 = perf()
+        packers[n].pack_into(xn, 0, 1.0, 2.0, 3.0, 0.0, 0.0, *acc)
+        xn[5 + n :] = 1.0
+        dist.all_gather(rows, x, group=group)
+        return perf() - t0
+
     variants = {
         "distlog": run_distlog,
         "all_reduce": run_all_reduce,
         "all_gather": run_all_gather,
+        "packed_gather": run_packed_gather,
         "async_in_flush": run_async,
     }
     order = list(variants)
@@ -775,7 +800,7 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
         d = times[n]["distlog"]
         out[str(n)]["paired"] = {
             f: med([x / y for x, y in zip(d, times[n][f], strict=True)])
-            for f in ("all_reduce", "all_gather")
+            for f in ("all_reduce", "all_gather", "packed_gather")
         }
         out[str(n)]["protocol"] = blocking[n].aggregator.exchange.last_protocol
         out[str(n)]["collectives"] = blocking[n].collectives_last_flush
@@ -1064,7 +1089,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-FLOOR_REPS = {2: 150, 4: 100, 8: 24}  # timed iterations of a floor world, by its ranks
+FLOOR_REPS = {2: 150, 4: 150, 8: 100}  # timed iterations of a floor world, by its ranks
 
 
 def floor_worlds(w: int, keys: list[int], reps: int) -> Any:
@@ -1095,7 +1120,13 @@ def run_all(quick: bool) -> dict[str, Any]:
     else:
         keys, worlds, reps, warmup, budget = [1, 8, 32, 128, 512, 1024], [1, 2, 4, 8], 40, 3, 3072
         floor_keys = [1, 8, 128, 1024, 4096]
-    res["config"] = {"keys": keys, "worlds": worlds, "reps": reps, "warmup": warmup}
+    res["config"] = {
+        "keys": keys,
+        "worlds": worlds,
+        "reps": reps,
+        "warmup": warmup,
+        "floor_reps": {str(w): FLOOR_REPS.get(w, FLOOR_REPS[8]) for w in worlds if w > 1},
+    }
 
     def section(name: str, fn: Any) -> None:
         t0 = perf()
@@ -1298,7 +1329,7 @@ def floor_table(res: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
             continue
         for n in per_rank[0]:
             row: dict[str, Any] = {}
-            for name in ("distlog", "all_reduce", "all_gather", "async_in_flush"):
+            for name in ("distlog", "all_reduce", "all_gather", "packed_gather", "async_in_flush"):
                 vals = [r[n][name] for r in per_rank if name in r[n]]
                 if vals:
                     row[name] = (vals[0], max(vals))
@@ -1629,6 +1660,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
     add("")
 
     fl = floor_table(res)
+    # The iterations this run used (runs from before they were recorded: 150 / 100 / 24).
+    floor_reps = res.get("config", {}).get("floor_reps", {"2": 150, "4": 100, "8": 24})
     if fl:
         add("## At the floor: a flush against one hand-written collective of its payload")
         add("")
@@ -1641,29 +1674,36 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             "as they would during a step's compute. Each key count runs in fresh processes of "
             "its own, as a job has one logger: a 4096-key logger's buffers in the same "
             "processes would make a 1-key flush pay for cache misses no real job has. Medians "
-            f"over {FLOOR_REPS[2]} iterations on 2 ranks, {FLOOR_REPS[4]} on 4 and "
-            f"{FLOOR_REPS[8]} on 8, rank 0 and the slowest rank. "
+            f"over {floor_reps.get('2', '?')} iterations on 2 ranks, {floor_reps.get('4', '?')} "
+            f"on 4 and {floor_reps.get('8', '?')} on 8, rank 0 and the slowest rank. "
             "*ratio* is distlog over the cheaper of the two floors: the median over iterations "
             "of each flush over the floor measured next to it, on rank 0 and on the rank where "
-            "it is highest."
+            "it is highest. *packed* is, for reference, the same all_gather with its row "
+            "packed after the barrier from Python floats added to before it, as a logger's "
+            "accumulators are (one `struct` call and one fill, no logger around it): the least "
+            "any logger that sums in Python numbers pays; *over packed* is distlog's paired "
+            "ratio to it on rank 0."
         )
         add("")
         add(
             "| ranks | keys | protocol | distlog (r0 / slowest) | all_reduce | all_gather "
-            "| ratio (r0 / worst rank) | async: in flush() |"
+            "| ratio (r0 / worst rank) | packed | over packed | async: in flush() |"
         )
-        add("|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|")
         for w, rows in fl.items():
             for n, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
                 if "all_gather" not in r:
                     continue
                 r0, slow = floor_ratios(r)
                 a = r.get("async_in_flush", (math.nan, math.nan))
+                packed = r.get("packed_gather", (math.nan, math.nan))
+                over = r["paired"][0].get("packed_gather", math.nan) if "paired" in r else math.nan
                 add(
                     f"| {w} | {n} | {r['protocol']} ({r['collectives']}) | "
                     f"{us(r['distlog'][0])} / {us(r['distlog'][1])} | "
                     f"{us(r['all_reduce'][0])} | {us(r['all_gather'][0])} | "
-                    f"{r0:.2f}x / {slow:.2f}x | {us(a[0])} |"
+                    f"{r0:.2f}x / {slow:.2f}x | {us(packed[0])} | "
+                    f"{f'{over:.2f}x' if over == over else '-'} | {us(a[0])} |"
                 )
         add("")
 
@@ -2029,20 +2069,20 @@ def analysis(res: dict[str, Any]) -> list[str]:
         "brings new keys, and up to 1 MiB a rank the rows are all-gathered rather than "
         "all-reduced. Per-key Python work at a flush is gone: each key keeps a slot for the "
         "whole run and a flush swaps the slot lists in O(1); for a layout of means and sums one "
-        "`struct` pack and one `np.take` build the whole send row, header included (other "
+        "`struct` pack (and one `np.take` where this rank's slot order differs from the "
+        "layout's) builds the whole send row, header included (other "
         "layouts use a few numpy writes per reduction); every rank reads the gathered headers "
         "as a few Python numbers, and only rank 0's writer thread reduces the table and decodes "
-        "the row. What the floor table still shows above one collective is the fixed Python "
+        "the row (a rank that logged its keys in the layout's order, the order the group first "
+        "logged them, packs its values straight into the send row). What the floor table "
+        "still shows above one collective is the fixed Python "
         "work that is left, about 40-50 function calls a flush, which on this 2-core host run "
         "on a cold cache: right after a gloo wait even an empty lambda costs 1.5 us against "
         "0.2 us in a loop, and reading two header rows 12-17 us against 1.6-2.5 us. At "
         "1024+ keys it is converting the taken slot lists into the send row, on every rank: "
         "about 15 ns a float cold (when every key was logged equally often the counts are one "
         "fill, not one conversion a key: the layout puts every slot that counts samples after "
-        "the values), and the collective itself is slower after that work than right after a "
-        "barrier, where the floor starts with its payload built: measured on its own, one "
-        "all_gather of a 4096-key row took 617-679 us after ~400 us of Python against 491-539 "
-        "us right after a barrier (caches, and the gloo threads' cores). Freeing the taken lists and building the next "
+        "the values). " + packed_note(res) + "Freeing the taken lists and building the next "
         "window's happen while the collective is in flight, and rank 0's writer reduces the "
         "gathered table in place (lent, not copied). C arrays as accumulators would make the "
         "conversion one copy, but they cost 45-60 ns more per `log_scalar` call, more than a "
@@ -2054,6 +2094,28 @@ def analysis(res: dict[str, Any]) -> list[str]:
     )
     out.append("")
     return out
+
+
+def packed_note(res: dict[str, Any]) -> str:
+    """What the *packed* reference says of the largest 2-rank floor row, in this run's numbers."""
+    rows = floor_table(res).get("2", {})
+    big = max((n for n, r in rows.items() if "packed_gather" in r), key=int, default=None)
+    if big is None:
+        return ""
+    r = rows[big]
+    floor = r["all_gather"][0]
+    packed, dl = r["packed_gather"][0], r["distlog"][0]
+    over = r["paired"][0].get("packed_gather", math.nan) if "paired" in r else dl / packed
+    return (
+        f"At {big} keys on 2 ranks the all_gather whose row is first packed from Python floats "
+        f"(the *packed* column) takes {us(packed)} against {us(floor)} with its row ready: "
+        f"that conversion, which any logger summing in Python numbers pays, is "
+        f"{(packed - floor) / max(dl - floor, 1e-9):.0%} of what distlog adds over the floor "
+        f"({us(dl - floor)}); distlog is {over:.2f}x the packed reference, the rest being its "
+        "own Python around the collective (the swap, the header, reading the gathered "
+        "headers, handing the row to the writer), each piece a few microseconds on a cache "
+        "that the wait left cold. "
+    )
 
 
 def gpu_section(g: dict[str, Any]) -> list[str]:

@@ -1306,6 +1306,17 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
             ax2.plot(
                 ks, [r[1] for r in ratios], ":", color=c, alpha=0.7, label=f"{w} ranks, worst rank"
             )
+        two = floors.get("2", {})
+        packed = sorted(int(k) for k, r in two.items() if "packed_gather" in r and "paired" in r)
+        if packed:  # the reference: the floor's all_gather with its row packed from floats
+            ax2.plot(
+                packed,
+                [two[str(k)]["packed_gather"][0] / two[str(k)]["all_gather"][0] for k in packed],
+                "--s",
+                color="grey",
+                ms=4,
+                label="2 ranks: the all_gather with its row packed from Python floats",
+            )
         ax2.axhline(TARGET_FLOOR_RATIO, color="black", lw=1, ls="--", label="target")
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax2.set_xscale("log")

@@ -5,8 +5,8 @@ weighted mean, sum and "last" key, and the additive half of each spread block. T
 payload** is reduced by maximum: every max and min key (a min travels negated) and the extreme
 half of each spread block. Each key owns fixed slots in them, of the kinds [Slots][] names, one
 in each plane of its block; the [Layout][distlog.layout.Layout] (the agreed specs and their
-planes) is identical on every rank, so a key a rank did not log contributes neutral values and is never
-paired with another key.
+planes) is identical on every rank, so a key a rank did not log contributes neutral values and
+is never paired with another key.
 
 Every payload is O(keys) floats whatever the number of ranks: a spread block is 4 SUM and 3 MAX
 slots (the rank with the maximum rides in the low mantissa bits of a MAX slot, see

@@ -424,3 +424,141 @@ print("ok")
             [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120
         )
         assert out.returncode == 0 and out.stdout.strip() == want, (mode, out.stderr[-3000:])
+
+
+# ----------------------------------------------------------------------------- forked children
+# A DataLoader worker or a multiprocessing helper started by fork inherits copies of the open
+# loggers, of distlog's signal handlers and of its exit hook. The run is the parent's.
+
+
+def rows_of(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow  # starts processes
+def test_a_dataloader_worker_that_logs_gets_an_error_naming_the_key_and_the_fork(tmp_path):
+    run = tmp_path / "run"
+    proc = run_script(
+        tmp_path,
+        f"""
+        import json, torch, distlog
+        from torch.utils.data import DataLoader, Dataset
+        logger = distlog.Logger(run_dir={str(run)!r})
+
+        class Logs(Dataset):
+            def __len__(self):
+                return 8
+            def __getitem__(self, i):
+                logger.log_scalar("data/items", 1.0, reduce="sum")  # in a forked worker
+                return torch.tensor(float(i))
+
+        loader = DataLoader(Logs(), num_workers=2, multiprocessing_context="fork")
+        try:
+            for _ in loader:
+                pass
+            print(json.dumps(None))
+        except Exception as exc:
+            print(json.dumps([type(exc).__name__, str(exc)]))
+        logger.log_scalar("train/loss", 2.5)  # the parent's logger is untouched
+        logger.flush(0)
+        logger.finish()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    raised = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert raised is not None, "the worker's samples were silently dropped"
+    name, message = raised
+    assert name == "LoggerClosedError"
+    assert "'data/items'" in message and "fork of the process that created" in message
+    assert "DataLoader worker" in message
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows_of(run)] == [
+        {"step": 0, "train/loss": 2.5}
+    ]
+
+
+@pytest.mark.parametrize("async_write", [True, False])
+@pytest.mark.slow  # starts processes
+def test_a_terminated_forked_child_dies_at_once_and_leaves_the_parents_run_alone(
+    tmp_path, async_write
+):
+    run = tmp_path / "run"
+    proc = run_script(
+        tmp_path,
+        f"""
+        import json, os, signal, sys, time, multiprocessing as mp
+        import distlog
+        from distlog import runlog
+        logger = distlog.Logger(run_dir={str(run)!r}, async_write={async_write})
+        logger.log_scalar("x", 1.0)
+        logger.flush(1)
+        logger.wait()
+
+        def helper(ready):
+            ready.set()
+            time.sleep(60)
+
+        ready = mp.get_context("fork").Event()
+        child = mp.get_context("fork").Process(target=helper, args=(ready,))
+        child.start()
+        ready.wait(30)
+        start = time.monotonic()
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(30)
+        seconds = time.monotonic() - start
+        ended = runlog.read_run_info({str(run)!r})["ended"]
+        logger.log_scalar("x", 2.0)
+        logger.flush(2)
+        logger.finish()
+        print(json.dumps([child.exitcode, seconds, ended]))
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    exitcode, seconds, ended = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exitcode == -signal.SIGTERM  # died of the signal, as without distlog
+    assert seconds < 10, "the child waited for writer threads it does not have"
+    assert ended is None, "the child marked its parent's run as ended"
+    assert "distlog" not in proc.stderr, proc.stderr  # no handler ran in the child
+    assert [r["x"] for r in rows_of(run)] == [1.0, 2.0]
+    assert info(run)["exit_code"] == 0
+
+
+@pytest.mark.parametrize("async_write", [True, False])
+@pytest.mark.slow  # starts a process
+def test_a_forked_child_that_exits_writes_nothing_and_restores_the_hooks(tmp_path, async_write):
+    run = tmp_path / "run"
+    facts = tmp_path / "child.json"
+    proc = run_script(
+        tmp_path,
+        f"""
+        import json, os, signal, sys, time
+        import distlog
+        from distlog import lifecycle
+        logger = distlog.Logger(run_dir={str(run)!r}, async_write={async_write})
+        logger.log_scalar("x", 1.0)
+        logger.flush(1)
+        logger.log_scalar("x", 2.0)  # the tail: the parent's finish writes it, once
+        pid = os.fork()
+        if pid == 0:
+            with open({str(facts)!r}, "w") as f:
+                json.dump({{
+                    "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                    "sigint_default": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                    "hooks": lifecycle.process_hooks_installed(),
+                    "closed": logger.closed,
+                }}, f)
+            sys.exit(0)  # a normal exit: atexit runs in the child
+        deadline = time.monotonic() + 60
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the forked child hangs at exit"
+            time.sleep(0.05)
+        logger.finish()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "distlog" not in proc.stderr, proc.stderr
+    assert json.loads(facts.read_text()) == {
+        "sigterm_default": True, "sigint_default": True, "hooks": False, "closed": True
+    }  # fmt: skip
+    assert [(r["step"], r["x"]) for r in rows_of(run)] == [(1, 1.0), (2, 2.0)]
+    assert info(run)["exit_code"] == 0

@@ -230,6 +230,10 @@ class Aggregator:
         if self._worker is not None:
             self._worker.stop()
 
+    def forget_threads(self) -> None:
+        """In a forked child: the exchange thread stayed in the parent, so never wait for it."""
+        self._worker = None
+
 
 def _record_stream(snap: Any, world: World) -> Any:
     """An event on the training thread's stream, for an exchange that reads its tensors from

@@ -113,6 +113,7 @@ class Buffer:
         self._slot: dict[str, int] = {}
         self._fast = self._slot  # the hot path's view of the slots: emptied when closed
         self.closed = False
+        self.closed_because = "this distlog.Logger is finished; create a new one to log again"
         self._red: list[str] = []
         self._spr: list[bool] = []
         self.specs: list[KeySpec] = []
@@ -249,9 +250,7 @@ class Buffer:
     ) -> Sample:
         """Validate one sample without buffering it; errors name the key."""
         if self.closed:
-            raise LoggerClosedError(
-                "this distlog.Logger is finished; create a new one to log again"
-            )
+            raise LoggerClosedError(f"key {key!r}: {self.closed_because}")
         spec = self.spec_for(key, reduce, spread)
         if weight is not None and reduce != "mean":
             raise LogValueError(f"weight= is only meaningful with reduce='mean' (key {key!r})")
@@ -390,8 +389,11 @@ class Buffer:
         self.known.setdefault(spec.key, spec)
         return i
 
-    def close(self) -> None:
-        """Refuse every later sample with a LoggerClosedError (the hot path included)."""
+    def close(self, because: str | None = None) -> None:
+        """Refuse every later sample with a LoggerClosedError (the hot path included), whose
+        message says ``because`` (default: the logger is finished)."""
+        if because is not None:
+            self.closed_because = because
         self.closed = True
         self._fast = {}
 

@@ -18,10 +18,16 @@ protocol, so it does not import the logger module.
   hook does not hide them); the at-exit finish then uses exit code 1 (130 for
   ``KeyboardInterrupt``).
 - **Interpreter exit** (``atexit``): loggers still open are finished without a collective.
+- **Forked children** (``DataLoader`` workers, ``multiprocessing`` helpers started by fork)
+  inherit copies of the open loggers, of distlog's signal handlers and of its exit hooks. None
+  of it is theirs: in the child every open logger is disowned (each later call raises a
+  [LoggerClosedError][distlog.errors.LoggerClosedError] that says why) and the handlers and
+  hooks are put back as they were, so a worker that SLURM or the ``DataLoader`` terminates dies
+  of the signal at once, and no child writes a row again or marks the parent's run ended.
 
 Importing distlog changes no global state: the exception hook and the exit handler are installed
 when the first logger registers and removed (the previous hook restored) when the last one is
-finished.
+finished; the fork hook is registered then too, and does nothing while no logger is open.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Closable(Protocol):
     def finish_at_exit(self, exit_code: int) -> None:
         """Close at interpreter exit (a world of one may still write its tail)."""
 
+    def disown(self) -> None:
+        """In a forked child: refuse every later call, write and close nothing."""
+
 
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
 SIGNAL_FINISH_SECONDS = 20.0
@@ -68,6 +77,7 @@ _previous_excepthook: Any = None  # set while distlog's hook is installed
 _previous_handlers: dict[int, Any] = {}
 _signal_users: dict[int, weakref.WeakSet[Closable]] = {}
 _handling: set[int] = set()
+_fork_hook: list[bool] = []  # registered once per process: os.register_at_fork cannot undo it
 
 
 def interactive() -> bool:
@@ -108,6 +118,9 @@ def register(logger: Closable, signals: Iterable[int] = ()) -> None:
     """
     if not _live:
         _install_process_hooks()
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_disown_in_forked_child)
+        _fork_hook.append(True)
     _live.add(logger)
     for signum in signals:
         if _install(signum):
@@ -206,6 +219,29 @@ def _on_signal(signum: int, frame: Any) -> None:
     # SIG_DFL (or a handler installed from C, which Python reports as None): die of the signal.
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _disown_in_forked_child() -> None:
+    """In a forked child: the open loggers are the parent's. Disown them and put the signal
+    handlers and exit hooks back as they were before distlog (see the module docstring).
+
+    Runs right after ``fork`` in the child, where a lock another parent thread held stays held
+    forever: nothing here takes one."""
+    if not _live:
+        return
+    copies = list(_live)
+    _live.clear()
+    _signal_users.clear()
+    _uncaught.clear()
+    _handling.clear()
+    for signum in list(_previous_handlers):
+        _uninstall(signum)
+    _uninstall_process_hooks()
+    for logger in copies:
+        try:
+            logger.disown()
+        except Exception as exc:  # never break the child's start over a logger it won't use
+            print(f"distlog: disowning a logger in a forked child failed: {exc}", file=sys.stderr)
 
 
 def _record_uncaught(tp: Any, value: BaseException, tb: Any) -> None:

@@ -128,6 +128,8 @@ class Logger:
         self.log_scalar = self._buffer.add  # type: ignore[method-assign]
         self._media_group = groups.control_group(self.world, timeout)  # never pairs with a flush
         self._closed = False
+        self._closed_because = "this distlog.Logger is finished; create a new one to log again"
+        self._owner_pid = os.getpid()
         self._finishing = False
         self._step = -1
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
@@ -740,9 +742,9 @@ class Logger:
         self._submit(lambda: self._close_sinks(exit_code), wait_for_room=False)
         if self._writer is not None:
             if not self._writer.drain(timeout):
+                why = "the writer thread stopped" if timeout is None else f"not within {timeout}s"
                 warnings.warn(
-                    f"distlog: the sinks did not finish writing within {timeout}s; "
-                    "giving up on them",
+                    f"distlog: the sinks did not finish writing ({why}); giving up on them",
                     stacklevel=2,
                 )
             self._writer.stop(timeout=0.1 if timeout is not None else 60.0)
@@ -772,7 +774,25 @@ class Logger:
                 warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
 
     def _raise_closed(self) -> None:
-        raise LoggerClosedError("this distlog.Logger is finished; create a new one to log again")
+        raise LoggerClosedError(self._closed_because)
+
+    def disown(self) -> None:
+        """This process is a fork of the one that created the logger (a ``DataLoader`` worker,
+        a ``multiprocessing`` helper): the run is the parent's. Called by
+        `distlog.lifecycle` in the child, on its copy of every open logger: every later call
+        here raises [LoggerClosedError][distlog.errors.LoggerClosedError] saying so, and the
+        child flushes, writes and closes nothing (no duplicated row, no run marked ended)."""
+        self._closed_because = (
+            f"this process (pid {os.getpid()}) is a fork of the process that created the "
+            f"distlog.Logger (pid {self._owner_pid}), e.g. a DataLoader worker: what it logs "
+            "would never reach the run. Log in the parent (return the value with the batch), "
+            "or create a Logger in this process"
+        )
+        self._closed = True
+        self._buffer.close(self._closed_because)
+        self._agg.forget_threads()  # the exchange and writer threads stayed in the parent
+        self._writer = None
+        self._inflight = None
 
     def __enter__(self) -> Logger:
         return self

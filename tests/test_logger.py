@@ -287,3 +287,24 @@ def test_console_folds_spread_columns_into_their_key(tmp_path):
     assert line == (
         "step 7 | other/rank_max 3 | time/step_ms 11.5 [7.4..11.5 r0] | train/loss 0.25"
     )
+
+
+def test_a_logger_refuses_to_be_pickled_or_deep_copied_with_a_clear_error(tmp_path):
+    """A spawned DataLoader worker gets its dataset pickled; a dataset holding the logger
+    must fail with a message that says what to do, not 'cannot pickle _thread.lock'."""
+    import copy
+    import pickle
+
+    class Holder:
+        def __init__(self, logger):
+            self.logger = logger
+
+    logger = distlog.Logger(run_dir=tmp_path)
+    logger.log_scalar("x", 1.0)
+    for attempt in (lambda: pickle.dumps(logger), lambda: copy.deepcopy(Holder(logger))):
+        with pytest.raises(distlog.LogTypeError, match="cannot be pickled or deep-copied"):
+            attempt()
+    logger.flush(0)  # nothing was lost
+    logger.finish()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["x"]) for r in rows] == [(0, 1.0)]

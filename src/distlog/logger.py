@@ -776,6 +776,16 @@ class Logger:
     def _raise_closed(self) -> None:
         raise LoggerClosedError(self._closed_because)
 
+    def __reduce__(self) -> Any:
+        """A logger cannot travel to another process: pickling (a spawned ``DataLoader`` worker
+        receiving a dataset that holds it, ``copy.deepcopy`` of a model that does) raises a
+        [LogTypeError][distlog.errors.LogTypeError] saying so, not a bare lock error."""
+        raise LogTypeError(
+            "a distlog.Logger cannot be pickled or deep-copied: it belongs to the process that "
+            "created it (its buffer, threads and process group). Log in that process (return "
+            "the value with the batch), or create a Logger in the other process"
+        )
+
     def disown(self) -> None:
         """This process is a fork of the one that created the logger (a ``DataLoader`` worker,
         a ``multiprocessing`` helper): the run is the parent's. Called by

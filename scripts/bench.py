@@ -311,8 +311,8 @@ def _time_calls(obj: Any, name: str, label: str, into: dict[str, float]) -> None
 def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str, Any]:
     """Where a flush's time goes, by timing the logger's own steps from outside (best effort)."""
     import distlog
-    import distlog.buffer as buf_mod
     import distlog.exchange as agg_mod
+    import distlog.payload as payload_mod
 
     out: dict[str, Any] = {}
     for n in keys:
@@ -326,8 +326,8 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
         orig_resolve = agg_mod.PendingRow.resolve
         agg_mod.PendingRow.resolve = _timed(orig_resolve, "decode row", current)  # type: ignore[method-assign]
         # the gather protocol builds a means-and-sums row straight into its send row
-        orig_build = buf_mod.FusedRow.build
-        buf_mod.FusedRow.build = _timed(orig_build, "build payload", current)  # type: ignore[method-assign]
+        orig_build = payload_mod.FusedRow.build
+        payload_mod.FusedRow.build = _timed(orig_build, "build payload", current)  # type: ignore[method-assign]
         names = [f"bench/{i:04d}" for i in range(n)]
         vals = [torch.tensor(float(i)) for i in range(n)]
         try:
@@ -345,7 +345,7 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
                         timers.setdefault(label, []).append(v)
         finally:
             agg_mod.PendingRow.resolve = orig_resolve  # type: ignore[method-assign]
-            buf_mod.FusedRow.build = orig_build  # type: ignore[method-assign]
+            payload_mod.FusedRow.build = orig_build  # type: ignore[method-assign]
         logger.finish()
         out[str(n)] = {label: med(v) for label, v in timers.items()}
     return out

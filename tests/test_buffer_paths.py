@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from distlog.buffer import Buffer, PayloadPlan, Snapshot, host_payloads
+from distlog.buffer import Buffer, Snapshot
 from distlog.layout import (
     REDUCTIONS,
     SPREAD_MAXES,
@@ -22,6 +22,7 @@ from distlog.layout import (
     decode_row,
     read_headers,
 )
+from distlog.payload import PayloadPlan, host_payloads
 
 
 def _snapshot(reduces: list[str], seed: int, skip: float = 0.3, repeats: list[int] | None = None):

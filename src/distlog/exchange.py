@@ -31,14 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distlog.buffer import (
-    Buffer,
-    PayloadPlan,
-    Snapshot,
-    host_payloads,
-    spread_owner,
-    tensor_payloads,
-)
+from distlog.buffer import Buffer, Snapshot, spread_owner
 from distlog.errors import KeyConflictError, LogValueError, RankDivergenceError
 from distlog.layout import (
     Header,
@@ -51,6 +44,7 @@ from distlog.layout import (
     encode_specs,
     read_headers,
 )
+from distlog.payload import PayloadPlan, host_payloads, tensor_payloads
 from distlog.world import World
 
 __all__ = ["PROTOCOLS", "Exchange", "ExchangeOptions", "PendingRow", "choose_protocol"]

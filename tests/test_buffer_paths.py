@@ -105,26 +105,30 @@ def test_fused_row_with_a_key_this_rank_never_logged_equals_general_path() -> No
     assert decode_row(lay, body, fused[:0], (0,)).keys() == {s.key for s in snap.specs}
 
 
+@pytest.mark.parametrize("size", [1, 32, 200])
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
 @pytest.mark.parametrize("order", ["as logged", "reversed"])
-def test_fused_row_in_layout_order_is_packed_straight_into_the_row(reduce: str, order: str) -> None:
-    """A rank whose slots are in layout order packs its values into the row with no take;
-    in another order they are permuted. Both give the general path's row."""
-    snap, _, lay = _snapshot([reduce] * 200, 3, repeats=[2] * 200)
+def test_fused_row_in_layout_order_is_packed_straight_into_the_row(
+    size: int, reduce: str, order: str
+) -> None:
+    """A rank whose slots are in layout order packs its values into the row with no take, at
+    any size; in another order they are permuted. Both give the general path's row."""
+    snap, _, lay = _snapshot([reduce] * size, 3, repeats=[2] * size)
     if order == "reversed":
         lay = Layout(lay.specs[::-1], 2)
     plan = PayloadPlan(lay, snap.specs, snap.size)
     fused = plan.fused(Header.WIDTH)
-    assert fused is not None and fused.in_order is (order == "as logged")
+    assert fused is not None and fused.in_order is (order == "as logged" or size == 1)
     row = _fused_row_equals_general_path(snap, plan, lay, [3.0, 7.0, 1.0, 0.0, 0.0])
     values = [row[Header.WIDTH + lay.slot(reduce, 0, s.key)] for s in snap.specs]
     assert values == snap.a
 
 
-def test_one_row_reused_flush_after_flush_is_always_the_general_paths() -> None:
+@pytest.mark.parametrize("size", [100, 8])
+def test_one_row_reused_flush_after_flush_is_always_the_general_paths(size: int) -> None:
     """The send row is kept from flush to flush and its count slots are refilled only when
     the count changed: whatever the sequence of windows, each row is the general path's."""
-    keys = [f"k/{i:03d}" for i in range(100)]
+    keys = [f"k/{i:03d}" for i in range(size)]
     buf = Buffer()
     for key in keys:
         buf.add(key, 0.0)
@@ -133,7 +137,8 @@ def test_one_row_reused_flush_after_flush_is_always_the_general_paths() -> None:
     out = np.full(Header.WIDTH + lay.sum_size, np.nan)
     filled = None
     rng = random.Random(0)
-    windows = [[1] * 100, [1] * 100, [2] * 100, [1] * 99 + [3], [2] * 100, [0] * 100, [1] * 100]
+    n = size
+    windows = [[1] * n, [1] * n, [2] * n, [1] * (n - 1) + [3], [2] * n, [0] * n, [1] * n]
     for flush, counts in enumerate(windows):
         for key, count in zip(keys, counts, strict=True):
             for _ in range(count):

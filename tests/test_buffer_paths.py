@@ -341,3 +341,38 @@ def test_plain_decoding_equals_the_numpy_one(seed: int, monkeypatch: pytest.Monk
         assert struct.pack("d", plain[key]) == struct.pack("d", value) or (
             math.isnan(plain[key]) and math.isnan(value)
         ), key
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_small_table_reduced_as_python_numbers_is_numpys_bit_for_bit(seed: int) -> None:
+    """The writer reduces a small gathered table of means and sums with Python additions in
+    rank order: the row equals numpy's reduction and decoding, bit for bit (magnitudes far
+    apart, so any other order of additions would show)."""
+    import distlog.layout as layout_module
+
+    rng = random.Random(seed)
+    reduces = [rng.choice(["mean", "sum", "last"]) for _ in range(rng.randint(1, 64))]
+    lay = Layout([KeySpec(f"k/{i:02d}", r) for i, r in enumerate(reduces)], 1)
+    ranks = rng.randint(1, layout_module.PLAIN_REDUCE_UP_TO)
+    table = np.array(
+        [
+            [float(h) for h in (3, 7, 1, 0, 0)]
+            + [
+                rng.choice([1e16, -1e16, 1.0, 3.3e-7, -0.0]) * rng.random()
+                for _ in range(lay.sum_size)
+            ]
+            for _ in range(ranks)
+        ]
+    )
+    for spec in lay.specs:  # counts: some keys logged by no rank
+        count = {"mean": Slots.MEAN_COUNT, "sum": Slots.SUM_COUNT, "last": Slots.LAST_RANKS}
+        table[:, Header.WIDTH + lay.slot(spec.reduce, count[spec.reduce], spec.key)] = rng.choice(
+            [0.0, 1.0]
+        )
+    group = tuple(range(ranks))
+    plain = layout_module.decode_table(lay, table, group)
+    sums, _ = layout_module.reduce_table(table, lay)
+    numpy_row = decode_row(lay, sums, np.zeros(0), group)
+    assert list(plain) == list(numpy_row)
+    for key, value in numpy_row.items():
+        assert struct.pack("d", plain[key]) == struct.pack("d", value), key

@@ -41,8 +41,10 @@ from distlog.layout import (
     check_headers,
     decode_row,
     decode_specs,
+    decode_table,
     encode_specs,
     read_headers,
+    reduce_table,
 )
 from distlog.payload import PayloadPlan, host_payloads, tensor_payloads
 from distlog.world import World
@@ -111,10 +113,9 @@ class PendingRow:
 
     def resolve(self) -> dict[str, float]:
         if self.gathered is not None:
-            sums, mx = _reduce_table(self.gathered.table_np, self.layout)
+            row = decode_table(self.layout, self.gathered.table_np, self.group_ranks)
             self.gathered.lent = False  # the exchange may gather into it again
-            maxes = mx if mx is not None else np.zeros(0)
-            return decode_row(self.layout, sums, maxes, self.group_ranks)
+            return row
         if self.local is not None:
             snap, plan, device = self.local
             p = tensor_payloads(snap, plan, device, 0, 1)
@@ -290,7 +291,7 @@ class Exchange:
         want = np.array(header.gathered()[:3])
         if not (table[:, :3] == want).all() or table[:, 3].any():
             return None
-        return self.epilogue(header.step, *_reduce_table(table, lay))
+        return self.epilogue(header.step, *reduce_table(table, lay))
 
     def settle(self) -> None:
         self._salvageable = None
@@ -531,15 +532,6 @@ def _completes(work: Any, timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------------- the protocols
-def _reduce_table(table: np.ndarray, lay: Layout) -> tuple[np.ndarray, np.ndarray | None]:
-    """Column sums of the SUM part and maxima of the MAX part of a gathered table, in rank
-    order, so every rank gets the same numbers."""
-    body = table[:, Header.WIDTH :]
-    sums = body[:, : lay.sum_size].sum(axis=0)
-    maxes = body[:, lay.sum_size :].max(axis=0) if lay.max_size else None
-    return sums, maxes
-
-
 def _gather_round(
     ex: Exchange, snap: Snapshot, step: int, header: Header
 ) -> tuple[GatherBuffers, int]:

@@ -308,3 +308,29 @@ def test_a_logger_refuses_to_be_pickled_or_deep_copied_with_a_clear_error(tmp_pa
     logger.finish()
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [(r["step"], r["x"]) for r in rows] == [(0, 1.0)]
+
+
+def test_integration_objects_pickle_without_their_logger(tmp_path):
+    """Lightning's ddp_spawn pickles the trainer's callbacks and loggers into new processes:
+    the copy leaves the Logger behind and builds its own on first use."""
+    import pickle
+
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    from distlog.integrations.lightning import DistlogCallback, DistlogLightningLogger
+    from distlog.integrations.transformers import DistlogCallback as HFCallback
+
+    lightning_logger = DistlogLightningLogger(run_dir=tmp_path / "pl")
+    lightning_logger.log_hyperparams({"lr": 0.1})  # builds its Logger
+    hf = HFCallback(run_dir=tmp_path / "hf")
+    hf.logger.log_scalar("x", 1.0)  # builds its Logger
+    for obj, live in ((lightning_logger, lightning_logger.experiment), (hf, hf.logger)):
+        copy = pickle.loads(pickle.dumps(obj))
+        assert copy._logger is None and not live.closed  # the original keeps its Logger
+    copy = pickle.loads(pickle.dumps(DistlogCallback(run_dir=tmp_path / "cb")))
+    assert copy._logger is None
+    hf.logger.flush(0)
+    hf.logger.finish()
+    lightning_logger.experiment.finish()
+    assert [r["x"] for r in distlog.read_metrics(tmp_path / "hf")] == [1.0]
+    assert json.loads((tmp_path / "pl" / "config.json").read_text())["lr"] == 0.1

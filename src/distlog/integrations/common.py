@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 from distlog.logger import Logger
 from distlog.sinks.base import Sink
 
-__all__ = ["SinksArg", "make_logger"]
+__all__ = ["OwnLoggerPerProcess", "SinksArg", "make_logger"]
 
 SinksArg: TypeAlias = Iterable[Sink] | Callable[[Logger], Iterable[Sink]] | None
 """Sinks, or a function of the Logger that makes them. A function is called on global rank 0
@@ -26,3 +26,15 @@ def make_logger(run_dir: str | Path | None, sinks: SinksArg, **kwargs: Any) -> L
         for sink in sinks(logger):
             logger.add_sink(sink)
     return logger
+
+
+class OwnLoggerPerProcess:
+    """For an integration object that builds its Logger lazily (in ``self._logger``): pickled
+    into a spawned process (Lightning's ``strategy="ddp_spawn"``, a spawned worker), the copy
+    leaves the Logger behind and builds its own there on first use. A Logger belongs to the
+    process that made it and refuses to be pickled."""
+
+    _logger: Logger | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_logger": None}

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogValueError
-from distlog.integrations.common import SinksArg, make_logger
+from distlog.integrations.common import OwnLoggerPerProcess, SinksArg, make_logger
 from distlog.integrations.versions import require
 from distlog.logger import Logger
 from distlog.world import World
@@ -82,7 +82,7 @@ def _exit_code(exc: BaseException) -> int:
     return 1
 
 
-class DistlogCallback(pl.Callback):
+class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
     """Give every ``self.log`` call of a LightningModule a cross-rank value, written by rank 0.
 
     Args:
@@ -279,7 +279,7 @@ def _global_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-class DistlogLightningLogger(LightningLoggerBase):
+class DistlogLightningLogger(OwnLoggerPerProcess, LightningLoggerBase):
     """A Lightning ``Logger`` that writes to distlog's run directory and sinks, from rank 0.
 
     Lightning calls its loggers on global rank 0 only, with values it has already reduced

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from distlog.integrations.common import SinksArg, make_logger
+from distlog.integrations.common import OwnLoggerPerProcess, SinksArg, make_logger
 from distlog.integrations.versions import require
 from distlog.logger import Logger
 
@@ -26,7 +26,7 @@ from transformers import TrainerCallback  # noqa: E402
 __all__ = ["DistlogCallback"]
 
 
-class DistlogCallback(TrainerCallback):
+class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
     """Write everything the ``Trainer`` logs through distlog, and reduce your own per-rank values.
 
     Args:

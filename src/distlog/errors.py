@@ -24,6 +24,12 @@ class LoggerClosedError(DistlogError, RuntimeError):
     """The logger was used after [Logger.finish][distlog.logger.Logger.finish]."""
 
 
+class LogUsageError(DistlogError, RuntimeError):
+    """A call made where the logger cannot honour it, e.g. ``flush()`` from a second thread
+    while another thread's flush runs (``log_*`` may come from any thread; ``flush`` and
+    ``finish`` from one at a time). Raised at once, before any collective."""
+
+
 class KeyConflictError(DistlogError, ValueError):
     """Ranks logged the same key with different reductions; raised on every rank at the flush."""
 

@@ -9,6 +9,7 @@ the other ranks wait in.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,7 +21,14 @@ import torch.distributed as dist
 from distlog import groups, lifecycle, runlog
 from distlog.aggregation import Aggregator, ExchangeOptions
 from distlog.config import to_config_dict
-from distlog.errors import DistlogError, LoggerClosedError, LogTypeError, LogValueError, RunDirError
+from distlog.errors import (
+    DistlogError,
+    LoggerClosedError,
+    LogTypeError,
+    LogUsageError,
+    LogValueError,
+    RunDirError,
+)
 from distlog.exchange import PendingRow
 from distlog.keys import check_key
 from distlog.lifecycle import exit_code_of as _exit_code_of
@@ -131,6 +139,10 @@ class Logger:
         self._closed_because = "this distlog.Logger is finished; create a new one to log again"
         self._owner_pid = os.getpid()
         self._finishing = False
+        # Held by the thread inside flush(): a second thread's flush would pair its collective
+        # with the other ranks' next flush and wait out the timeout, so it is refused at once.
+        self._flushing = threading.Lock()
+        self._flushing_thread = ""
         self._step = -1
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
@@ -564,7 +576,24 @@ class Logger:
         row. The row is decoded and written on rank 0's writer thread; ``block=True`` waits
         for it and returns it on rank 0 (None elsewhere). With ``async_flush=True`` the
         exchange itself runs in the background and this call returns at once.
+
+        Call it (and ``finish``) from one thread at a time: a second thread's call while one
+        runs raises [LogUsageError][distlog.errors.LogUsageError] at once, before any collective.
         """
+        if not self._flushing.acquire(blocking=False):
+            raise LogUsageError(
+                f"flush() on thread {threading.current_thread().name!r} while thread "
+                f"{self._flushing_thread!r} is inside flush() or finish() of the same logger: "
+                "call flush and finish from one thread at a time (log_* may be called from "
+                "any thread)"
+            )
+        try:
+            self._flushing_thread = threading.current_thread().name
+            return self._flush(step, block)
+        finally:
+            self._flushing.release()
+
+    def _flush(self, step: int | None, block: bool) -> dict[str, float] | None:
         if self._world_was_read:  # an explicit world (a writer-only one) is the caller's
             self.world.check_still_current()
         if self._closed:

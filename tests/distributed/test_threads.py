@@ -70,3 +70,44 @@ def test_every_sample_from_a_loader_thread_reaches_a_row(tmp_path, ranks, async_
     assert totals(tmp_path, "data/other") == want_other
     rows = distlog.read_metrics(tmp_path)
     assert len({row["step"] for row in rows}) == len(rows), "a step was written twice"
+
+
+def flush_from_two_threads(rank: int, run_dir: str) -> dict:
+    """Rank 0 flushes on a second thread while its main thread is inside a flush that waits for
+    rank 1 (which arrives 3 s late): the second call must fail at once, not pair its
+    collective with rank 1's next flush and wait out the timeout."""
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
+    logger.log_scalar("x", float(rank + 1))
+    outcome: dict = {}
+    if rank == 0:
+
+        def second() -> None:
+            time.sleep(0.5)  # the main thread is inside flush(0) by now
+            started = time.monotonic()
+            try:
+                logger.flush(99)
+                outcome["second"] = "returned"
+            except distlog.LogUsageError as exc:
+                outcome["second"] = str(exc)
+            outcome["seconds"] = time.monotonic() - started
+
+        thread = threading.Thread(target=second, name="callback-thread")
+        thread.start()
+        logger.flush(0)
+        thread.join()
+    else:
+        time.sleep(3.0)
+        logger.flush(0)
+    logger.log_scalar("x", 10.0 * (rank + 1))
+    logger.flush(1)  # the group is still in step
+    logger.finish()
+    return outcome
+
+
+def test_a_flush_from_a_second_thread_while_one_runs_fails_at_once(tmp_path):
+    results = run_ranks(flush_from_two_threads, 2, str(tmp_path), timeout=120)
+    message, seconds = results[0]["second"], results[0]["seconds"]
+    assert "'callback-thread'" in message and "'MainThread'" in message, message
+    assert "one thread at a time" in message
+    assert seconds < 2.0, "the second flush waited instead of failing"
+    assert [(r["step"], r["x"]) for r in distlog.read_metrics(tmp_path)] == [(0, 1.5), (1, 15.0)]

@@ -453,7 +453,7 @@ def test_a_dataloader_worker_that_logs_gets_an_error_naming_the_key_and_the_fork
                 logger.log_scalar("data/items", 1.0, reduce="sum")  # in a forked worker
                 return torch.tensor(float(i))
 
-        loader = DataLoader(Logs(), num_workers=2, multiprocessing_context="fork")
+        loader = DataLoader(Logs(), num_workers=1, multiprocessing_context="fork")
         try:
             for _ in loader:
                 pass

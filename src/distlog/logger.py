@@ -140,7 +140,7 @@ class Logger:
         self._owner_pid = os.getpid()
         self._finishing = False
         # Held by the thread inside flush(): a second thread's flush would pair its collective
-        # with the other ranks' next flush and wait out the timeout, so it is refused at once.
+        # with the other ranks' next flush (gloo aborted the job), so it is refused at once.
         self._flushing = threading.Lock()
         self._flushing_thread = ""
         self._step = -1
@@ -832,6 +832,7 @@ class Logger:
         self._agg.forget_threads()  # the exchange and writer threads stayed in the parent
         self._writer = None
         self._inflight = None
+        self._flushing = threading.Lock()  # a parent thread may have held it at the fork
 
     def __enter__(self) -> Logger:
         return self

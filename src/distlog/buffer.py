@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from distlog.errors import LoggerClosedError, LogTypeError, LogValueError
+from distlog.errors import FINISHED, LoggerClosedError, LogTypeError, LogValueError
 from distlog.keys import check_key
 from distlog.layout import (
     REDUCTIONS,
@@ -98,7 +98,7 @@ class Buffer:
         self._slot: dict[str, int] = {}
         self._fast = self._slot  # the hot path's view of the slots: emptied when closed
         self.closed = False
-        self.closed_because = "this distlog.Logger is finished; create a new one to log again"
+        self.closed_because = FINISHED
         self._red: list[str] = []
         self._spr: list[bool] = []
         self.specs: list[KeySpec] = []

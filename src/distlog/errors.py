@@ -21,7 +21,12 @@ class LogTypeError(DistlogError, TypeError):
 
 
 class LoggerClosedError(DistlogError, RuntimeError):
-    """The logger was used after [Logger.finish][distlog.logger.Logger.finish]."""
+    """The logger was used after [Logger.finish][distlog.logger.Logger.finish], or in a forked
+    child of the process that created it (a ``DataLoader`` worker)."""
+
+
+FINISHED = "this distlog.Logger is finished; create a new one to log again"
+"""The message of a [LoggerClosedError][distlog.errors.LoggerClosedError] after ``finish``."""
 
 
 class LogUsageError(DistlogError, RuntimeError):

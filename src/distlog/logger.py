@@ -22,6 +22,7 @@ from distlog import groups, lifecycle, runlog
 from distlog.aggregation import Aggregator, ExchangeOptions
 from distlog.config import to_config_dict
 from distlog.errors import (
+    FINISHED,
     DistlogError,
     LoggerClosedError,
     LogTypeError,
@@ -136,7 +137,7 @@ class Logger:
         self.log_scalar = self._buffer.add  # type: ignore[method-assign]
         self._media_group = groups.control_group(self.world, timeout)  # never pairs with a flush
         self._closed = False
-        self._closed_because = "this distlog.Logger is finished; create a new one to log again"
+        self._closed_because = FINISHED
         self._owner_pid = os.getpid()
         self._finishing = False
         # Held by the thread inside flush(): a second thread's flush would pair its collective

@@ -144,6 +144,7 @@ class Logger:
         # with the other ranks' next flush (gloo aborted the job), so it is refused at once.
         self._flushing = threading.Lock()
         self._flushing_thread = ""
+        self._gathering = threading.Lock()  # the same, for gathering media calls
         self._step = -1
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
@@ -395,14 +396,31 @@ class Logger:
         if kwargs.get("max_rows", 0) is None:
             kwargs["max_rows"] = media.DEFAULT_MAX_ROWS
         key = desc or default_key
-        item = getattr(media, collect)(
-            self.world,
-            *args,
-            desc=key,
-            group=self._media_group,
-            timeout=self._agg.timeout,
-            **kwargs,
+        from distlog.media.gather import normalize_ranks
+        from distlog.media.histograms import is_dtensor
+
+        gathering = (args and is_dtensor(args[0])) or (
+            normalize_ranks(self.world, kwargs.get("ranks", 0), key) is not None
         )
+        if gathering and not self._gathering.acquire(blocking=False):
+            raise LogUsageError(
+                f"media key {key!r}: a gathering media call (ranks other than 0, or a DTensor) "
+                f"on thread {threading.current_thread().name!r} while another thread's runs: "
+                "every rank makes gathering calls in the same order, so make them from one "
+                "thread at a time"
+            )
+        try:
+            item = getattr(media, collect)(
+                self.world,
+                *args,
+                desc=key,
+                group=self._media_group,
+                timeout=self._agg.timeout,
+                **kwargs,
+            )
+        finally:
+            if gathering:
+                self._gathering.release()
         if item is not None:
             self.log_media(key, item)
 
@@ -834,6 +852,7 @@ class Logger:
         self._writer = None
         self._inflight = None
         self._flushing = threading.Lock()  # a parent thread may have held it at the fork
+        self._gathering = threading.Lock()
 
     def __enter__(self) -> Logger:
         return self

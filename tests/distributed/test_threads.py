@@ -8,6 +8,7 @@ written rows must equal the number of samples every rank logged, exactly.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -111,3 +112,51 @@ def test_a_flush_from_a_second_thread_while_one_runs_fails_at_once(tmp_path):
     assert "one thread at a time" in message
     assert seconds < 2.0, "the second flush waited instead of failing"
     assert [(r["step"], r["x"]) for r in distlog.read_metrics(tmp_path)] == [(0, 1.5), (1, 15.0)]
+
+
+def gather_media_from_two_threads(rank: int, run_dir: str) -> dict:
+    """The same for a gathering media call (ranks="all"): rank 0's second thread makes one
+    while its main thread's waits for rank 1; the second must fail at once."""
+    import numpy as np
+
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
+    image = np.full((4, 4, 3), 50 * (rank + 1), dtype=np.uint8)
+    outcome: dict = {}
+    if rank == 0:
+
+        def second() -> None:
+            time.sleep(0.5)
+            started = time.monotonic()
+            try:
+                logger.log_images([image], desc="other", ranks="all")
+                outcome["second"] = "returned"
+            except distlog.LogUsageError as exc:
+                outcome["second"] = str(exc)
+            outcome["seconds"] = time.monotonic() - started
+
+        thread = threading.Thread(target=second, name="media-thread")
+        thread.start()
+        logger.log_images([image], desc="samples", ranks="all")
+        thread.join()
+    else:
+        time.sleep(3.0)
+        logger.log_images([image], desc="samples", ranks="all")
+    logger.log_images([image], desc="after", ranks="all")  # the group is still in step
+    logger.log_scalar("x", 1.0)
+    logger.flush(0)
+    logger.finish()
+    return outcome
+
+
+def test_a_gathering_media_call_from_a_second_thread_fails_at_once(tmp_path):
+    results = run_ranks(gather_media_from_two_threads, 2, str(tmp_path), timeout=120)
+    message, seconds = results[0]["second"], results[0]["seconds"]
+    assert "'other'" in message and "'media-thread'" in message, message
+    assert seconds < 2.0, "the second call waited instead of failing"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    media = {
+        k: v for line in lines if "media" in line for k, v in json.loads(line)["media"].items()
+    }
+    assert set(media) == {"samples", "after"}  # the refused call left no trace
+    for record in media.values():
+        assert [item["caption"] for item in record["items"]] == ["rank 0", "rank 1"]

@@ -157,7 +157,8 @@ def histogram(values: Any, *, desc: str, bins: int = 64) -> Histogram:
     return Histogram(counts=counts, edges=edges, nonfinite=st.n_nonfinite)
 
 
-def _is_dtensor(x: Any) -> bool:
+def is_dtensor(x: Any) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (its histogram is a collective)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without DTensor
@@ -306,7 +307,7 @@ def collect_histogram(
     """
     desc = check_desc(desc)
     bins = _check_bins(bins, desc)
-    if _is_dtensor(values):
+    if is_dtensor(values):
         return _dtensor_histogram(world, values, desc, bins, ranks, timeout)
     chosen = normalize_ranks(world, ranks, desc)
     if chosen is None:

@@ -289,25 +289,26 @@ def test_console_folds_spread_columns_into_their_key(tmp_path):
     )
 
 
-def test_a_logger_refuses_to_be_pickled_or_deep_copied_with_a_clear_error(tmp_path):
-    """A spawned DataLoader worker gets its dataset pickled; a dataset holding the logger
-    must fail with a message that says what to do, not 'cannot pickle _thread.lock'."""
+def test_a_logger_refuses_to_be_pickled_and_a_deep_copy_shares_it(tmp_path):
+    """A spawned DataLoader worker gets its dataset pickled: a dataset holding the logger must
+    fail with a message that says what to do, not 'cannot pickle _thread.lock'. A deep copy
+    of a model that holds it (torch's AveragedModel, EMA and SWA callbacks) shares it."""
     import copy
     import pickle
 
-    class Holder:
-        def __init__(self, logger):
-            self.logger = logger
-
     logger = distlog.Logger(run_dir=tmp_path)
     logger.log_scalar("x", 1.0)
-    for attempt in (lambda: pickle.dumps(logger), lambda: copy.deepcopy(Holder(logger))):
-        with pytest.raises(distlog.LogTypeError, match="cannot be pickled or deep-copied"):
-            attempt()
+    with pytest.raises(distlog.LogTypeError, match="cannot be pickled"):
+        pickle.dumps(logger)
+    model = torch.nn.Linear(2, 2)
+    model.distlog = logger  # as DistlogCallback gives a LightningModule
+    averaged = torch.optim.swa_utils.AveragedModel(model)  # deep-copies the model
+    assert averaged.module.distlog is logger and copy.copy(logger) is logger
+    averaged.module.distlog.log_scalar("x", 3.0)
     logger.flush(0)  # nothing was lost
     logger.finish()
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [(r["step"], r["x"]) for r in rows] == [(0, 1.0)]
+    assert [(r["step"], r["x"]) for r in rows] == [(0, 2.0)]
 
 
 def test_integration_objects_pickle_without_their_logger(tmp_path):

@@ -825,14 +825,22 @@ class Logger:
         raise LoggerClosedError(self._closed_because)
 
     def __reduce__(self) -> Any:
-        """A logger cannot travel to another process: pickling (a spawned ``DataLoader`` worker
-        receiving a dataset that holds it, ``copy.deepcopy`` of a model that does) raises a
+        """A logger cannot travel to another process: pickling it (a spawned ``DataLoader``
+        worker receiving a dataset that holds it) raises a
         [LogTypeError][distlog.errors.LogTypeError] saying so, not a bare lock error."""
         raise LogTypeError(
-            "a distlog.Logger cannot be pickled or deep-copied: it belongs to the process that "
-            "created it (its buffer, threads and process group). Log in that process (return "
-            "the value with the batch), or create a Logger in the other process"
+            "a distlog.Logger cannot be pickled: it belongs to the process that created it "
+            "(its buffer, threads and process group). Log in that process (return the value "
+            "with the batch), or create a Logger in the other process"
         )
+
+    def __copy__(self) -> Logger:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Logger:
+        """A copy of a model that holds the logger (``AveragedModel``, an EMA or SWA callback,
+        Lightning's ``self.distlog``) shares it: one logger per process, as for a file handle."""
+        return self
 
     def disown(self) -> None:
         """This process is a fork of the one that created the logger (a ``DataLoader`` worker,

@@ -73,32 +73,40 @@ def test_every_sample_from_a_loader_thread_reaches_a_row(tmp_path, ranks, async_
     assert len({row["step"] for row in rows}) == len(rows), "a step was written twice"
 
 
-def flush_from_two_threads(rank: int, run_dir: str) -> dict:
-    """Rank 0 flushes on a second thread while its main thread is inside a flush that waits for
-    rank 1 (which arrives 3 s late): the second call must fail at once, not pair its
-    collective with rank 1's next flush and wait out the timeout."""
-    logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
-    logger.log_scalar("x", float(rank + 1))
+def collective_from_two_threads(rank: int, first, second, thread_name: str) -> dict:
+    """Rank 0 runs ``second`` on another thread while its main thread is inside ``first``,
+    which waits for rank 1 (3 s late): the second call must fail at once with LogUsageError,
+    not pair its collective with rank 1's next one."""
     outcome: dict = {}
     if rank == 0:
 
-        def second() -> None:
-            time.sleep(0.5)  # the main thread is inside flush(0) by now
+        def run_second() -> None:
+            time.sleep(0.5)  # the main thread is inside first() by now
             started = time.monotonic()
             try:
-                logger.flush(99)
+                second()
                 outcome["second"] = "returned"
             except distlog.LogUsageError as exc:
                 outcome["second"] = str(exc)
             outcome["seconds"] = time.monotonic() - started
 
-        thread = threading.Thread(target=second, name="callback-thread")
+        thread = threading.Thread(target=run_second, name=thread_name)
         thread.start()
-        logger.flush(0)
+        first()
         thread.join()
     else:
         time.sleep(3.0)
-        logger.flush(0)
+        first()
+    return outcome
+
+
+def flush_from_two_threads(rank: int, run_dir: str) -> dict:
+    """A second thread's flush while the main thread's flush waits for rank 1."""
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
+    logger.log_scalar("x", float(rank + 1))
+    outcome = collective_from_two_threads(
+        rank, lambda: logger.flush(0), lambda: logger.flush(99), "callback-thread"
+    )
     logger.log_scalar("x", 10.0 * (rank + 1))
     logger.flush(1)  # the group is still in step
     logger.finish()
@@ -115,32 +123,17 @@ def test_a_flush_from_a_second_thread_while_one_runs_fails_at_once(tmp_path):
 
 
 def gather_media_from_two_threads(rank: int, run_dir: str) -> dict:
-    """The same for a gathering media call (ranks="all"): rank 0's second thread makes one
-    while its main thread's waits for rank 1; the second must fail at once."""
+    """The same for a gathering media call (ranks="all")."""
     import numpy as np
 
     logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
     image = np.full((4, 4, 3), 50 * (rank + 1), dtype=np.uint8)
-    outcome: dict = {}
-    if rank == 0:
-
-        def second() -> None:
-            time.sleep(0.5)
-            started = time.monotonic()
-            try:
-                logger.log_images([image], desc="other", ranks="all")
-                outcome["second"] = "returned"
-            except distlog.LogUsageError as exc:
-                outcome["second"] = str(exc)
-            outcome["seconds"] = time.monotonic() - started
-
-        thread = threading.Thread(target=second, name="media-thread")
-        thread.start()
-        logger.log_images([image], desc="samples", ranks="all")
-        thread.join()
-    else:
-        time.sleep(3.0)
-        logger.log_images([image], desc="samples", ranks="all")
+    outcome = collective_from_two_threads(
+        rank,
+        lambda: logger.log_images([image], desc="samples", ranks="all"),
+        lambda: logger.log_images([image], desc="other", ranks="all"),
+        "media-thread",
+    )
     logger.log_images([image], desc="after", ranks="all")  # the group is still in step
     logger.log_scalar("x", 1.0)
     logger.flush(0)

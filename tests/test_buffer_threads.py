@@ -1,0 +1,78 @@
+"""Threads that log the same new keys at once: a key keeps one reduction, whoever comes first.
+
+``log_*`` may be called from any thread. A call validates its sample before it takes the
+buffer's lock, so another thread may register the same new key, with another reduction, in
+between; the check is repeated under the lock. Before it was, two threads logging 20,000 new
+keys (one as means, one as sums) each had about a quarter of the keys accepted with no error,
+and the row held a mix of both (a sum of 101 where each thread logged 1 and 100).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import distlog
+from distlog.errors import LogValueError
+
+KEYS = 4000
+
+
+@pytest.fixture
+def busy_switching() -> Iterator[None]:
+    """Switch threads every microsecond, so the window between check and lock is hit."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _by_scalar(lg: distlog.Logger, key: str, value: float, reduce: str) -> None:
+    lg.log_scalar(key, value, reduce)
+
+
+def _by_dict(lg: distlog.Logger, key: str, value: float, reduce: str) -> None:
+    lg.log_dict({key: value, f"{key}/other": value}, reduce)
+
+
+@pytest.mark.parametrize("second", [_by_scalar, _by_dict], ids=["log_scalar", "log_dict"])
+def test_two_threads_logging_new_keys_with_two_reductions_never_mix_them(
+    tmp_path: Path, busy_switching: None, second: Callable[..., None]
+) -> None:
+    lg = distlog.Logger(run_dir=tmp_path / "run")
+    refused: dict[str, set[str]] = {"mean": set(), "sum": set()}
+    start = threading.Barrier(2)
+
+    def run(log: Callable[..., None], value: float, reduce: str) -> None:
+        start.wait()
+        for i in range(KEYS):
+            try:
+                log(lg, f"k/{i}", value, reduce)
+            except LogValueError as exc:
+                assert f"'k/{i}'" in str(exc)  # the error names the key
+                refused[reduce].add(f"k/{i}")
+
+    threads = [
+        threading.Thread(target=run, args=(_by_scalar, 1.0, "mean")),
+        threading.Thread(target=run, args=(second, 100.0, "sum")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    row: Any = lg.flush(block=True)
+    lg.finish()
+    assert row is not None
+    for i in range(KEYS):
+        key = f"k/{i}"
+        lost_mean, lost_sum = key in refused["mean"], key in refused["sum"]
+        # Exactly one thread's call was refused, and the row holds the other one's sample.
+        assert lost_mean != lost_sum, (key, row[key])
+        assert row[key] == (100.0 if lost_mean else 1.0), (key, row[key])

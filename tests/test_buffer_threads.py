@@ -1,4 +1,7 @@
-"""Threads that log the same new keys at once: a key keeps one reduction, whoever comes first.
+"""Logging from several threads at once, on one process: what the buffer and the queues of the
+next row guarantee.
+
+Threads that log the same new keys at once: a key keeps one reduction, whoever comes first.
 
 ``log_*`` may be called from any thread. A call validates its sample before it takes the
 buffer's lock, so another thread may register the same new key, with another reduction, in
@@ -15,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import distlog
@@ -76,3 +80,61 @@ def test_two_threads_logging_new_keys_with_two_reductions_never_mix_them(
         # Exactly one thread's call was refused, and the row holds the other one's sample.
         assert lost_mean != lost_sum, (key, row[key])
         assert row[key] == (100.0 if lost_mean else 1.0), (key, row[key])
+
+
+def test_pending_keys_while_a_thread_registers_keys(tmp_path: Path, busy_switching: None) -> None:
+    """``pending_keys`` (what finish() names when it cannot write the tail) is read under the
+    buffer's lock. Before, a thread registering keys meanwhile made it fail: a key is in the
+    slot map a moment before it has its count (IndexError), or the map grew during the loop."""
+    lg = distlog.Logger(run_dir=tmp_path / "run")
+    done = threading.Event()
+
+    def register() -> None:
+        for i in range(20_000):
+            lg.log_scalar(f"k/{i}", 1.0)
+        done.set()
+
+    thread = threading.Thread(target=register)
+    thread.start()
+    reads = 0
+    while not done.is_set():
+        pending = lg.aggregator.pending_keys
+        assert all(key.startswith("k/") for key in pending)
+        reads += 1
+    thread.join(timeout=120)
+    assert reads > 0
+    assert len(lg.aggregator.pending_keys) == 20_000
+    lg.finish()
+
+
+def test_values_and_media_queued_from_a_thread_all_reach_rows(
+    tmp_path: Path, busy_switching: None
+) -> None:
+    """Precomputed values and media a thread queues while the main thread flushes land in one
+    row each (the queues are swapped under a lock), with the writer inline or on its thread."""
+    from distlog.runlog import iter_rows
+
+    count = 3000
+    for async_write in (False, True):
+        run = tmp_path / f"run-{async_write}"
+        lg = distlog.Logger(run_dir=run, async_write=async_write)
+
+        def queue(lg: distlog.Logger = lg) -> None:
+            for i in range(count):
+                lg.log_precomputed({f"p/{i}": float(i)})
+                if i % 100 == 0:
+                    lg.log_images(np.zeros((2, 2, 3), np.uint8), desc=f"img/{i}")
+
+        thread = threading.Thread(target=queue)
+        thread.start()
+        while thread.is_alive():
+            lg.flush()
+        thread.join(timeout=120)
+        lg.finish()
+        rows = list(iter_rows(run))
+        values = {k: v for row in rows if "media" not in row for k, v in row.items()}
+        assert {k: v for k, v in values.items() if k.startswith("p/")} == {
+            f"p/{i}": float(i) for i in range(count)
+        }
+        media = [k for row in rows for k in row.get("media", {})]
+        assert sorted(media) == sorted(f"img/{i}" for i in range(0, count, 100))

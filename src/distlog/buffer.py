@@ -408,9 +408,11 @@ class Buffer:
 
     @property
     def pending_keys(self) -> list[str]:
-        """Keys logged on this rank since the last swap."""
-        n = self._n
-        return [key for key, i in self._slot.items() if n[i]]
+        """Keys logged on this rank since the last swap (under the lock: another thread may be
+        registering a key, which is in the slot map a moment before it has its count)."""
+        with self.lock:
+            n = self._n
+            return [key for key, i in self._slot.items() if n[i]]
 
     def swap(self) -> Snapshot:
         """Take everything logged since the last swap and start a clean window.

@@ -145,6 +145,9 @@ class Logger:
         self._flushing = threading.Lock()
         self._flushing_thread = ""
         self._gathering = threading.Lock()  # the same, for gathering media calls
+        # Guards the media and precomputed values queued for the next row, which any thread may
+        # add to. Reentrant: a signal handler on the main thread writes what is queued.
+        self._queued = threading.RLock()
         self._step = -1
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
@@ -365,7 +368,8 @@ class Logger:
                 value = plain_tensor(key, value).item()  # compute() already synchronised it
             clean[key] = as_float(key, value)
         if self.world.is_global_zero:
-            self._precomputed.update(clean)
+            with self._queued:
+                self._precomputed.update(clean)
 
     def log_media(self, key: str, item: Any) -> None:
         """Queue a converted media item (see `distlog.media`) for the next flush's step."""
@@ -373,7 +377,8 @@ class Logger:
             self._raise_closed()
         check_key(key, "media")
         if self.world.is_global_zero:
-            self._media.append((key, item))
+            with self._queued:
+                self._media.append((key, item))
 
     # ------------------------------------------------------------------------ media (distlog.media)
     # ranks=0 (default): rank 0's media, no communication. Any other ranks= is a gathering call
@@ -697,8 +702,9 @@ class Logger:
 
     def _write_job(self, step: int, pending: PendingRow | None) -> WriteJob:
         """A writer-thread job for one flush; media queued so far go with it, at its step."""
-        media, self._media = self._media, []
-        extra, self._precomputed = self._precomputed, {}
+        with self._queued:  # a thread's call lands in this job or the next, never in neither
+            media, self._media = self._media, []
+            extra, self._precomputed = self._precomputed, {}
         return WriteJob(step, self._sinks, self._policy, extra, media, pending)
 
     def _submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
@@ -861,6 +867,7 @@ class Logger:
         self._inflight = None
         self._flushing = threading.Lock()  # a parent thread may have held it at the fork
         self._gathering = threading.Lock()
+        self._queued = threading.RLock()
 
     def __enter__(self) -> Logger:
         return self

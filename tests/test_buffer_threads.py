@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,40 @@ def test_values_and_media_queued_from_a_thread_all_reach_rows(
         }
         media = [k for row in rows for k in row.get("media", {})]
         assert sorted(media) == sorted(f"img/{i}" for i in range(0, count, 100))
+
+
+@pytest.mark.parametrize("async_flush", [False, True])
+def test_a_thread_logging_through_finish_is_accounted_for(
+    tmp_path: Path, busy_switching: None, async_flush: bool
+) -> None:
+    """A sample another thread logs after finish()'s last flush took the buffer can never be
+    written; finish() says so with a warning naming the key, instead of dropping it silently.
+    Every accepted sample is either in a row or named by that warning."""
+    lg = distlog.Logger(run_dir=tmp_path / "run", async_flush=async_flush)
+    accepted = [0]
+    started = threading.Event()
+
+    def count() -> None:
+        while True:
+            try:
+                lg.log_scalar("data/batches", 1.0, reduce="sum")
+            except distlog.LoggerClosedError:
+                return
+            accepted[0] += 1
+            started.set()
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    started.wait(timeout=60)
+    lg.flush()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lg.finish()
+    thread.join(timeout=120)
+    written = sum(row.get("data/batches", 0.0) for row in distlog.read_metrics(tmp_path / "run"))
+    dropped = [w for w in caught if "another thread logged while finish() ran" in str(w.message)]
+    assert written <= accepted[0]
+    if written < accepted[0]:
+        assert len(dropped) == 1 and "data/batches" in str(dropped[0].message)
+    else:
+        assert not dropped

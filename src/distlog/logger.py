@@ -733,37 +733,47 @@ class Logger:
             return
         self._finishing = True
         code = exit_code
+        flushed = False
         try:
             if exit_code == 0:
-                self._last_flush(step)
+                flushed = self._last_flush(step)
                 self._agg.wait_async()  # the last exchange, and its error if it had one
         except BaseException as exc:
             code = code or _exit_code_of(exc)
             raise
         finally:
             self._finish_local(code)
+        if flushed and self._agg.pending_keys:  # logged by another thread after the last swap
+            self._warn_dropped_tail(
+                "another thread logged while finish() ran, after its last flush had taken the "
+                "buffer (stop logging threads before finish())"
+            )
 
-    def _last_flush(self, step: int | None) -> None:
+    def _last_flush(self, step: int | None) -> bool:
+        """The tail's flush, where one is possible; True if it ran."""
         agg = self._agg
         if not agg.communicates:
             if self.world.is_global_zero:
                 self.flush(step)  # nothing to wait for: write the tail
-            return
+                return True
+            return False
         if not (dist.is_available() and dist.is_initialized()) or agg.failure is not None:
             self._warn_dropped_tail(
                 "the process group was destroyed before finish()"
                 if agg.failure is None
                 else f"an earlier flush failed ({agg.failure})"
             )
-            return
+            return False
         self.flush(step)
+        return True
 
     def _warn_dropped_tail(self, why: str) -> None:
-        if self._agg.pending_keys:
+        keys = sorted(self._agg.pending_keys)
+        if keys:
             warnings.warn(
                 f"distlog: {why}; values logged since the last flush on rank "
-                f"{self.world.rank} were not written ({', '.join(sorted(self._agg.pending_keys)[:5])}"
-                f"{', ...' if len(self._agg.pending_keys) > 5 else ''})",
+                f"{self.world.rank} were not written ({', '.join(keys[:5])}"
+                f"{', ...' if len(keys) > 5 else ''})",
                 stacklevel=3,
             )
 

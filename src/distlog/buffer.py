@@ -392,6 +392,13 @@ class Buffer:
         self.known.setdefault(spec.key, spec)
         return i
 
+    def disown(self, because: str) -> None:
+        """In a forked child: [close][distlog.buffer.Buffer.close] with a fresh lock. A parent
+        thread that was logging at the fork left the child's copy of the lock held for good
+        (a child's ``log_dict`` then hung forever instead of raising)."""
+        self.lock = threading.Lock()
+        self.close(because)
+
     def close(self, because: str | None = None) -> None:
         """Refuse every later sample with a LoggerClosedError (the hot path included), whose
         message says ``because`` (default: the logger is finished)."""

@@ -604,18 +604,23 @@ class Logger:
         Call it (and ``finish``) from one thread at a time: a second thread's call while one
         runs raises [LogUsageError][distlog.errors.LogUsageError] at once, before any collective.
         """
+        self._take_flushing("flush()")
+        try:
+            return self._flush(step, block)
+        finally:
+            self._flushing.release()
+
+    def _take_flushing(self, call: str) -> None:
+        """Take the lock held by the one thread inside flush() or finish(); if another thread
+        holds it, raise at once, before any collective and changing nothing."""
         if not self._flushing.acquire(blocking=False):
             raise LogUsageError(
-                f"flush() on thread {threading.current_thread().name!r} while thread "
+                f"{call} on thread {threading.current_thread().name!r} while thread "
                 f"{self._flushing_thread!r} is inside flush() or finish() of the same logger: "
                 "call flush and finish from one thread at a time (log_* may be called from "
                 "any thread)"
             )
-        try:
-            self._flushing_thread = threading.current_thread().name
-            return self._flush(step, block)
-        finally:
-            self._flushing.release()
+        self._flushing_thread = threading.current_thread().name
 
     def _flush(self, step: int | None, block: bool) -> dict[str, float] | None:
         if self._world_was_read:  # an explicit world (a writer-only one) is the caller's
@@ -728,10 +733,28 @@ class Logger:
         With ``exit_code == 0`` this is a collective (a last flush). With a non-zero exit code
         (a crash) no collective is attempted: rank 0 writes what already reached it and closes
         the sinks, so a failed job still leaves complete files.
+
+        Like ``flush``, from one thread at a time: called while another thread is inside
+        ``flush()`` it raises [LogUsageError][distlog.errors.LogUsageError] and changes nothing.
         """
         if self._closed or self._finishing:
             return
-        self._finishing = True
+        self._take_flushing("finish()")
+        try:
+            if self._closed or self._finishing:  # another thread finished meanwhile
+                return
+            self._finishing = True
+            flushed = self._finish_holding_lock(exit_code, step)
+        finally:
+            self._flushing.release()
+        if flushed and self._agg.pending_keys:  # logged by another thread after the last swap
+            self._warn_dropped_tail(
+                "another thread logged while finish() ran, after its last flush had taken the "
+                "buffer (stop logging threads before finish())"
+            )
+
+    def _finish_holding_lock(self, exit_code: int, step: int | None) -> bool:
+        """finish()'s work, with the flushing lock held; True if the tail's flush ran."""
         code = exit_code
         flushed = False
         try:
@@ -743,18 +766,14 @@ class Logger:
             raise
         finally:
             self._finish_local(code)
-        if flushed and self._agg.pending_keys:  # logged by another thread after the last swap
-            self._warn_dropped_tail(
-                "another thread logged while finish() ran, after its last flush had taken the "
-                "buffer (stop logging threads before finish())"
-            )
+        return flushed
 
     def _last_flush(self, step: int | None) -> bool:
         """The tail's flush, where one is possible; True if it ran."""
         agg = self._agg
         if not agg.communicates:
             if self.world.is_global_zero:
-                self.flush(step)  # nothing to wait for: write the tail
+                self._flush(step, False)  # nothing to wait for: write the tail
                 return True
             return False
         if not (dist.is_available() and dist.is_initialized()) or agg.failure is not None:
@@ -764,7 +783,7 @@ class Logger:
                 else f"an earlier flush failed ({agg.failure})"
             )
             return False
-        self.flush(step)
+        self._flush(step, False)  # finish() holds the flushing lock
         return True
 
     def _warn_dropped_tail(self, why: str) -> None:
@@ -871,7 +890,7 @@ class Logger:
             "or create a Logger in this process"
         )
         self._closed = True
-        self._buffer.close(self._closed_because)
+        self._buffer.disown(self._closed_because)
         self._agg.forget_threads()  # the exchange and writer threads stayed in the parent
         self._writer = None
         self._inflight = None
@@ -906,7 +925,10 @@ class Logger:
         if self._closed:
             return
         if exit_code == 0 and not self._agg.communicates and self.world.is_global_zero:
-            self.finish(0)
-            return
+            try:
+                self.finish(0)
+                return
+            except LogUsageError:  # a daemon thread is inside flush(): close without it
+                pass
         self._warn_dropped_tail("the logger was not finished before the interpreter exited")
         self._finish_local(exit_code)

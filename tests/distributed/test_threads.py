@@ -122,6 +122,39 @@ def test_a_flush_from_a_second_thread_while_one_runs_fails_at_once(tmp_path):
     assert [(r["step"], r["x"]) for r in distlog.read_metrics(tmp_path)] == [(0, 1.5), (1, 15.0)]
 
 
+def finish_from_two_threads(rank: int, run_dir: str, exit_code: int) -> dict:
+    """A second thread's finish() (a watchdog's, say) while the main thread's flush waits."""
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, timeout=60)
+    logger.log_scalar("x", float(rank + 1))
+    outcome = collective_from_two_threads(
+        rank,
+        lambda: logger.flush(0),
+        lambda: logger.finish(exit_code=exit_code),
+        "watchdog",
+    )
+    outcome["closed"] = logger.closed
+    logger.log_scalar("x", 10.0 * (rank + 1))
+    logger.flush(1)  # the group is still in step and the logger still open
+    logger.finish()
+    return outcome
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_a_finish_from_a_second_thread_while_one_flushes_fails_and_changes_nothing(
+    tmp_path, exit_code
+):
+    """Before, the logger was closed anyway (run.json recorded exit code 1, the next log call
+    raised LoggerClosedError, rank 1 a RankDivergenceError) and the row of the flush in flight
+    was written twice: once salvaged by the close, once by the flush."""
+    results = run_ranks(finish_from_two_threads, 2, str(tmp_path), exit_code, timeout=120)
+    message, seconds = results[0]["second"], results[0]["seconds"]
+    assert message.startswith("finish() on thread 'watchdog'") and "'MainThread'" in message
+    assert seconds < 2.0, "the second call waited instead of failing"
+    assert results[0]["closed"] is False
+    assert [(r["step"], r["x"]) for r in distlog.read_metrics(tmp_path)] == [(0, 1.5), (1, 15.0)]
+    assert json.loads((tmp_path / "run.json").read_text())["exit_code"] == 0
+
+
 def gather_media_from_two_threads(rank: int, run_dir: str) -> dict:
     """The same for a gathering media call (ranks="all")."""
     import numpy as np

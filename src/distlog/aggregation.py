@@ -25,7 +25,7 @@ import torch
 
 from distlog import groups
 from distlog.buffer import Buffer, Snapshot
-from distlog.errors import RankDivergenceError
+from distlog.errors import KeyConflictError, RankDivergenceError
 from distlog.exchange import Exchange, ExchangeOptions, PendingRow
 from distlog.layout import REDUCTIONS, KeySpec, Layout, spread_keys
 from distlog.world import World
@@ -182,12 +182,19 @@ class Aggregator:
         self._spent = None
         self.buffer.prepare_window()
 
-    def flush_async(self, step: int, deliver: Callable[[PendingRow | None], None]) -> None:
+    def flush_async(
+        self, step: int, deliver: Callable[[PendingRow | None], None]
+    ) -> KeyConflictError | None:
         """Swap now, exchange on the worker thread; ``deliver`` gets the writer's share there.
 
-        Waits for the exchange still in flight first and raises its error, if it had one.
+        Waits for the exchange still in flight first and raises its divergence error, if it
+        had one. Returns the key conflict it found, for the caller to raise once this flush is
+        on its way, as a blocking flush raises its own after its row: a conflict that one rank
+        alone saw (a key it first logged while the exchange ran) must not make that rank skip
+        a flush the others make.
         """
-        self.wait_async()
+        self.wait_async(conflicts=False)
+        found = self.exchange.take_conflict()
         self.exchange.check_usable()
         snap = self.buffer.swap()
         ready = _record_stream(snap, self.world)
@@ -209,17 +216,20 @@ class Aggregator:
             deliver(pending)
 
         self._worker.submit(job)
+        return found
 
-    def wait_async(self, timeout: float | None = None, *, polling: bool = False) -> bool:
-        """Wait for the exchange in flight; raise its error here. False if ``timeout`` ran
-        out first (nothing is raised then)."""
+    def wait_async(
+        self, timeout: float | None = None, *, polling: bool = False, conflicts: bool = True
+    ) -> bool:
+        """Wait for the exchange in flight; raise its error here (its key conflict too, unless
+        ``conflicts`` is False). False if ``timeout`` ran out first (nothing is raised then)."""
         worker = self._worker
         if worker is not None and not worker.wait(timeout, polling=polling):
             return False
         err, self._async_error = self._async_error, None
         if err is not None:
             raise err
-        if worker is not None:
+        if worker is not None and conflicts:
             self.exchange.raise_conflict()  # found by the exchange that just finished
         return True
 

@@ -336,10 +336,9 @@ class Buffer:
         had about a quarter of them accepted, their samples folded into one slot).
         """
         i = self._slot.get(spec.key)
-        if i is not None:
-            have = self.specs[i]
-            if have is not spec and have != spec:
-                raise reduction_changed(have, spec)
+        have = self.specs[i] if i is not None else self.known.get(spec.key)
+        if have is not None and have is not spec and have != spec:
+            raise reduction_changed(have, spec)  # the group agreed on it since, maybe
         return i
 
     def _commit(self, sample: Sample) -> None:
@@ -515,6 +514,28 @@ class Buffer:
             self._a0[i] = initial(spec.reduce)
             self.known[key] = spec
             self.respecs += 1
+
+    def adopt(
+        self, agreed: Mapping[str, KeySpec], keys: Collection[str], snap: Snapshot | None
+    ) -> list[tuple[KeySpec, KeySpec]]:
+        """Make the group's specs this rank's after a key exchange: ``agreed`` becomes known,
+        and each of ``keys`` that has a slot here under another spec is respecced (its samples
+        dropped). Returns those slots' (local, agreed) specs.
+
+        A slot may disagree although this rank's blob did not: a thread (or the training
+        thread of an asynchronous flush) can log a key for the first time while the exchange
+        that brings it from another rank runs, when it is not known here yet.
+        """
+        with self.lock:
+            self.known.update(agreed)
+            changed = [
+                (self.specs[i], agreed[key])
+                for key in keys
+                if (i := self._slot.get(key)) is not None and self.specs[i] != agreed[key]
+            ]
+        for local, spec in changed:
+            self.respec(local.key, spec, snap)
+        return changed
 
     def refuse(self, key: str, snap: Snapshot | None) -> None:
         """Drop a key the group refused (a spread column of another key): its samples go,

@@ -45,6 +45,7 @@ from distlog.layout import (
     encode_specs,
     read_headers,
     reduce_table,
+    spread_keys,
 )
 from distlog.payload import PayloadPlan, host_payloads, tensor_payloads
 from distlog.world import World
@@ -466,27 +467,40 @@ class Exchange:
                     conflicts.setdefault(
                         spec.key, {f"reduce={have.reduce!r} spread={have.spread} (rank {first})"}
                     ).add(f"reduce={spec.reduce!r} spread={spec.spread} (rank {ranks[i]})")
+        # First come, first kept: a new key that is a spread column of a spread key is
+        # refused, and so is a new spread key one of whose columns is a key already.
         refused = {
-            key: owner
+            key: f"{key} is a spread column of {owner!r}, which a rank logged with spread=True"
             for key in merged
             if key not in old and (owner := spread_owner(key, merged)) is not None
         }
+        for key, spec in merged.items():
+            if key not in old and spec.spread and key not in refused:
+                taken = [k for k in spread_keys(key) if k in old]
+                if taken:
+                    refused[key] = (
+                        f"{key} was logged with spread=True, but its spread column "
+                        f"{taken[0]!r} is already a key"
+                    )
         for key in refused:
             del merged[key]
             if key in self.buffer.known:
                 self.buffer.refuse(key, snap)
-        for key in conflicts:
-            local = self.buffer.known.get(key)
-            if local is not None and local != merged[key]:
-                self.buffer.respec(key, merged[key], snap)
-        self.buffer.known.update(merged)
+        # Every new key's slot here takes the agreed spec, a slot that differs included
+        # (logged here for the first time while this exchange ran: nobody else saw it).
+        for local, spec in self.buffer.adopt(
+            merged, [k for k in merged if k not in old or k in conflicts], snap
+        ):
+            if spec.key not in conflicts:
+                conflicts[spec.key] = {
+                    f"reduce={spec.reduce!r} spread={spec.spread} (rank {origin[spec.key]})",
+                    f"reduce={local.reduce!r} spread={local.spread} (rank {self.world.rank}, "
+                    "logged while this flush's exchange ran)",
+                }
         self.set_layout(Layout(list(merged.values()), self.layout.version + 1))
         self._unplaced = [i for i in self._unplaced if self.buffer.specs[i].key not in refused]
         problems = [f"{k}: {', '.join(sorted(v))}" for k, v in sorted(conflicts.items())]
-        problems += [
-            f"{k} is a spread column of {o!r}, which a rank logged with spread=True"
-            for k, o in sorted(refused.items())
-        ]
+        problems += [why for _, why in sorted(refused.items())]
         if problems:
             self.conflict = KeyConflictError(
                 f"at log step {step}, ranks logged conflicting keys: "
@@ -510,8 +524,13 @@ class Exchange:
             step, self.layout, self.world.group_ranks, sums, maxes, ready, gathered=gathered
         )
 
-    def raise_conflict(self) -> None:
+    def take_conflict(self) -> KeyConflictError | None:
+        """The key conflict the last exchange found, if any, and forget it."""
         err, self.conflict = self.conflict, None
+        return err
+
+    def raise_conflict(self) -> None:
+        err = self.take_conflict()
         if err is not None:
             raise err
 

@@ -647,7 +647,9 @@ class Logger:
         return row
 
     def _flush_async(self, step: int, block: bool) -> dict[str, float] | None:
-        self._agg.wait_async()  # the previous exchange's error, if any, is raised here
+        # The previous exchange's divergence error, if any, is raised here; its key conflict
+        # once this flush is on its way.
+        self._agg.wait_async(conflicts=False)
         job = self._write_job(step, None) if self.world.is_global_zero else None
 
         def deliver(pending: PendingRow | None) -> None:  # on the exchange thread
@@ -655,8 +657,10 @@ class Logger:
                 job.pending = pending
                 self._queue_row(job)
 
-        self._agg.flush_async(step, deliver)
+        conflict = self._agg.flush_async(step, deliver)
         self._step = step
+        if conflict is not None:  # the previous exchange's, raised once this flush is on its way
+            raise conflict
         if not block:
             return None
         self._agg.wait_async()

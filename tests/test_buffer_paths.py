@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from distlog.buffer import Buffer, Snapshot
 from distlog.layout import (
@@ -376,3 +377,26 @@ def test_a_small_table_reduced_as_python_numbers_is_numpys_bit_for_bit(seed: int
     assert list(plain) == list(numpy_row)
     for key, value in numpy_row.items():
         assert struct.pack("d", plain[key]) == struct.pack("d", value), key
+
+
+@pytest.mark.parametrize("newer", ["float", "tensor"])
+def test_a_restored_last_tensor_never_replaces_a_newer_sample(newer: str) -> None:
+    """A flush the ranks refused puts its snapshot back; a ``last`` key logged again since
+    keeps that newer sample. Before, the snapshot's (older) buffered tensor came back over a
+    newer float: an asynchronous flush refused for out-of-step ranks wrote the older value."""
+    buf = Buffer(fold_host_tensors=False)  # CPU tensors buffered as a CUDA tensor would be
+    buf.add("lr", torch.tensor(1.0), reduce="last")
+    snap = buf.swap()
+    buf.add("lr", 2.0 if newer == "float" else torch.tensor(2.0), reduce="last")
+    buf.restore(snap)
+    again = buf.swap()
+    got = float(again.lasts[0]) if 0 in again.lasts else again.a[0]
+    assert got == 2.0 and again.n == [2]
+
+
+def test_a_restored_last_tensor_comes_back_when_nothing_newer_was_logged() -> None:
+    buf = Buffer(fold_host_tensors=False)
+    buf.add("lr", torch.tensor(1.0), reduce="last")
+    buf.restore(buf.swap())
+    again = buf.swap()
+    assert float(again.lasts[0]) == 1.0 and again.n == [1]

@@ -465,6 +465,8 @@ class Buffer:
         this rank, so nothing already logged is lost.
         """
         with self.lock:
+            # A "last" slot logged again since keeps its newer sample, float or tensor.
+            newer = {i for i in snap.lasts if self._n[i]}
             for i in range(snap.size):
                 if not snap.n[i]:
                     continue
@@ -487,7 +489,8 @@ class Buffer:
             self._ts[:0] = snap.t_slots
             self._tw[:0] = snap.t_weights
             for i, t in snap.lasts.items():
-                self._lasts.setdefault(i, t)
+                if i not in newer:
+                    self._lasts[i] = t
             for i, c in snap.weighted.items():
                 self._wc[i] = self._wc.get(i, 0) + c
 

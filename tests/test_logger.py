@@ -83,6 +83,13 @@ def test_accepted_value_types(tmp_path, value):
         (lambda L: L.log_dict([("k", 1.0)]), distlog.LogTypeError, "mapping"),
         (lambda L: L.flush(step=1.5), distlog.LogTypeError, "step"),
         (lambda L: L.flush(step=-1), distlog.LogValueError, "step"),
+        # Past 2**48 the flush header could not tell two ranks' steps apart.
+        (lambda L: L.flush(step=2**53 + 1), distlog.LogValueError, "below 2**48"),
+        # numpy counts a timedelta64 as an integer, and float() of it raised a bare TypeError.
+        (lambda L: L.log_scalar("k", np.timedelta64(3, "s")), distlog.LogTypeError, "'k'"),
+        (lambda L: L.log_dict({"k": np.timedelta64(3, "s")}), distlog.LogTypeError, "'k'"),
+        (lambda L: L.log_scalar("k", 1.0, weight=np.timedelta64(3)), distlog.LogTypeError, "'k'"),
+        (lambda L: L.log_precomputed({"k": np.datetime64(3, "s")}), distlog.LogTypeError, "'k'"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_keeps_what_was_buffered(tmp_path, call, error, names):

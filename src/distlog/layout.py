@@ -193,6 +193,7 @@ class Header:
 
     WIDTH = 5
     CHUNKS = 6  # 8-bit chunks per number in the summed encoding: 48 bits
+    MAX_STEP = 1 << (8 * CHUNKS)  # steps below it travel exactly in both encodings
     SUMMED_WIDTH = 3 + 3 * 2 * CHUNKS
 
     def gathered(self) -> list[float]:

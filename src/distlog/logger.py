@@ -32,6 +32,7 @@ from distlog.errors import (
 )
 from distlog.exchange import PendingRow
 from distlog.keys import check_key
+from distlog.layout import Header
 from distlog.lifecycle import exit_code_of as _exit_code_of
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
@@ -699,6 +700,11 @@ class Logger:
                 ) from None
         if step < 0:
             raise LogValueError(f"step must be >= 0, got {step}")
+        if step >= Header.MAX_STEP:
+            raise LogValueError(
+                f"step must be below 2**48, got {step}: the flush header, which checks that "
+                "every rank flushes the same step, carries it exactly only below that"
+            )
         if step < self._step and self.world.is_global_zero:
             warnings.warn(
                 f"distlog: step went backwards ({self._step} -> {step}); the row is written, "

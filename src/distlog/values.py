@@ -23,12 +23,22 @@ def as_float(key: str, value: Any, what: str = "value") -> float:
         return 1.0 if value else 0.0
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
         value = value.reshape(()).item()  # a 0-d or one-element array, as numpy reductions give
+    if isinstance(value, np.timedelta64 | np.datetime64):  # numpy counts them as integers
+        raise LogTypeError(
+            f"{what} for key {key!r} is a numpy {type(value).__name__} ({short_repr(value)}); "
+            "log a number, e.g. a duration in seconds: value / np.timedelta64(1, 's')"
+        )
     if isinstance(value, numbers.Real) or isinstance(value, np.integer | np.floating):
         try:
             return float(value)
         except OverflowError:
             raise LogValueError(
                 f"{what} for key {key!r} is too large for a float64 ({short_repr(value)})"
+            ) from None
+        except (TypeError, ValueError) as exc:  # a Real subclass whose __float__ refuses
+            raise LogTypeError(
+                f"{what} for key {key!r} ({type(value).__name__} {short_repr(value)}) cannot "
+                f"be read as a float: {exc}"
             ) from None
     if isinstance(value, complex | np.complexfloating):
         raise LogTypeError(f"{what} for key {key!r} is complex ({value!r}); log a real number")

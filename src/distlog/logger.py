@@ -213,7 +213,22 @@ class Logger:
                 choice = [None, False, f"run_dir {run_dir}: {exc}"]
         group = self._agg.control_group
         if group is not None:
-            dist.broadcast_object_list(choice, src=0, group=group)
+            # One collective: the writer's choice, and every rank's exchange options, which
+            # must agree (ranks that chose different protocols would pair an all_gather with
+            # an all_reduce, and only the timeout would end it, misnamed as a missing rank).
+            options = self._agg.options
+            sent: list[Any] = [None] * self.world.group_size
+            dist.all_gather_object(sent, (choice, options), group=group)
+            choice = sent[self.world.group_ranks.index(0)][0]
+            if any(theirs != options for _, theirs in sent):
+                raise LogValueError(
+                    "every rank must create its Logger with the same exchange options; they "
+                    "differ: "
+                    + "; ".join(
+                        f"rank {r}: {theirs}"
+                        for r, (_, theirs) in zip(self.world.group_ranks, sent, strict=True)
+                    )
+                )
         elif not self.world.is_global_zero:  # no exchange with the writer: our own view
             choice = [None if run_dir is None else str(run_dir), False, None]
         if choice[2] is not None:

@@ -126,3 +126,25 @@ def test_another_schedule_names_both_steps_at_the_first_flush(tmp_path):
         assert re.search(r"at log step [12]\b", message), message
     # rank 0 waited for rank 1 to reach its first flush (one step later), no longer
     assert res[0][0][0] < TIMEOUT, res[0]
+
+
+def _other_options(rank: int, tmp: str) -> tuple[float, str]:
+    # A per-rank gather limit (say, computed from local memory): rank 1 would all_reduce
+    # where rank 0 all_gathers.
+    options = distlog.ExchangeOptions(gather_limit_bytes=(1 << 20) if rank == 0 else 16)
+    start = time.monotonic()
+    try:
+        logger = distlog.Logger(run_dir=tmp, timeout=TIMEOUT, exchange=options)
+    except distlog.LogValueError as exc:
+        return time.monotonic() - start, str(exc)
+    logger.finish()
+    return time.monotonic() - start, "no error"
+
+
+def test_ranks_with_different_exchange_options_fail_at_construction(tmp_path):
+    """Before, both ranks waited for the full timeout at the first flush and then blamed a
+    missing rank ("a rank crashed, skipped the flush ..."), and the row was lost."""
+    for seconds, message in run_ranks(_other_options, 2, str(tmp_path), timeout=120):
+        assert "same exchange options" in message, message
+        assert "rank 0: ExchangeOptions(" in message and "gather_limit_bytes=16" in message
+        assert seconds < TIMEOUT, "the mismatch waited for the timeout"

@@ -657,7 +657,10 @@ class Logger:
             self._agg.settle()
             if block:
                 row = job.row()
-            self._queue_row(job)
+            # A signal handler that ran during this flush and returned (the script's own
+            # handler sets a flag) closed the logger and wrote this row already.
+            if not self._closed:
+                self._queue_row(job)
             self._inflight = None
         self._agg.raise_conflict()
         return row

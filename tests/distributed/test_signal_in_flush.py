@@ -110,3 +110,40 @@ def test_an_interrupt_while_the_gather_is_in_flight_keeps_the_row(tmp_path):
     assert [r["step"] for r in rows] == [0, 1]
     assert rows[1]["x"] == 10.5
     assert distlog.read_run_info(tmp_path)["exit_code"] == 130
+
+
+def preempted_with_own_handler(rank: int, run_dir: str):
+    import warnings
+
+    stop = []
+    if rank == 0:  # a training script's own preemption handler: it sets a flag and returns
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    logger = distlog.Logger(run_dir=run_dir, async_write=False)
+    logger.log_scalar("x", float(rank))
+    logger.flush(0)
+    logger.log_scalar("x", 10.0 + rank)
+    if rank == 0:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logger.flush(1)  # SIGTERM arrives while this waits for rank 1; the flush goes on
+            logger.finish()  # already closed by the signal: nothing more to do
+        return stop, logger.closed, [str(w.message) for w in caught]
+    time.sleep(3.0)
+    logger.flush(1)
+    logger.finish(exit_code=143)  # preempted too: no last collective
+    return "flushed"
+
+
+def test_a_flush_resumed_after_a_returning_signal_handler_writes_its_row_once(tmp_path):
+    """distlog's handler writes the row of the flush it interrupted, closes the logger and calls
+    the script's own handler, which returns: the flush then resumes, and must hand that row to
+    nobody again. Before, with the writer inline, it wrote it to the closed sinks (a warning
+    "JsonlSink ... is closed"; a sink that reopens would have written it twice)."""
+    res = run_ranks(preempted_with_own_handler, 2, str(tmp_path), timeout=120)
+    stop, closed, warned = res[0]
+    assert stop == [signal.SIGTERM] and closed, res[0]
+    assert not [w for w in warned if "closed" in w], warned
+    assert res[1] == "flushed", res[1]
+    assert [(r["step"], r["x"]) for r in distlog.read_metrics(tmp_path)] == [(0, 0.5), (1, 10.5)]
+    assert distlog.read_run_info(tmp_path)["exit_code"] == 128 + signal.SIGTERM

@@ -16,7 +16,9 @@ way in: a Lightning ``Logger`` that writes what Lightning already reduced (rank 
 
 from __future__ import annotations
 
+import inspect
 import numbers
+import re
 import warnings
 from argparse import Namespace
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +42,12 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 
 __all__ = ["DistlogCallback", "DistlogLightningLogger", "reduction_of"]
+
+# Where each optional argument of LightningModule.log sits when given by position, counted
+# from ``prog_bar``: read from the installed Lightning, not written down by hand.
+_LOG_POSITION = {
+    name: i for i, name in enumerate(list(inspect.signature(pl.LightningModule.log).parameters)[3:])
+}
 
 _BY_NAME = {"mean": "mean", "avg": "mean", "sum": "sum", "min": "min", "max": "max"}
 _BY_FUNCTION: dict[Any, str] = {
@@ -144,6 +152,15 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         self._warned: set[str] = set()
         self._lightning_log = lightning_log
         self._monitored: set[str] | None = None
+        self._trainer: Any = None  # the Trainer running now (one callback may serve several)
+        self._original_log: Callable[..., None] | None = None
+        # "/dataloader_idx_N" while an evaluation loop with several dataloaders runs one, as
+        # Lightning names such keys itself (two validation sets are never averaged together).
+        self._dataloader_suffix = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for a spawned process (ddp_spawn): the module and Trainer stay behind too.
+        return {**super().__getstate__(), "_trainer": None, "_module": None, "_original_log": None}
 
     @property
     def logger(self) -> Logger:
@@ -168,24 +185,41 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
 
     def _wrap(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         module.distlog = self._logger  # type: ignore[assignment]  # the module's own handle
-        if self._module is module:
-            return
+        if self._module is not module:
+            self._unwrap()
+            self._wrap_log(module)
+        self._trainer = trainer
+
+    def _wrap_log(self, module: pl.LightningModule) -> None:
         self._module = module
         original: Callable[..., None] = module.log
+        self._original_log = original
         callback = self
 
         def log(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-            reduce = reduction_of(name, _arg(args, kwargs, "reduce_fx", 5, "mean"))
+            reduce = reduction_of(name, _arg(args, kwargs, "reduce_fx", "mean"))
+            trainer = callback._trainer
+            if callback._dataloader_suffix and _arg(args, kwargs, "add_dataloader_idx", True):
+                key = name + callback._dataloader_suffix
+            else:
+                key = name
             ours = isinstance(value, torch.Tensor | numbers.Number)
-            if not ours or callback._forward(
-                trainer, name, _arg(args, kwargs, "prog_bar", 0, False)
-            ):
+            if not ours or callback._forward(trainer, key, _arg(args, kwargs, "prog_bar", False)):
                 original(name, value, *args, **kwargs)
-            if trainer.sanity_checking or _arg(args, kwargs, "logger", 1, None) is False:
+            if trainer.sanity_checking or _arg(args, kwargs, "logger", None) is False:
                 return
-            callback._record(name, value, reduce, _arg(args, kwargs, "batch_size", 10, None))
+            callback._record(key, value, reduce, _arg(args, kwargs, "batch_size", None))
 
         module.log = log  # type: ignore[method-assign]
+
+    def _unwrap(self) -> None:
+        """Give the module its own ``log`` back: after its Trainer is done it is an ordinary
+        LightningModule again (another Trainer may test it without distlog)."""
+        module, self._module = self._module, None
+        if module is not None and self._original_log is not None:
+            module.__dict__.pop("log", None)  # the instance attribute _wrap set
+        self._original_log = None
+        self._trainer = None
 
     def _forward(self, trainer: pl.Trainer, name: str, prog_bar: Any) -> bool:
         """Whether Lightning's own ``self.log`` should see this call too."""
@@ -193,8 +227,8 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
             return True
         if self._lightning_log is False:
             return False
-        if prog_bar:
-            return True
+        if prog_bar or trainer.state.fn in ("validate", "test"):
+            return True  # trainer.validate()/test() return what Lightning logged: every key
         if self._monitored is None:
             self._monitored = _monitored_keys(trainer)
         return name in self._monitored
@@ -215,11 +249,35 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
             value = value.detach()  # as Lightning does: a buffered value must not hold the graph
         weight = batch_size if reduce == "mean" and isinstance(batch_size, int) else None
         spread = self._spread_all or name in self._spread
-        self.logger.log_scalar(name, value, reduce, weight=weight, spread=spread)
+        if self._logger is not None and not self._logger.closed:
+            self._logger.log_scalar(name, value, reduce, weight=weight, spread=spread)
 
     # ------------------------------------------------------------------ flushes
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._monitored = _monitored_keys(trainer)  # the schedulers exist by now
+
+    def _evaluating(self, trainer: pl.Trainer, loaders: Any, dataloader_idx: int) -> None:
+        several = isinstance(loaders, list | tuple) and len(loaders) > 1
+        self._dataloader_suffix = f"/dataloader_idx_{dataloader_idx}" if several else ""
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        loaders = trainer.num_sanity_val_batches if trainer.sanity_checking else None
+        self._evaluating(trainer, loaders or trainer.num_val_batches, dataloader_idx)
+
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._evaluating(trainer, trainer.num_test_batches, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._dataloader_suffix = ""  # what the module logs at the epoch's end has no index
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._dataloader_suffix = ""
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -246,32 +304,41 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
 
     # ------------------------------------------------------------------ the end
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._dataloader_suffix = ""
         if self._logger is not None and stage == self._stage and not self._logger.closed:
             self._logger.finish(step=max(trainer.global_step, self._logger.step))
+        if self._logger is None or self._logger.closed:
+            self._unwrap()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if self._logger is not None:
             self._logger.finish(exit_code=_exit_code(exception) or 1)
+        self._unwrap()
 
 
 def _monitored_keys(trainer: pl.Trainer) -> set[str]:
-    """Keys Lightning's callbacks and LR schedulers read from ``trainer.callback_metrics``."""
+    """Keys Lightning's callbacks and LR schedulers read from ``trainer.callback_metrics``:
+    monitors, and the metrics a ``ModelCheckpoint`` names its files with (``{val/acc:.2f}``;
+    Lightning writes 0 for a name it lacks)."""
     keys = {getattr(cb, "monitor", None) for cb in trainer.callbacks}  # type: ignore[attr-defined]
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        filename = getattr(cb, "filename", None)
+        if isinstance(filename, str):
+            keys.update(re.findall(r"\{(.*?)[:\}]", filename))  # Lightning's own pattern
     for config in getattr(trainer, "lr_scheduler_configs", None) or []:
         keys.add(getattr(config, "monitor", None))
     return {k for k in keys if isinstance(k, str)}
 
 
-def _arg(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str, index: int, default: Any
-) -> Any:
+def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str, default: Any) -> Any:
     """An argument of ``LightningModule.log(name, value, prog_bar, logger, on_step, on_epoch,
     reduce_fx, enable_graph, sync_dist, sync_dist_group, add_dataloader_idx, batch_size, ...)``
-    given by keyword or by position (``index`` counts from ``prog_bar``)."""
+    given by keyword or by position."""
     if name in kwargs:
         return kwargs[name]
+    index = _LOG_POSITION[name]
     return args[index] if len(args) > index else default
 
 

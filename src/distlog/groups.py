@@ -21,6 +21,7 @@ without talking to the others.
 from __future__ import annotations
 
 import inspect
+import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,24 @@ def group_device(group: Any) -> torch.device:
         return torch.device("cpu")
     cuda = torch.device("cuda", torch.cuda.current_device())
     return collective_device(str(dist.get_backend(group)), cuda)
+
+
+def all_gather_json(obj: Any, group: Any) -> list[Any]:
+    """Every rank's ``obj``, exchanged as JSON bytes (never pickle: nothing a rank receives
+    can run code), in two small all_gathers on the group's device."""
+    size = dist.get_world_size(group)
+    device = group_device(group)
+    data = json.dumps(obj).encode()
+    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    lengths = [torch.zeros_like(length) for _ in range(size)]
+    dist.all_gather(lengths, length, group=group)
+    sizes = [int(t.item()) for t in lengths]
+    buffer = torch.zeros(max(sizes), dtype=torch.uint8)
+    buffer[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    buffer = buffer.to(device)
+    buffers = [torch.empty_like(buffer) for _ in range(size)]
+    dist.all_gather(buffers, buffer, group=group)
+    return [json.loads(b[:n].cpu().numpy().tobytes()) for b, n in zip(buffers, sizes, strict=True)]
 
 
 def control_group(world: World, timeout: float) -> Any:

@@ -8,6 +8,7 @@ the other ranks wait in.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -216,17 +217,16 @@ class Logger:
             # One collective: the writer's choice, and every rank's exchange options, which
             # must agree (ranks that chose different protocols would pair an all_gather with
             # an all_reduce, and only the timeout would end it, misnamed as a missing rank).
-            options = self._agg.options
-            sent: list[Any] = [None] * self.world.group_size
-            dist.all_gather_object(sent, (choice, options), group=group)
+            options = dataclasses.asdict(self._agg.options)
+            sent = groups.all_gather_json([choice, options], group)
             choice = sent[self.world.group_ranks.index(0)][0]
             if any(theirs != options for _, theirs in sent):
                 raise LogValueError(
                     "every rank must create its Logger with the same exchange options; they "
                     "differ: "
                     + "; ".join(
-                        f"rank {r}: {theirs}"
-                        for r, (_, theirs) in zip(self.world.group_ranks, sent, strict=True)
+                        f"rank {r}: ExchangeOptions({', '.join(f'{k}={v!r}' for k, v in o.items())})"
+                        for r, (_, o) in zip(self.world.group_ranks, sent, strict=True)
                     )
                 )
         elif not self.world.is_global_zero:  # no exchange with the writer: our own view

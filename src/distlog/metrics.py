@@ -33,7 +33,6 @@ and ``key/i/j`` for a matrix. Tensors with more than ``max_elements`` elements a
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -43,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
+from distlog.groups import all_gather_json
 from distlog.keys import check_key
 
 __all__ = ["is_metric", "metric_values", "metric_values_under"]
@@ -126,7 +126,7 @@ def _gather_descriptions(members: list[Member], group: Any) -> list[dict[str, An
     if size == 1:
         return None
     mine = {key: _describe(metric) for key, _, metric in members}
-    gathered = _all_gather_json(mine, group, size)
+    gathered = all_gather_json(mine, group)
     for descriptions in gathered:  # JSON turned the (dtype, shape) tuples into lists
         for description in descriptions.values():
             description["states"] = {
@@ -134,24 +134,6 @@ def _gather_descriptions(members: list[Member], group: Any) -> list[dict[str, An
                 for attr, layout in description["states"].items()
             }
     return gathered
-
-
-def _all_gather_json(obj: Any, group: Any, size: int) -> list[Any]:
-    """Every rank's ``obj``, exchanged as JSON bytes (never pickle): two small all_gathers."""
-    backend = str(dist.get_backend(group))
-    on_gpu = "nccl" in backend and "cpu:" not in backend
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    data = json.dumps(obj).encode()
-    length = torch.tensor([len(data)], dtype=torch.int64, device=device)
-    lengths = [torch.zeros_like(length) for _ in range(size)]
-    dist.all_gather(lengths, length, group=group)
-    sizes = [int(t.item()) for t in lengths]
-    buffer = torch.zeros(max(sizes), dtype=torch.uint8)
-    buffer[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    buffer = buffer.to(device)
-    buffers = [torch.empty_like(buffer) for _ in range(size)]
-    dist.all_gather(buffers, buffer, group=group)
-    return [json.loads(b[:n].cpu().numpy().tobytes()) for b, n in zip(buffers, sizes, strict=True)]
 
 
 def _updates(metric: Any) -> int:

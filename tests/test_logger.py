@@ -342,3 +342,30 @@ def test_integration_objects_pickle_without_their_logger(tmp_path):
     lightning_logger.experiment.finish()
     assert [r["x"] for r in distlog.read_metrics(tmp_path / "hf")] == [1.0]
     assert json.loads((tmp_path / "pl" / "config.json").read_text())["lr"] == 0.1
+
+
+@pytest.mark.parametrize("async_flush", [False, True])
+def test_a_buffered_tensor_changed_in_place_after_the_call_keeps_its_value(tmp_path, async_flush):
+    """A device tensor is buffered as a tensor (CPU tensors are, with fold_host_tensors=False,
+    the same path): its value is the one at the call. Before, a running accumulator reset
+    in place after logging (``running.zero_()``) was written as 0.0."""
+    log = distlog.Logger(
+        run_dir=tmp_path, async_write=False, async_flush=async_flush,
+        exchange=distlog.ExchangeOptions(fold_host_tensors=False),
+    )  # fmt: skip
+    running = torch.zeros(())
+    weight = torch.tensor(2.0)
+    for step in range(3):
+        for _ in range(4):
+            running += 1.0
+        log.log_scalar("loss_sum", running, reduce="sum")
+        log.log_scalar("loss_last", running, reduce="last")
+        log.log_scalar("weighted", running, weight=weight)
+        running.zero_()
+        weight.fill_(0.0)  # a weight changed in place later counts as given, too
+        log.flush(step)
+        weight.fill_(2.0)
+    log.finish()
+    assert [
+        (r["loss_sum"], r["loss_last"], r["weighted"]) for r in distlog.read_metrics(tmp_path)
+    ] == [(4.0, 4.0, 4.0)] * 3

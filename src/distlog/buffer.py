@@ -266,13 +266,15 @@ class Buffer:
                     raise
             else:
                 value = plain_tensor(key, value)
-                # Buffered as is on its device: no .item(), so no host-device sync. detach()
-                # and reshape() cost ~1-2 us each, so only when they change something.
+                # Buffered on its device: no .item(), so no host-device sync. detach() and
+                # reshape() cost ~1-2 us each, so only when they change something. Cloned (a
+                # device copy, no sync): the value is the one at the call, though the caller
+                # changes its tensor in place later (``running += loss`` ... ``running.zero_()``
+                # wrote 0.0 before), and a large tensor is not kept alive until the flush.
                 tensor = value.detach() if value.requires_grad else value
                 if tensor.dim():
                     tensor = tensor.reshape(())
-                if tensor.untyped_storage().nbytes() > tensor.element_size():
-                    tensor = tensor.clone()  # don't keep a large tensor alive until the flush
+                tensor = tensor.clone()
         else:
             v = as_float(key, value)
         w = 1.0
@@ -281,7 +283,8 @@ class Buffer:
             if isinstance(weight, torch.Tensor):
                 weight = plain_tensor(key, weight, "weight")
                 if weight.device.type != "cpu":
-                    w_tensor = weight.detach().reshape(())  # trusted: checking it would sync
+                    # Trusted (checking it would sync); cloned like a value.
+                    w_tensor = weight.detach().reshape(()).clone()
                 else:
                     weight = weight.item()
             if w_tensor is None:

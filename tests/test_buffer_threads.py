@@ -176,3 +176,36 @@ def test_a_thread_logging_through_finish_is_accounted_for(
         assert len(dropped) == 1 and "data/batches" in str(dropped[0].message)
     else:
         assert not dropped
+
+
+def test_two_threads_racing_a_spread_key_and_its_column_never_both_win(
+    tmp_path: Path, busy_switching: None
+) -> None:
+    """One thread logs ``x{i}`` with spread=True, another a plain ``x{i}/rank_max``: whoever
+    comes second gets LogValueError, as one thread would. Before, a few pairs a run were both
+    accepted and the plain key's value was replaced by the spread column."""
+    lg = distlog.Logger(run_dir=tmp_path / "run")
+    refused: dict[str, set[int]] = {"spread": set(), "column": set()}
+    start = threading.Barrier(2)
+
+    def run(kind: str) -> None:
+        start.wait()
+        for i in range(3000):
+            try:
+                if kind == "spread":
+                    lg.log_scalar(f"x{i}", 1.0, spread=True)
+                else:
+                    lg.log_scalar(f"x{i}/rank_max", 1e6)
+            except LogValueError:
+                refused[kind].add(i)
+
+    threads = [threading.Thread(target=run, args=(kind,)) for kind in refused]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    row: Any = lg.flush(block=True)
+    lg.finish()
+    for i in range(3000):
+        assert (i in refused["spread"]) != (i in refused["column"]), i
+        assert row[f"x{i}/rank_max"] == (1e6 if i in refused["spread"] else 1.0), i

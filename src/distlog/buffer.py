@@ -342,6 +342,8 @@ class Buffer:
         have = self.specs[i] if i is not None else self.known.get(spec.key)
         if have is not None and have is not spec and have != spec:
             raise reduction_changed(have, spec)  # the group agreed on it since, maybe
+        if i is None:  # a new key: another thread may have taken a spread name it clashes with
+            self._check_spread_names(spec.key, spec.spread)
         return i
 
     def _commit(self, sample: Sample) -> None:
@@ -523,15 +525,19 @@ class Buffer:
 
     def adopt(
         self, agreed: Mapping[str, KeySpec], keys: Collection[str], snap: Snapshot | None
-    ) -> list[tuple[KeySpec, KeySpec]]:
-        """Make the group's specs this rank's after a key exchange: ``agreed`` becomes known,
-        and each of ``keys`` that has a slot here under another spec is respecced (its samples
-        dropped). Returns those slots' (local, agreed) specs.
+    ) -> tuple[list[tuple[KeySpec, KeySpec]], list[tuple[str, str]]]:
+        """Make the group's specs this rank's after a key exchange: ``agreed`` becomes known;
+        each of ``keys`` that has a slot here under another spec is respecced, and each slot
+        registered since ``snap`` was taken whose name clashes with an agreed spread key (a
+        column of it, or a spread key one of whose columns is agreed) is refused; their
+        samples are dropped. Returns the respecced slots' (local, agreed) specs and why each
+        refused slot was.
 
-        A slot may disagree although this rank's blob did not: a thread (or the training
+        Such slots disagree although this rank's blob did not: a thread (or the training
         thread of an asynchronous flush) can log a key for the first time while the exchange
-        that brings it from another rank runs, when it is not known here yet.
+        that brings the other key from another rank runs, when that one is not known here yet.
         """
+        since = snap.size if snap is not None else len(self.specs)
         with self.lock:
             self.known.update(agreed)
             changed = [
@@ -539,9 +545,24 @@ class Buffer:
                 for key in keys
                 if (i := self._slot.get(key)) is not None and self.specs[i] != agreed[key]
             ]
+            clashes: list[tuple[str, str]] = []  # (key, why)
+            for i in range(since, len(self.specs)):
+                spec = self.specs[i]
+                if spec.key in agreed or self._slot.get(spec.key) != i:
+                    continue
+                owner = spread_owner(spec.key, agreed)
+                taken = [k for k in _spread_keys(spec.key) if k in agreed] if spec.spread else []
+                if owner is not None:
+                    why = f"a spread column of {owner!r}, which a rank logged with spread=True"
+                    clashes.append((spec.key, why))
+                elif taken:
+                    why = f"a spread key whose column {taken[0]!r} is a key of its own"
+                    clashes.append((spec.key, why))
         for local, spec in changed:
             self.respec(local.key, spec, snap)
-        return changed
+        for key, _ in clashes:
+            self.refuse(key, snap)
+        return changed, clashes
 
     def refuse(self, key: str, snap: Snapshot | None) -> None:
         """Drop a key the group refused (a spread column of another key): its samples go,

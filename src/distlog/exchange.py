@@ -488,9 +488,14 @@ class Exchange:
                 self.buffer.refuse(key, snap)
         # Every new key's slot here takes the agreed spec, a slot that differs included
         # (logged here for the first time while this exchange ran: nobody else saw it).
-        for local, spec in self.buffer.adopt(
+        adopted, clashes = self.buffer.adopt(
             merged, [k for k in merged if k not in old or k in conflicts], snap
-        ):
+        )
+        for key, why in clashes:
+            refused[key] = (
+                f"{key} (logged on rank {self.world.rank} while this flush's exchange ran) is {why}"
+            )
+        for local, spec in adopted:
             if spec.key not in conflicts:
                 conflicts[spec.key] = {
                     f"reduce={spec.reduce!r} spread={spec.spread} (rank {origin[spec.key]})",

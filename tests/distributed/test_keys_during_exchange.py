@@ -104,12 +104,54 @@ def spread_over_a_new_key(rank: int, run_dir: str) -> list[str]:
 
 
 def test_a_spread_key_whose_column_another_rank_just_made_a_key_is_refused(tmp_path):
-    results = run_ranks(spread_over_a_new_key, 2, str(tmp_path), timeout=120)
-    for errors in results:
-        conflicts = [e for e in errors if e.startswith("flush")]
-        assert len(conflicts) == 1, errors
-        assert "x was logged with spread=True, but its spread column 'x/rank_min'" in conflicts[0]
-    assert any("would write 'x/rank_min'" in e for e in results[0] if e.startswith("later"))
+    errors0, errors1 = run_ranks(spread_over_a_new_key, 2, str(tmp_path), timeout=120)
+    # Found by flush 0's key exchange on rank 0 alone, raised once flush 1 is on its way.
+    conflicts = [e for e in errors0 if e.startswith("flush")]
+    assert len(conflicts) == 1 and conflicts[0].startswith("flush 1: "), errors0
+    assert "x (logged on rank 0 while this flush's exchange ran)" in conflicts[0]
+    assert "spread key whose column 'x/rank_min' is a key of its own" in conflicts[0]
+    assert not [e for e in errors1 if e.startswith("flush")]  # rank 1 saw nothing wrong
+    for errors in (errors0, errors1):  # and now x with spread=True is refused at the call
+        assert any("would write 'x/rank_min'" in e for e in errors if e.startswith("later"))
     rows = distlog.read_metrics(tmp_path)
     assert [r["x/rank_min"] for r in rows] == [100.0] * 4  # never x's spread column
     assert all("x" not in r for r in rows)
+
+
+def column_during_the_exchange(rank: int, run_dir: str) -> list[str]:
+    """Rank 0 brings ``x`` with spread=True to flush 0; rank 1 first logs a plain
+    ``x/rank_min`` while that exchange runs (its flush returned at once)."""
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, async_flush=True)
+    outcomes: list[str] = []
+    if rank == 0:
+        logger.log_scalar("x", 1.0, spread=True)
+        time.sleep(1.0)
+        logger.flush(0)
+    else:
+        logger.flush(0)
+        logger.log_scalar("x/rank_min", 100.0)  # accepted: x is not known here yet
+    for step in (1, 2):
+        logger.log_scalar("ok", float(rank))
+        try:
+            logger.flush(step)
+            outcomes.append(f"flush {step}: ok")
+        except distlog.KeyConflictError as exc:
+            outcomes.append(f"flush {step}: {exc}")
+    if rank == 1:
+        try:
+            logger.log_scalar("x/rank_min", 100.0)
+        except distlog.LogValueError as exc:
+            outcomes.append(f"later: {exc}")
+    logger.finish()
+    return outcomes
+
+
+def test_a_spread_column_first_logged_during_the_exchange_of_its_owner_is_a_conflict(tmp_path):
+    out0, out1 = run_ranks(column_during_the_exchange, 2, str(tmp_path), timeout=120)
+    assert out0 == ["flush 1: ok", "flush 2: ok"]  # rank 0 saw nothing wrong
+    assert out1[0].startswith("flush 1: ") and "x/rank_min (logged on rank 1" in out1[0], out1
+    assert "is a spread column of 'x'" in out1[0]
+    assert out1[1] == "flush 2: ok" and "spread column of key 'x'" in out1[2], out1
+    rows = distlog.read_metrics(tmp_path)
+    assert rows[0]["x/rank_min"] == 1.0  # x's own spread, never rank 1's 100
+    assert all(r.get("x/rank_min") != 100.0 for r in rows)

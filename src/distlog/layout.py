@@ -370,7 +370,10 @@ def decode_table(
     """
     if layout.max_size or len(layout) > PLAIN_DECODE_UP_TO or len(table) > PLAIN_REDUCE_UP_TO:
         sums, maxes = reduce_table(table, layout)
-        return decode_row(layout, sums, maxes if maxes is not None else np.zeros(0), group_ranks)
+        row = decode_row(layout, sums, maxes if maxes is not None else np.zeros(0), group_ranks)
+        if layout.spread_keys:
+            _spread_std_from_table(layout, table, row)
+        return row
     start, end = Header.WIDTH, Header.WIDTH + layout.sum_size
     total = [0.0] * layout.sum_size  # numpy adds to its identity: -0.0 sums to 0.0 there too
     for row in table.tolist():
@@ -461,6 +464,28 @@ def _decode_numpy(layout: Layout, sums: np.ndarray, maxes: np.ndarray) -> dict[s
         return dict(zip(layout.keys, values.tolist(), strict=True))
     kept = values[present].tolist()
     return dict(zip(compress(layout.keys, present.tolist()), kept, strict=True))
+
+
+def _spread_std_from_table(layout: Layout, table: np.ndarray, row: dict[str, float]) -> None:
+    """Each spread key's ``rank_std`` from the ranks' own values in a gathered table, in two
+    passes (the mean, then the squared deviations from it). The one-pass rule from the summed
+    payload, E[v^2] - E[v]^2, cancels once the values are ~1e8 times their spread: three ranks
+    at 1.7e9 + rank (a timestamp) gave 0.0 instead of 0.816. Only the gather sees every rank's
+    value; the all-reduce protocols keep the one-pass rule (docs/aggregation.md)."""
+    keys = [k for k in layout.spread_keys if f"{k}/rank_std" in row]
+    if not keys:
+        return
+    places = np.array([layout.place[SPREAD_SUMS][k] for k in keys], dtype=np.int64)
+    body = table[:, Header.WIDTH :]
+    values = body[:, layout.slots(SPREAD_SUMS, Slots.SPREAD_SUM, places)]
+    logged = body[:, layout.slots(SPREAD_SUMS, Slots.SPREAD_RANKS, places)] > 0
+    ranks = np.maximum(logged.sum(axis=0), 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.where(logged, values, 0.0).sum(axis=0) / ranks
+        deviations = np.where(logged, values - mean, 0.0)
+        std = np.sqrt((deviations * deviations).sum(axis=0) / ranks)
+    for key, value in zip(keys, std.tolist(), strict=True):
+        row[f"{key}/rank_std"] = value
 
 
 def _spread(

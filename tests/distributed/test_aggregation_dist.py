@@ -267,6 +267,21 @@ def test_spread_and_keys_only_some_ranks_log(pool3, tmp_path, collective):
     assert row["class/7/acc"] == pytest.approx(1.0)  # mean of 0.5 and 1.5, rank 2 not counted
 
 
+def large_spread_values(rank: int, tmp: str):
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger.log_scalar("t", 1.7e9 + rank, spread=True)  # a timestamp: large against its spread
+    row = logger.flush(0, block=True)
+    logger.finish()
+    return row
+
+
+def test_the_rank_std_of_large_values_is_exact_on_the_gather(pool3, tmp_path):
+    """Two passes over the ranks' own values; the one-pass E[v^2] - E[v]^2 gave 0.0 here."""
+    row = pool3.run(large_spread_values, str(tmp_path), timeout=120)[0]
+    assert row["t/rank_std"] == pytest.approx(float(np.std([1.7e9, 1.7e9 + 1, 1.7e9 + 2])))
+    assert row["t"] == 1.7e9 + 1
+
+
 def bad_input_on_one_rank(rank: int, tmp: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False)
     logger.log_scalar("ok", float(rank))

@@ -1,6 +1,6 @@
 """An Accelerate training loop on 2 CPU ranks with distlog's tracker.
 
-    accelerate launch --cpu --num_processes 2 examples/accelerate_loop.py --run-dir runs/acc
+    accelerate launch --multi_gpu --num_processes 2 examples/accelerate_loop.py --run-dir runs/acc
     torchrun --nproc_per_node=2 examples/accelerate_loop.py --run-dir runs/acc   # the same
 
 ``accelerator.log`` writes the main process's values through distlog; ``tracker.logger`` takes
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.log({"main/loss": float(loss.detach()), "main/rank": rank}, step=step)
             logger.flush(step=step)  # ...written in the same row as every rank's values
             collectives.append(logger.collectives_last_flush)
-    logger.finish()
+    logger.finish(step=step)  # the tail row is the last step's (default: the last flush's + 1)
     accelerator.end_training()
     if args.raw:
         out = {"raw": raw, "collectives": collectives}

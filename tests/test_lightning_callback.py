@@ -116,3 +116,19 @@ def test_checkpoint_names_and_test_results_see_the_metrics_they_use(tmp_path):
     assert run.test(module, data(8), verbose=False) == [{"test_acc": 0.5}]
     # fit's teardown finished its run; the test stage is the next run beside it
     assert rows(tmp_path / "run-2") == [{"step": 4, "test_acc": 0.5}]
+
+
+def test_the_lightning_logger_reports_the_directory_it_writes(tmp_path):
+    """A second launch into a directory that holds a run writes the next version; Lightning
+    puts checkpoints under ``logger.save_dir``, which named the first run's directory."""
+    from distlog.integrations.lightning import DistlogLightningLogger
+
+    first = DistlogLightningLogger(run_dir=tmp_path / "run")
+    assert first.save_dir == str(tmp_path / "run")
+    first.log_metrics({"a": 1.0}, step=0)
+    first.finalize("success")
+    second = DistlogLightningLogger(run_dir=tmp_path / "run")
+    assert second.save_dir == second.log_dir == str(tmp_path / "run-2")
+    second.log_metrics({"a": 2.0}, step=0)
+    second.finalize("success")
+    assert rows(tmp_path / "run-2") == [{"step": 0, "a": 2.0}]

@@ -391,11 +391,15 @@ class DistlogLightningLogger(OwnLoggerPerProcess, LightningLoggerBase):
 
     @property
     def save_dir(self) -> str:
+        """The run directory written (on rank 0 the one actually claimed: a second launch
+        into a directory holding a run writes the next version, ``run-2``)."""
+        if _global_rank() == 0 and self.experiment.run_dir is not None:
+            return str(self.experiment.run_dir)
         return str(self._run_dir)
 
     @property
     def log_dir(self) -> str:
-        return str(self._run_dir)
+        return self.save_dir
 
     @property
     @rank_zero_experiment

@@ -62,7 +62,20 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
 
     @property
     def logger(self) -> Logger:
-        """This rank's distlog Logger, built on first use (after the process group exists)."""
+        """This rank's distlog Logger, built on first use (after the process group exists).
+
+        After ``train()`` it is the finished Logger (its ``run_dir`` and ``run_id`` stay
+        readable): reading it never builds one, which is collective and would wait for every
+        rank (``if trainer.is_world_process_zero(): callback.logger.run_dir`` did). The next
+        hook every rank runs (a ``trainer.evaluate()``, another ``train()``) starts a new run.
+        """
+        if self._logger is None:
+            self._open()
+        assert self._logger is not None
+        return self._logger
+
+    def _open(self) -> Logger:
+        """The Logger, a new one if the last was finished: from hooks every rank runs."""
         if self._logger is None or self._logger.closed:
             self._logger = make_logger(
                 self.run_dir,
@@ -73,10 +86,10 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         return self._logger
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.logger  # noqa: B018  # every rank builds its logger while they run in step
+        self._open()  # every rank builds its logger while they run in step
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        logger = self.logger
+        logger = self._open()
         if self._log_config and hasattr(args, "to_dict"):
             logger.log_config(args.to_dict())
 
@@ -84,7 +97,7 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
-        logger = self.logger
+        logger = self._open()
         if logs:
             numbers_only = {
                 k: v

@@ -25,6 +25,7 @@ from distlog.config import to_config_dict
 from distlog.errors import (
     FINISHED,
     DistlogError,
+    KeyConflictError,
     LoggerClosedError,
     LogTypeError,
     LogUsageError,
@@ -789,6 +790,8 @@ class Logger:
             if exit_code == 0:
                 flushed = self._last_flush(step)
                 self._agg.wait_async()  # the last exchange, and its error if it had one
+        except KeyConflictError:
+            raise  # raised once the rows were written: the run itself ended well
         except BaseException as exc:
             code = code or _exit_code_of(exc)
             raise

@@ -336,6 +336,27 @@ def test_conflicting_reductions_raise_on_every_rank_and_keep_the_row(pool2, tmp_
     assert rows[0]["fine"] == 2.0 and rows[0]["shared"] == 1.0
 
 
+def conflict_found_by_finish(rank: int, tmp: str, async_flush: bool):
+    logger = distlog.Logger(run_dir=tmp, async_write=False, async_flush=async_flush)
+    logger.log_scalar("shared", 1.0, reduce="mean" if rank == 0 else "max")
+    logger.log_scalar("fine", 2.0)
+    try:
+        logger.finish()  # the tail's flush finds the conflict
+        return "no error"
+    except distlog.KeyConflictError as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("async_flush", [False, True])
+def test_a_conflict_found_by_finish_leaves_a_run_that_ended_well(pool2, tmp_path, async_flush):
+    """The conflict is raised, but the rows were written: run.json says exit code 0 (it said
+    1, as for a crash)."""
+    outcomes = pool2.run(conflict_found_by_finish, str(tmp_path), async_flush, timeout=120)
+    assert all("shared" in out for out in outcomes), outcomes
+    assert distlog.read_metrics(tmp_path)[0]["fine"] == 2.0
+    assert distlog.read_run_info(tmp_path)["exit_code"] == 0
+
+
 def out_of_step(rank: int, tmp: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=5)
     logger.log_scalar("x", 1.0)

@@ -119,3 +119,20 @@ def test_other_ranks_do_nothing(tmp_path):
     results = run_ranks(_ranks_log, 2, str(tmp_path))
     assert results[0] == ["rank0.bin"]
     assert tree(tmp_path / "run" / "artifacts" / "weights") == {"rank0.bin": b"zero"}
+
+
+def test_an_artifact_folder_that_holds_the_run_directory_is_refused_at_the_call(tmp_path):
+    """Copied into the run it would copy itself again and again: a RecursionError on the writer
+    and a tree hundreds of levels deep, which wandb or MLflow would then upload."""
+    import distlog
+
+    outputs = tmp_path / "outputs"
+    (outputs / "ckpt").mkdir(parents=True)
+    (outputs / "ckpt" / "model.pt").write_bytes(b"weights")
+    logger = distlog.Logger(run_dir=outputs / "run1", async_write=False)
+    with pytest.raises(distlog.LogValueError, match="holds this run's directory"):
+        logger.log_artifact(outputs)
+    logger.log_artifact(outputs / "ckpt")  # a subfolder is fine
+    logger.finish()
+    assert (outputs / "run1" / "artifacts" / "ckpt" / "model.pt").read_bytes() == b"weights"
+    assert not (outputs / "run1" / "artifacts" / "outputs").exists()

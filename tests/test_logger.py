@@ -369,3 +369,40 @@ def test_a_buffered_tensor_changed_in_place_after_the_call_keeps_its_value(tmp_p
     assert [
         (r["loss_sum"], r["loss_last"], r["weighted"]) for r in distlog.read_metrics(tmp_path)
     ] == [(4.0, 4.0, 4.0)] * 3
+
+
+@pytest.mark.parametrize("step", [-1, 5.0])
+def test_finish_with_a_bad_step_is_an_error_at_the_call_not_a_crashed_run(tmp_path, step):
+    """Before, the argument error closed the logger as a crash (exit code 1 in run.json) and
+    dropped what was logged since the last flush without a word."""
+    log = make(tmp_path)
+    log.log_scalar("tail", 1.0)
+    with pytest.raises((distlog.LogValueError, distlog.LogTypeError), match="step"):
+        log.finish(step=step)
+    assert not log.closed
+    log.finish(step=3)
+    assert [(r["step"], r["tail"]) for r in distlog.read_metrics(tmp_path)] == [(3, 1.0)]
+    assert distlog.read_run_info(tmp_path)["exit_code"] == 0
+
+
+def test_media_queued_before_a_resumed_runs_first_flush_lands_after_its_written_steps(tmp_path):
+    """A resumed run that ends (crash, signal) before its first flush writes what it queued
+    after the steps already written. Before, it went at step 0: the file's last row, so the
+    next resume started over from step 0 and wrote steps a second time."""
+    first = make(tmp_path)
+    for step in range(10):
+        first.log_scalar("x", float(step))
+        first.flush(step)
+    first.finish()
+    resumed = distlog.Logger(run_dir=tmp_path, async_write=False, resume=True)
+    resumed.log_precomputed({"eval/acc": 0.5})
+    resumed.finish(exit_code=1)  # before any flush
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [*range(10), 10] and rows[-1]["eval/acc"] == 0.5
+    again = distlog.Logger(run_dir=tmp_path, async_write=False, resume=True)
+    for step in range(5, 12):  # replayed from a checkpoint at step 5
+        again.log_scalar("x", float(step))
+        again.flush(step)
+    again.finish()
+    steps = [r["step"] for r in distlog.read_metrics(tmp_path)]
+    assert steps == [*range(10), 10, 11], steps  # nothing twice

@@ -47,8 +47,9 @@ def test_one_process_logs_every_key_with_spread(tmp_path):
     assert 50 < row["system/rss_mib"] < 1e6
     assert row["system/tokens_per_s"] == pytest.approx(16 * row["system/samples_per_s"])
     written = distlog.read_metrics(tmp_path)
-    # finish() flushes once more, and the sampler has values for it: one tail row at step 2.
-    assert [r["step"] for r in written] == [0, 1, 2]
+    # finish() has nothing else to write, so it samples nothing: no row of system metrics
+    # alone (a resumed run would take its step as written and skip the real one).
+    assert [r["step"] for r in written] == [0, 1]
     assert "system/cuda_allocated_mib" not in row  # CPU run: no CUDA keys
 
 
@@ -133,3 +134,48 @@ def test_cuda_memory_keys_come_from_the_allocator_without_a_sync(tmp_path):
     assert row["system/cuda_reserved_mib"] >= row["system/cuda_allocated_mib"]
     assert "system/cuda_max_allocated_mib/rank_argmax" in row
     del buf
+
+
+def _straggler(rank: int, run_dir: str) -> None:
+    logger = distlog.Logger(run_dir=run_dir, system_metrics=True, async_write=False)
+    for step in range(6):
+        time.sleep(0.02 + 0.05 * rank)  # rank 1 is the straggler
+        logger.flush(step=step)
+    logger.finish()
+
+
+@pytest.mark.slow
+def test_the_step_time_names_the_straggler(tmp_path):
+    """A step time leaves out the previous flush, where the fast rank waits for the slow one.
+    Counted, it gave both ranks the slow one's time: rank_argmax named rank 1 in 45-48% of
+    flushes."""
+    run_ranks(_straggler, 2, str(tmp_path), timeout=120)
+    rows = distlog.read_metrics(tmp_path)
+    assert len(rows) == 6
+    assert [r["system/step_time_s/rank_argmax"] for r in rows[1:]] == [1.0] * 5
+    for r in rows[1:]:
+        assert r["system/step_time_s/rank_min"] < 0.06 < r["system/step_time_s/rank_max"]
+
+
+def test_a_first_flush_at_a_restored_step_has_no_step_time(tmp_path):
+    """Resumed at global step 1000, the first flush would have divided the time since the
+    logger was built by 1001 steps (0.2 ms against a 20 ms step)."""
+    logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False)
+    time.sleep(0.02)
+    first = logger.flush(step=1000, block=True)
+    time.sleep(0.02)
+    second = logger.flush(step=1001, block=True)
+    logger.finish()
+    assert first is not None and "system/step_time_s" not in first
+    assert second is not None and second["system/step_time_s"] >= 0.02
+
+
+def test_a_bad_step_takes_nothing_from_the_next_step_time(tmp_path):
+    logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False)
+    logger.flush(step=0)
+    time.sleep(0.02)
+    with pytest.raises(distlog.LogValueError, match="step"):
+        logger.flush(step=-5)
+    row = logger.flush(step=1, block=True)
+    logger.finish()
+    assert row is not None and row["system/step_time_s"] >= 0.02

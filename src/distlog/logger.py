@@ -590,6 +590,14 @@ class Logger:
         src = Path(path)
         if not src.exists():
             raise LogValueError(f"log_artifact: {src} does not exist (no such file or directory)")
+        if self.run_dir is not None and src.is_dir():
+            root, run = src.resolve(), self.run_dir.resolve()
+            if run == root or root in run.parents:  # it would copy itself into itself
+                raise LogValueError(
+                    f"log_artifact: {src} holds this run's directory {self.run_dir}, so copying "
+                    "it into the run would copy the copy again, without end; log the files or "
+                    "subfolders you want kept, or put run_dir outside it"
+                )
         label = src.name if name is None else name
         if not isinstance(label, str) or not label.strip():
             raise LogValueError(f"log_artifact(name={name!r}): give a non-empty string")
@@ -639,14 +647,27 @@ class Logger:
             )
         self._flushing_thread = threading.current_thread().name
 
-    def _flush(self, step: int | None, block: bool) -> dict[str, float] | None:
+    def _flush(
+        self, step: int | None, block: bool, *, tail: bool = False
+    ) -> dict[str, float] | None:
         if self._world_was_read:  # an explicit world (a writer-only one) is the caller's
             self.world.check_still_current()
         if self._closed:
             self._raise_closed()
-        if self._system is not None:
-            self._system.sample(step)  # buffered like any key: rides this flush's exchange
-        step = self._next_step(step)
+        given = step
+        step = self._next_step(step)  # a bad step raises before anything is sampled or taken
+        system = self._system
+        # finish()'s flush samples only when something else is left to write: a row of system
+        # metrics alone would take a step that a resumed run then skips as written.
+        if system is not None and not (tail and not self._agg.pending_keys):
+            system.sample(given)  # buffered like any key: rides this flush's exchange
+        try:
+            return self._flush_steps(step, block)
+        finally:
+            if system is not None:
+                system.flushed()
+
+    def _flush_steps(self, step: int, block: bool) -> dict[str, float] | None:
         if self.async_flush:
             return self._flush_async(step, block)
         pending = self._agg.flush(step)
@@ -703,8 +724,23 @@ class Logger:
             )
 
     def _next_step(self, step: Any) -> int:
+        """The flush's step (``None``: the previous one + 1), checked; warns if it went back."""
         if step is None:
             return self._step + 1
+        step = self._valid_step(step)
+        if step < self._step and self.world.is_global_zero:
+            warnings.warn(
+                f"distlog: step went backwards ({self._step} -> {step}); the row is written, "
+                "but its step now repeats earlier ones (a tracker keyed on its own step, such "
+                "as plain wandb.log(step=...), would drop it). Pass the restored global step "
+                "when resuming.",
+                stacklevel=4,
+            )
+        return step
+
+    @staticmethod
+    def _valid_step(step: Any) -> int:
+        """``step`` as an int, or a clear error (the one rule for a step's type and range)."""
         if isinstance(step, bool) or not isinstance(step, int):
             try:
                 import numpy as np
@@ -723,14 +759,6 @@ class Logger:
             raise LogValueError(
                 f"step must be below 2**48, got {step}: the flush header, which checks that "
                 "every rank flushes the same step, carries it exactly only below that"
-            )
-        if step < self._step and self.world.is_global_zero:
-            warnings.warn(
-                f"distlog: step went backwards ({self._step} -> {step}); the row is written, "
-                "but its step now repeats earlier ones (a tracker keyed on its own step, such "
-                "as plain wandb.log(step=...), would drop it). Pass the restored global step "
-                "when resuming.",
-                stacklevel=3,
             )
         return int(step)
 
@@ -768,6 +796,8 @@ class Logger:
         """
         if self._closed or self._finishing:
             return
+        if step is not None:
+            self._valid_step(step)  # a bad step is an error at the call, not a crashed run
         self._take_flushing("finish()")
         try:
             if self._closed or self._finishing:  # another thread finished meanwhile
@@ -804,7 +834,7 @@ class Logger:
         agg = self._agg
         if not agg.communicates:
             if self.world.is_global_zero:
-                self._flush(step, False)  # nothing to wait for: write the tail
+                self._flush(step, False, tail=True)  # nothing to wait for: write the tail
                 return True
             return False
         if not (dist.is_available() and dist.is_initialized()) or agg.failure is not None:
@@ -814,7 +844,7 @@ class Logger:
                 else f"an earlier flush failed ({agg.failure})"
             )
             return False
-        self._flush(step, False)  # finish() holds the flushing lock
+        self._flush(step, False, tail=True)  # finish() holds the flushing lock
         return True
 
     def _warn_dropped_tail(self, why: str) -> None:
@@ -852,7 +882,11 @@ class Logger:
         if inflight is not None and inflight.step > self._resume_after:
             self._submit(inflight, wait_for_room=False)
         if self._precomputed or self._media:
-            self._submit(self._write_job(max(self._step, 0), None), wait_for_room=False)
+            # At the last flushed step; in a resumed run that has not flushed yet, the step
+            # after those already written (an older one would be skipped, or, as the file's
+            # last row, make the next resume repeat steps).
+            step = max(self._step, self._resume_after + 1, 0)
+            self._submit(self._write_job(step, None), wait_for_room=False)
         self._submit(lambda: self._close_sinks(exit_code), wait_for_room=False)
         if self._writer is not None:
             if not self._writer.drain(timeout):

@@ -13,7 +13,7 @@ Keys (all under ``system/``; each also gets ``/rank_min``, ``/rank_max``, ``/ran
 
 | key | per rank | across ranks |
 |---|---|---|
-| ``step_time_s`` | wall time since the previous flush / steps advanced | mean |
+| ``step_time_s`` | wall time from the end of the previous flush / steps advanced | mean |
 | ``rss_mib`` | resident memory of the process | mean |
 | ``cpu_pct`` | CPU time of the process / wall time, in % (100 = one core busy) | mean |
 | ``data_wait_s`` | time per step spent waiting for data (when the loop reports it) | mean |
@@ -119,6 +119,7 @@ class SystemMetrics:
         self._logger = logger
         self._device = torch.device(device) if device is not None else None
         self._t_last = time.perf_counter()
+        self._t_flushed = self._t_last  # when the previous flush returned
         self._cpu_last = time.process_time()
         self._samples = 0.0
         self._tokens = 0.0
@@ -199,15 +200,22 @@ class SystemMetrics:
         now = time.perf_counter()
         cpu = time.process_time()
         wall = max(now - self._t_last, 1e-9)
+        # The loop's own time: the previous flush's wait for the other ranks left out, or every
+        # rank would show the slowest one's time and rank_argmax would name a rank at random.
+        busy = max(now - self._t_flushed, 1e-9)
         prev = self._logger.step
         target = prev + 1 if step is None else step
         try:
             advanced = operator.index(target) - prev
         except TypeError:  # a bad step: the flush itself raises on it
             advanced = 0
+        if prev < 0 and advanced > 1:
+            # This process's first flush names a later step than 0 (a resumed job restarts at
+            # its restored step): how many steps ran since the logger was built is not known.
+            advanced = 0
         values: dict[str, float] = {}
         if advanced > 0:
-            values["step_time_s"] = wall / advanced
+            values["step_time_s"] = busy / advanced
             if self._timing_data:
                 values["data_wait_s"] = self._wait / advanced
         values["rss_mib"] = _rss_bytes() / _MIB
@@ -230,6 +238,10 @@ class SystemMetrics:
         values.update(rates)
         self.last = values
         return values
+
+    def flushed(self) -> None:
+        """The flush that sampled has returned: the next step time starts now."""
+        self._t_flushed = time.perf_counter()
 
     def _cuda(self) -> dict[str, float]:
         """The CUDA caching allocator's counters (host-side, no sync) and NVML utilisation."""

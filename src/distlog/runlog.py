@@ -7,10 +7,13 @@ strict readers reject. distlog writes them as the strings ``"NaN"``, ``"Infinity
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
+import socket
+import threading
 import time
 import warnings
 from collections.abc import Collection, Iterator, Mapping
@@ -19,9 +22,17 @@ from typing import Any, BinaryIO
 
 from distlog.errors import RunDirError
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: claims still exclude each other through O_EXCL
+    fcntl = None  # type: ignore[assignment]
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
+CLAIM_FILE = ".distlog-claim"
+"""Left in a run directory by the launch that chose it for a new run, until its start is in
+``run.json``: a launch choosing the same directory at the same moment takes the next version."""
 MEDIA_DIR = "media"
 ARTIFACTS_DIR = "artifacts"
 RESERVED_KEYS = ("step", "time", "media")
@@ -159,42 +170,104 @@ def cut_torn_tail(path: Path) -> None:
 
 
 def last_step(run_dir: str | Path) -> int | None:
-    """The ``step`` of the last complete row of ``<run_dir>/metrics.jsonl`` (None if none).
+    """The largest ``step`` written to ``<run_dir>`` (None if no row has one).
 
-    A restarted job resumes after it: rows up to it were already written. Reads the file from
-    its end, so it costs the same for a run of ten rows or of a million.
+    A restarted job resumes after it: rows up to it were already written. Reads
+    ``metrics.jsonl`` from its end back to the last scalar row (media rows after it may carry
+    an older step, which must not lower the result), so it costs the same for a run of ten rows
+    or of a million, and takes ``run.json``'s ``last_step`` into account.
     """
-    path = Path(run_dir) / METRICS_FILE
+    found = _tail_step(Path(run_dir) / METRICS_FILE)
+    recorded = (read_run_info(run_dir) or {}).get("last_step")
+    if type(recorded) is int and (found is None or recorded > found):
+        return recorded
+    return found
+
+
+def _tail_step(path: Path) -> int | None:
+    """The largest step among the last scalar row of ``path`` and the media rows after it."""
     try:
         fh = path.open("rb")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    best: int | None = None
     with fh:
         for _, raw in lines_from_end(fh):
             try:
                 row = json.loads(raw)
             except ValueError:
                 continue  # empty, or a torn last line
-            if isinstance(row, dict) and type(row.get("step")) is int:
-                return int(row["step"])
-    return None
+            if not isinstance(row, dict) or type(row.get("step")) is not int:
+                continue
+            step = int(row["step"])
+            best = step if best is None else max(best, step)
+            if "media" not in row:
+                break  # scalar rows are written in step order: nothing before it is later
+    return best
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any] | None:
-    """The contents of ``<run_dir>/run.json``, or None when the run has none (or it is torn)."""
+    """The contents of ``<run_dir>/run.json``, or None when the run has none, or it is not
+    readable as distlog's (not UTF-8 JSON with a run id, unreadable, torn)."""
     path = Path(run_dir) / RUN_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
         return None
     return info if isinstance(info, dict) and isinstance(info.get("id"), str) else None
 
 
+def _why_not_run_info(path: Path) -> str:
+    """Why ``path`` (a ``run.json`` that [read_run_info][distlog.runlog.read_run_info] refused)
+    is not distlog's, for an error message."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    return "no run id" if isinstance(info, dict) else "not a JSON object"
+
+
 def _write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
     path = run_dir / RUN_FILE
-    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a killed writer leaves the old file or the new one
+    # A name of this process and thread alone (callers hold the directory's lock), created
+    # with the usual permissions, unlike a mkstemp file's 0600.
+    tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a killed writer leaves the old file or the new one
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the directory itself for a read-modify-write of
+    ``run.json`` or a claim, so two processes never interleave them (the second waits).
+
+    The directory is its own lock: no lock file is left in the run. Where ``flock`` is missing
+    or refused (Windows, some network filesystems), this proceeds unlocked: claims still
+    exclude each other (``O_EXCL``) and ``run.json`` is still replaced atomically.
+    """
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0 and fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock
 
 
 def new_run_id() -> str:
@@ -213,19 +286,20 @@ def ensure_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     if "id" in fields:
         raise ValueError("ensure_run_info: the run id is not changed once created")
     root = Path(run_dir)
-    info = read_run_info(root)
-    changed = info is None
-    if info is None:
-        root.mkdir(parents=True, exist_ok=True)
-        info = {"id": new_run_id(), "created": round(time.time(), 3)}
-    for key, value in fields.items():
-        if value is None:
-            changed = info.pop(key, None) is not None or changed
-        elif info.get(key) != value:
-            info[key] = value
-            changed = True
-    if changed:
-        _write_run_info(root, info)
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        info = read_run_info(root)
+        changed = info is None
+        if info is None:
+            info = {"id": new_run_id(), "created": round(time.time(), 3)}
+        for key, value in fields.items():
+            if value is None:
+                changed = info.pop(key, None) is not None or changed
+            elif info.get(key) != value:
+                info[key] = value
+                changed = True
+        if changed:
+            _write_run_info(root, info)
     return info
 
 
@@ -240,36 +314,42 @@ def start_run(
     """
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    info = read_run_info(root) or {"id": new_run_id(), "created": round(time.time(), 3)}
-    previous = info.get("starts")
-    starts: list[Any] = previous if isinstance(previous, list) else []
-    starts.append(
-        {
+    with _locked(root):  # another process may be recording its own start or end
+        info = read_run_info(root) or {"id": new_run_id(), "created": round(time.time(), 3)}
+        previous = info.get("starts")
+        starts: list[Any] = previous if isinstance(previous, list) else []
+        start: dict[str, Any] = {
             "time": round(time.time(), 3),
             "world_size": world_size,
             "restart": restart,
             "resumed_after_step": resumed_after,
         }
-    )
-    launch = launch_id()
-    if launch is not None:
-        starts[-1]["launch"] = launch
-    info.update(starts=starts, world_size=world_size, exit_code=None, ended=None)
-    _write_run_info(root, info)
+        launches = _launch_ids()
+        if launches:
+            start["launch"] = next(iter(launches.values()))  # the one id older versions wrote
+            start["launches"] = launches
+        starts.append(start)
+        info.update(starts=starts, world_size=world_size, exit_code=None, ended=None)
+        _write_run_info(root, info)
+        with contextlib.suppress(FileNotFoundError):
+            (root / CLAIM_FILE).unlink()  # the start now says the directory is taken
     return info
 
 
 def end_run(run_dir: str | Path, *, exit_code: int, last_step: int | None) -> None:
     """Record how the run ended (exit code, time, last written step) in ``run.json``."""
     root = Path(run_dir)
-    info = read_run_info(root)
-    if info is None:
+    if not root.is_dir():
         return
-    info.update(exit_code=int(exit_code), ended=round(time.time(), 3), last_step=last_step)
-    starts = info.get("starts")
-    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
-        starts[-1]["exit_code"] = int(exit_code)  # how each attempt of a restarted job ended
-    _write_run_info(root, info)
+    with _locked(root):
+        info = read_run_info(root)
+        if info is None:
+            return
+        info.update(exit_code=int(exit_code), ended=round(time.time(), 3), last_step=last_step)
+        starts = info.get("starts")
+        if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
+            starts[-1]["exit_code"] = int(exit_code)  # how each attempt of a restarted job ended
+        _write_run_info(root, info)
 
 
 # ------------------------------------------------------------------------------ a run per launch
@@ -279,17 +359,64 @@ def end_run(run_dir: str | Path, *, exit_code: int, last_step: int | None) -> No
 # it gets the next free version of that name. Only global rank 0 calls these.
 
 
-def launch_id() -> str | None:
-    """An id the launcher keeps across the restarts of one job (None when there is none).
+_LAUNCHERS = (
+    ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT"),
+    ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"),
+)
+"""Each launcher's id (kept across the restarts it makes) and its restart counter, the
+innermost launcher first."""
 
-    ``TORCHELASTIC_RUN_ID`` (torchrun's rendezvous id; a fresh uuid per ``--standalone`` launch)
-    or ``SLURM_JOB_ID`` (kept by a requeue).
-    """
-    for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+
+def _launch_ids() -> dict[str, str]:
+    """Every launcher id of this process, by variable name (torchrun's ``"none"`` is no id)."""
+    found = {}
+    for name, _ in _LAUNCHERS:
         value = os.environ.get(name, "").strip()
         if value and value != "none":
-            return value
-    return None
+            found[name] = value
+    return found
+
+
+def _count(name: str) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() else 0
+
+
+def launch_id() -> str | None:
+    """The id of the launcher whose restart this is, else the first one set (None if none).
+
+    ``TORCHELASTIC_RUN_ID`` (torchrun's rendezvous id: a fresh uuid per ``--standalone``
+    launch, so it changes on every SLURM requeue) when ``TORCHELASTIC_RESTART_COUNT`` > 0;
+    ``SLURM_JOB_ID`` (kept by a requeue) when ``SLURM_RESTART_COUNT`` > 0. Every id set is
+    recorded in each start (``launches`` in ``run.json``).
+    """
+    keys = _restart_keys()
+    return keys[0][1] if keys else None
+
+
+def _restart_keys() -> list[tuple[str, str]]:
+    """The ``(variable, id)`` pairs a restart looks its run up by, in order: the id of each
+    launcher that restarted the job (innermost first), else every id set."""
+    ids = _launch_ids()
+    restarted = [
+        (name, ids[name]) for name, counter in _LAUNCHERS if _count(counter) > 0 and name in ids
+    ]
+    return restarted or list(ids.items())
+
+
+def _last_start(path: Path) -> dict[str, Any]:
+    starts = (read_run_info(path) or {}).get("starts")
+    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
+        return starts[-1]
+    return {}
+
+
+def _started_by(start: Mapping[str, Any], name: str, value: str) -> bool:
+    """Whether ``start`` (one entry of ``starts``) was made under launcher id ``name=value``."""
+    launches = start.get("launches")
+    if isinstance(launches, dict):
+        return launches.get(name) == value
+    return start.get("launch") == value  # written before every id was recorded: one id
 
 
 def holds_run(run_dir: str | Path) -> bool:
@@ -307,14 +434,14 @@ def holds_run(run_dir: str | Path) -> bool:
     info = read_run_info(root)
     if info is None and run_file.exists():
         raise RunDirError(
-            f"{run_file} is not a distlog run file (no run id): this directory belongs to "
-            "another tool; choose another run_dir"
+            f"{run_file} is not a distlog run file ({_why_not_run_info(run_file)}): this "
+            "directory belongs to another tool; choose another run_dir"
         )
     if info is not None and info.get("starts"):
         return True
     if not metrics.is_file() or metrics.stat().st_size == 0:
         return False
-    if last_step(root) is None:
+    if _tail_step(metrics) is None:
         raise RunDirError(
             f"{metrics} has no distlog rows (no integer 'step'): this directory belongs to "
             "another tool; choose another run_dir"
@@ -335,75 +462,175 @@ def _versions(run_dir: Path) -> list[Path]:
     return found + [path for _, path in sorted(numbered)]
 
 
-def _newest_run(candidates: list[Path]) -> Path | None:
-    """The candidate the current launch started (same launch id), else the last one started."""
+def _latest_run(candidates: list[Path]) -> Path | None:
+    """The candidate holding the run started last (None if none holds a run)."""
     runs = [p for p in candidates if holds_run(p)]
-    if not runs:
-        return None
-    launch = launch_id()
-    if launch is not None:
-        for path in reversed(runs):
-            starts = (read_run_info(path) or {}).get("starts") or [{}]
-            if isinstance(starts[-1], dict) and starts[-1].get("launch") == launch:
-                return path
-    return max(runs, key=_started_at)
+    return max(runs, key=_started_at) if runs else None
+
+
+def _run_of_this_job(candidates: list[Path]) -> Path | None:
+    """The candidate whose last start this job made, for a restart to continue.
+
+    Matched by the id of the launcher that restarted the job (see
+    [launch_id][distlog.runlog.launch_id]); None when this job has a launcher id and no run
+    matches it (the attempt that failed never started one: this is a new run, never another
+    launch's). A job with no launcher id at all continues the run started last.
+    """
+    runs = [p for p in candidates if holds_run(p)]
+    keys = _restart_keys()
+    if not keys:
+        return max(runs, key=_started_at) if runs else None
+    for name, value in keys:
+        mine = [p for p in runs if _started_by(_last_start(p), name, value)]
+        if mine:
+            return max(mine, key=_started_at)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a JSON number (not a string, not a bool)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _started_at(path: Path) -> float:
+    """When the run in ``path`` last started, for ordering; tolerant of hand-edited files."""
     info = read_run_info(path) or {}
-    starts = info.get("starts")
-    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
-        return float(starts[-1].get("time") or 0.0)
-    return float(info.get("created") or path.stat().st_mtime)
+    when = _number(_last_start(path).get("time"))
+    if when is None:
+        when = _number(info.get("created"))
+    if when is None:
+        try:
+            when = path.stat().st_mtime
+        except OSError:
+            when = 0.0
+    return when
+
+
+# A claim: which process chose a directory for a new run and has not recorded its start yet.
+_CLAIM_TOKEN = secrets.token_hex(8)
+_HOST = socket.gethostname()
+
+
+def _claim_text() -> str:
+    return json.dumps(
+        {"pid": os.getpid(), "host": _HOST, "token": _CLAIM_TOKEN, "time": round(time.time(), 3)}
+    )
+
+
+def _claimed_by_other(path: Path) -> bool:
+    """Whether ``path``'s claim file is another live launch's (not this process's, not left
+    by a process of this host that has died since)."""
+    try:
+        claim = json.loads((path / CLAIM_FILE).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # unreadable: someone's, keep out
+    if not isinstance(claim, dict):
+        return True
+    pid, host = claim.get("pid"), claim.get("host")
+    if host != _HOST or type(pid) is not int:
+        return True  # another machine's: its process cannot be checked from here
+    if pid == os.getpid():
+        return False  # ours (same token), or that of a dead process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # died before recording its start: the directory is free
+    except OSError:
+        return True  # alive, another user's
+    return True
+
+
+def _claim(path: Path) -> bool:
+    """Claim ``path`` for a new run of this process; False when it holds a run or another
+    live launch claimed it first. Creates ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        if holds_run(path) or _claimed_by_other(path):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            (path / CLAIM_FILE).unlink()  # ours already, or a dead process's
+        try:
+            fd = os.open(path / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False  # unlocked (no flock here) and someone was quicker
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(_claim_text())
+        return True
+
+
+def _claim_new(root: Path) -> Path:
+    """``root`` claimed for a new run if it holds none, else the next free version."""
+    if not holds_run(root) and _claim(root):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    n = 2
+    while True:
+        path = root.parent / f"{root.name}-{n}"
+        n += 1
+        try:
+            path.mkdir()  # atomic: of two launches, one creates it, the other goes on
+        except FileExistsError:
+            continue
+        if _claim(path):
+            return path
 
 
 def claim_run_dir(run_dir: str | Path, *, resume: bool | str, restart: int) -> tuple[Path, bool]:
     """Where this launch writes, and whether it continues the run there.
 
     ``resume=True`` continues ``run_dir`` itself. A restart (``restart`` > 0) with
-    ``resume="auto"`` continues the run this job started: ``run_dir`` or one of its versions.
+    ``resume="auto"`` continues the run this job started: ``run_dir`` or one of its versions
+    whose last start has this job's launcher id (see [launch_id][distlog.runlog.launch_id]).
     Anything else is a new run: ``run_dir`` if it holds none, else its next free version
-    ``<run_dir>-2``, ``<run_dir>-3``...
+    ``<run_dir>-2``, ``<run_dir>-3``... A new run's directory is created and claimed
+    atomically, so two launches choosing at the same moment get two directories.
     """
     root = Path(run_dir)
     if resume is True:
         holds_run(root)  # refuse another tool's files
         return root, True
-    versions = _versions(root)
     if resume == "auto" and restart > 0:
-        found = _newest_run(versions)
+        found = _run_of_this_job(_versions(root))
         if found is not None:
             return found, True
-    if not holds_run(root):
-        return root, False
-    n = 2
-    while (root.parent / f"{root.name}-{n}").exists():
-        n += 1
-    return root.parent / f"{root.name}-{n}", False
+    return _claim_new(root), False
 
 
 def new_version_dir(parent: str | Path) -> Path:
-    """A fresh ``<parent>/<YYYYmmdd-HHMMSS>`` directory name (``-2``... if that one is taken)."""
+    """A fresh ``<parent>/<YYYYmmdd-HHMMSS>`` directory (``-2``... if that one is taken),
+    created and claimed for a new run, so two launches in the same second get two."""
     base = Path(parent) / time.strftime("%Y%m%d-%H%M%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, n = base, 2
-    while path.exists():
+    while True:
+        try:
+            path.mkdir()
+        except FileExistsError:
+            pass
+        else:
+            if _claim(path):
+                return path
         path = base.with_name(f"{base.name}-{n}")
         n += 1
-    return path
 
 
 def choose_version(parent: str | Path, *, restart: int, resume_from: str | None) -> Path:
     """The run directory inside an experiment directory (``runs/<project>/<experiment>``).
 
     ``resume_from``: ``"latest"`` (the run last started there), a run id, or a version's name.
-    Else a restart continues the run this job started, and a new launch gets
+    Else a restart continues the run this job started (as in
+    [claim_run_dir][distlog.runlog.claim_run_dir]), and a new launch gets
     [new_version_dir][distlog.runlog.new_version_dir].
     """
     root = Path(parent)
     children = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if resume_from is not None:
         if resume_from == "latest":
-            found = _newest_run(children)
+            found = _latest_run(children)
         else:
             found = next(
                 (
@@ -420,7 +647,7 @@ def choose_version(parent: str | Path, *, restart: int, resume_from: str | None)
             )
         return found
     if restart > 0:
-        found = _newest_run(children)
+        found = _run_of_this_job(children)
         if found is not None:
             return found
     return new_version_dir(root)

@@ -76,6 +76,12 @@ class SinkSet:
                     stacklevel=2,
                 )
 
+    def wrote(self, step: int) -> None:
+        """Note a row (scalars or media) written at ``step``: ``run.json``'s ``last_step`` is
+        the largest, which a resume must not write again."""
+        if self.last_written_step is None or step > self.last_written_step:
+            self.last_written_step = step
+
 
 class WriteJob:
     """One flush's writes, run on the writer thread at most once.
@@ -121,13 +127,15 @@ class WriteJob:
         step, row = self.step, self.row()
         if row:
             self.sinks.each("log_scalars", lambda s: s.log_scalars(step, row))
-            self.sinks.last_written_step = step
+            self.sinks.wrote(step)
         for key, item in self.media:
 
             def write(sink: Sink, key: str = key, item: Any = item) -> None:
                 sink.log_media(step, key, item)
 
             self.sinks.each("log_media", write)
+        if self.media:
+            self.sinks.wrote(step)  # a media-only row is written too
 
 
 WRITE_INTERVAL_S = 0.05

@@ -1,13 +1,16 @@
 """A run per launch across real gloo ranks: every rank's ``logger.run_dir`` names the directory
 rank 0 writes (a new version when the given one is taken), and another tool's directory is
-refused on every rank at construction, not left as a hang at the first flush."""
+refused on every rank at construction, not left as a hang at the first flush. Under torchrun, a
+restart of a new launch is a new run, never an append to an earlier launch's run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from dist_harness import run_ranks
+from dist_harness import run_ranks, subprocess_env
 
 import distlog
 
@@ -49,3 +52,62 @@ def test_another_tools_directory_is_refused_on_every_rank(tmp_path):
     errors = run_ranks(_foreign, 2, str(foreign), timeout=90)
     assert all("not a distlog run file" in e and str(foreign) in e for e in errors), errors
     assert not (Path(foreign) / "metrics.jsonl").exists()
+
+
+LAUNCH_JOB = """
+import os, sys
+import torch.distributed as dist
+import distlog
+run_dir, steps, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+if marker != "-" and rank == 1 and not os.path.exists(marker):
+    open(marker, "w").close()
+    os._exit(3)  # the first attempt dies before any logger exists
+logger = distlog.Logger(run_dir=run_dir, timeout=30, handle_signals=False)
+for step in range(steps):
+    logger.log_scalar("x", float(step + 100 * attempt) + rank)
+    logger.flush(step=step)
+logger.finish()
+dist.destroy_process_group()
+"""
+
+
+def _torchrun(tmp_path: Path, *args: str, restarts: int = 0) -> None:
+    script = tmp_path / "launch_job.py"
+    script.write_text(LAUNCH_JOB)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--monitor-interval=0.1",
+        f"--max-restarts={restarts}",
+        str(script),
+        *args,
+    ]
+    env = {
+        k: v for k, v in subprocess_env().items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))
+    }
+    # a fresh rendezvous store per attempt (pytorch#135712): see reliability.md
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_a_restart_of_a_new_launch_is_a_new_run_not_the_previous_launchs(tmp_path):
+    """Launch B (torchrun --standalone, a fresh id) into the run_dir of finished launch A; B's
+    first attempt dies before its logger, so B's restart has no run of its own yet: it must be
+    a new run in exp-2, not steps appended to A's run."""
+    run_dir = tmp_path / "exp"
+    _torchrun(tmp_path, str(run_dir), "4", "-")
+    _torchrun(tmp_path, str(run_dir), "3", str(tmp_path / "died"), restarts=1)
+    assert (tmp_path / "died").exists()  # B's first attempt did fail
+    assert [r["x"] for r in distlog.read_metrics(run_dir)] == [0.5, 1.5, 2.5, 3.5]
+    first, second = distlog.read_run_info(run_dir), distlog.read_run_info(tmp_path / "exp-2")
+    assert len(first["starts"]) == 1 and first["exit_code"] == 0
+    assert [r["x"] for r in distlog.read_metrics(tmp_path / "exp-2")] == [100.5, 101.5, 102.5]
+    assert [s["restart"] for s in second["starts"]] == [1] and second["id"] != first["id"]
+    assert first["starts"][0]["launch"] != second["starts"][0]["launch"]

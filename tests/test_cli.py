@@ -345,3 +345,121 @@ def test_plot_of_a_media_only_run_shows_its_media_index(tmp_path, capsys):
     logger.finish()
     assert main(["plot", str(tmp_path / "run"), "-o", str(tmp_path / "m.png")]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "m.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ damaged values inside a run
+def damaged_runs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Run directories whose rows parse but hold values no writer of distlog produces."""
+    cases: dict[str, tuple[Path, str]] = {}
+    lines = {
+        "nan_time": ('{"step":1,"time":"NaN","x":1.0}\n{"step":2,"time":2.0,"x":2.0}\n', "time"),
+        "huge_time": ('{"step":1,"time":1e300,"x":1.0}\n', "time"),
+        "huge_int": ('{"step":1,"time":1.0,"x":1.0}\n{"step":2,"x":1' + "0" * 400 + "}\n",
+                     "integer too large"),
+        "huge_step": ('{"step":1,"x":1.0}\n{"step":1' + "0" * 30 + ',"x":2.0}\n', "step"),
+        "bad_histogram": ('{"step":1,"x":1.0}\n{"step":2,"x":3.0}\n{"step":2,"media":{"h":'
+                          '{"type":"histogram","counts":"?","edges":[0,1]}}}\n', "histogram"),
+        "bad_items": ('{"step":2,"media":{"m":{"type":"images","items":7}}}\n', ""),
+        "binary_run_json": ('{"step":1,"time":1.0,"x":1.0}\n', "run.json"),
+    }  # fmt: skip
+    for name, (text, note) in lines.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(text)
+        cases[name] = (run, note)
+    (tmp_path / "binary_run_json" / "run.json").write_bytes(b"\xff\xfe\x00junk")
+    return cases
+
+
+SHOWN = ["nan_time", "huge_time", "huge_int", "huge_step", "binary_run_json"]
+"""Damage ``show`` reads; ``plot`` also draws histograms and the media index."""
+
+
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [("show", c) for c in SHOWN] + [("plot", c) for c in [*SHOWN, "bad_histogram", "bad_items"]],
+)
+def test_damaged_values_give_a_note_not_a_traceback(tmp_path, capsys, case, command):
+    path, note = damaged_runs(tmp_path)[case]
+    out_png = tmp_path / "out.png"
+    extra = ["-o", str(out_png)] if command == "plot" else []
+    assert main([command, str(path), *extra]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    if note:
+        [line] = out.err.strip().splitlines()
+        assert line.startswith("distlog: note:") and note in line and str(path) in line
+    else:
+        assert out.err == ""
+    if command == "plot":
+        assert out_png.stat().st_size > 0
+    else:
+        assert out.out.startswith(f"run: {path}")
+
+
+def test_an_integer_beyond_float_counts_as_non_finite(tmp_path):
+    path, _ = damaged_runs(tmp_path)["huge_int"]
+    summary = load_run(path)
+    x = summary.keys["x"]
+    assert x.steps == 2 and x.non_finite == 1 and x.max == 1.0
+
+
+def test_runs_that_cannot_be_listed_are_one_line(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "proj" / "run1"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step":1,"x":1.0}\n')
+
+    def unreadable(path):  # a run.json the reader chokes on, whatever the damage
+        raise ValueError("could not convert string to float: 'yesterday'")
+
+    monkeypatch.setattr(runlog, "find_runs", unreadable)
+    assert main(["show", str(tmp_path / "proj")]) == 1
+    out = capsys.readouterr()
+    [line] = out.err.strip().splitlines()
+    assert (
+        line.startswith("distlog show:") and "cannot list the runs" in line and "yesterday" in line
+    )
+    assert out.out == ""
+
+
+def test_unforeseen_damage_is_still_one_line(tmp_path, capsys, monkeypatch):
+    import distlog.cli
+
+    write_run(tmp_path)
+
+    def broken(summary):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(distlog.cli, "format_summary", broken)
+    assert main(["show", str(tmp_path)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"distlog show: {tmp_path}: cannot read the run (OverflowError")
+
+
+def test_plot_draws_keys_with_dollar_signs_literally(tmp_path, capsys):
+    from distlog.cli import plot_run
+
+    sink = JsonlSink(tmp_path / "run")
+    for step in (1, 2, 3):
+        sink.log_scalars(step, {"cost $x$": float(step), "bad $\\frac$ math": 1.0 / step})
+    sink.close()
+    out = tmp_path / "p.png"
+    assert main(["plot", str(tmp_path / "run"), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert out.stat().st_size > 0 and "cannot" not in capsys.readouterr().err
+
+    import matplotlib.pyplot as plt
+
+    closed = plt.close
+    titles: list[str] = []
+
+    def keep_titles(fig=None):  # read the titles before plot_run closes the figure
+        if fig is not None and hasattr(fig, "axes"):
+            titles.extend(ax.get_title(loc="left") for ax in fig.axes)
+        closed(fig)
+
+    plt.close = keep_titles
+    try:
+        plot_run(load_run(tmp_path / "run"), tmp_path / "q.png")
+    finally:
+        plt.close = closed
+    assert sorted(titles) == ["bad $\\frac$ math", "cost $x$"]

@@ -224,3 +224,98 @@ def test_sink_against_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch)
     logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink], async_write=True)
     log_a_run(logger)
     check_run(MlflowClient(tracking_uri=uri), sink.run_id)
+
+
+# ------------------------------------------------------------------ names, stores, media names
+def test_refused_names_are_renamed_once_and_the_rest_of_the_row_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri, experiment="e")
+    long_key = "val/" + "k" * 250
+    bad = {"throughput (img/s, rank0)": 1.0, "cost $": 2.0, "pct %": 3.0, "🔥": 4.0}
+    with pytest.warns(UserWarning, match="MLflow does not accept") as rec:
+        for step in (1, 2):
+            sink.log_scalars(step, {"train/loss": 1.0 / step, **bad, long_key: 5.0})
+        sink.log_config({"lr": 0.1, "loss_weights": {"ce,aux": 0.5}})
+    messages = [str(w.message) for w in rec if "MLflow does not accept" in str(w.message)]
+    assert len(messages) == len(bad) + 2  # once per refused key, metrics and params
+    assert any("'throughput (img/s, rank0)'" in m and "'throughput _img/s_ rank0_'" in m
+               for m in messages)  # fmt: skip
+    sink.close()
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(sink.run_id)
+    assert history(client, sink.run_id, "train/loss") == [(1, 1.0), (2, 0.5)]
+    assert history(client, sink.run_id, "throughput _img/s_ rank0_") == [(1, 1.0), (2, 1.0)]
+    assert history(client, sink.run_id, "cost _") == [(1, 2.0), (2, 2.0)]
+    names = set(run.data.metrics)
+    assert len(names) == len(bad) + 2  # nothing lost, no two keys merged
+    [long_name] = [n for n in names if n.startswith("val/kkk")]
+    assert len(long_name) <= 250 and long_name != long_key[:250]
+    assert run.data.params == {"lr": "0.1", "loss_weights.ce_aux": "0.5"}
+
+
+def test_two_keys_that_sanitise_alike_stay_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri)
+    with pytest.warns(UserWarning, match="MLflow does not accept"):
+        sink.log_scalars(1, {"a,b": 1.0, "a$b": 2.0, "a_b": 3.0})
+    sink.close()
+    metrics = MlflowClient(tracking_uri=uri).get_run(sink.run_id).data.metrics
+    assert len(metrics) == 3 and metrics["a_b"] == 3.0
+    assert sorted(metrics.values()) == [1.0, 2.0, 3.0]
+
+
+def test_a_directory_store_mlflow_refuses_is_an_mlflow_init_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    if int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("MLflow 2 still opens file stores")
+    with pytest.raises(distlog.MlflowInitError, match="MLFLOW_ALLOW_FILE_STORE"):
+        distlog.MlflowSink(tracking_uri=str(tmp_path / "mlruns"), init_timeout=30)
+    with pytest.warns(UserWarning, match="Logging goes on to the local run log"):
+        loop = run_loop([1, 2], tracking_uri=str(tmp_path / "mlruns2"))
+    assert loop.mlflow_run_id is None
+    assert [r["loss"] for r in distlog.read_metrics(loop.run_dir)] == [1.0, 2.0]
+
+
+def test_two_media_items_of_one_key_at_one_step_are_both_kept(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri, experiment="e")
+    logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink], async_write=False)
+    logger.log_images(torch.zeros(1, 3, 4, 4), desc="val/samples")  # black
+    logger.log_images(torch.ones(1, 3, 4, 4), desc="val/samples")  # white
+    logger.log_histogram(torch.zeros(10), desc="w")
+    logger.log_histogram(torch.ones(10), desc="w")
+    logger.flush(3)
+    logger.log_images(torch.ones(1, 3, 4, 4), desc="val/samples")
+    logger.flush(4)
+    logger.finish()
+    client = MlflowClient(tracking_uri=uri)
+    paths = artifact_paths(client, sink.run_id, "media")
+    images = [p for p in paths if p.startswith("media/val/samples/step00000003")]
+    local = sorted((tmp_path / "run/media/val/samples").glob("step00000003*"))
+    assert sorted(p.rsplit("/", 1)[1] for p in images) == [p.name for p in local]
+    pixels = sorted(
+        int(
+            np.asarray(Image.open(client.download_artifacts(sink.run_id, p, str(tmp_path))))[
+                0, 0, 0
+            ]
+        )
+        for p in images
+    )
+    assert pixels == [0, 255]
+    assert "media/val/samples/step00000004_0.png" in paths
+    hists = [p for p in paths if p.startswith("media/w/")]
+    assert len(hists) == 2
+    means = sorted(
+        json.loads(Path(client.download_artifacts(sink.run_id, p, str(tmp_path))).read_text())[
+            "edges"
+        ][0]
+        for p in hists
+    )
+    assert len(set(means)) == 2  # the zeros and the ones, not one of them twice

@@ -259,3 +259,59 @@ def test_bad_arguments(env):
         sink.log_media(1, "k", "not media")  # type: ignore[arg-type]
     sink.close()
     assert Path(sink.run_dir).is_dir()
+
+
+def test_one_pixel_high_or_wide_images_keep_their_shape(env):
+    from PIL import Image
+
+    strip = np.zeros((1, 8, 3), dtype=np.uint8)
+    strip[..., 0] = 255  # 1 x 8, red
+    column = np.zeros((8, 1, 3), dtype=np.uint8)
+    column[..., 1] = 255  # 8 x 1, green
+    dot = np.full((1, 1, 1), 77, dtype=np.uint8)  # 1 x 1, gray
+    sink = WandbSink(project="strip")
+    sink.log_media(1, "strip", Images([strip, column, dot]))
+    run_dir = sink.run_dir
+    sink.close()
+    row = read_run(run_dir).rows_by_step()[1]
+    written = [np.asarray(Image.open(run_dir / "files" / f)) for f in row["strip"]["filenames"]]
+    assert [w.shape for w in written] == [(1, 8, 3), (8, 1, 3), (1, 1)]
+    np.testing.assert_array_equal(written[0], strip)
+    np.testing.assert_array_equal(written[1], column)
+    assert written[2][0, 0] == 77
+    # offline, wandb keeps a table's image cells for the artifact upload: read the files the
+    # cells' wandb.Image objects wrote
+    table = sink.to_wandb(Table(["image"], [[strip], [column]]))
+    cells = [np.asarray(Image.open(row[0]._path)) for row in table.data]
+    assert [c.shape for c in cells] == [(1, 8, 3), (8, 1, 3)]
+
+
+def test_keys_of_wandbs_own_columns_are_renamed_not_lost(env):
+    sink = WandbSink(project="reserved")
+    row = {"trainer/global_step": 12345.0, "_step": 7.0, "_runtime": 3.5, "loss": 1.0}
+    with pytest.warns(UserWarning, match="collides with a column") as rec:
+        sink.log_scalars(10, row)
+        sink.log_scalars(11, row)
+    assert sum("collides" in str(w.message) for w in rec) == 3  # once per key
+    run_dir = sink.run_dir
+    sink.close()
+    got = read_run(run_dir).history[0]
+    assert got["user/trainer/global_step"] == 12345.0
+    assert got["user/_step"] == 7.0 and got["user/_runtime"] == 3.5 and got["loss"] == 1.0
+    assert got["trainer/global_step"] == 10 and got["_step"] == 0
+
+
+def test_a_media_key_with_a_long_component_is_shortened_not_lost(env):
+    key = "val/" + "sample_" * 40  # a 280-byte component
+    sink = WandbSink(project="long")
+    with pytest.warns(UserWarning, match="too long"):
+        sink.log_media(1, key, Images([np.zeros((4, 4, 3), dtype=np.uint8)]))
+        sink.log_media(1, key + "x", Images([np.ones((4, 4, 3), dtype=np.uint8)]))
+    run_dir = sink.run_dir
+    sink.close()
+    row = read_run(run_dir).rows_by_step()[1]
+    media = sorted(k for k in row if k.startswith("val/"))
+    assert len(media) == 2 and all(len(k.encode()) < 200 for k in media)
+    for k in media:
+        [name] = row[k]["filenames"]
+        assert (run_dir / "files" / name).is_file()

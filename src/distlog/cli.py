@@ -7,7 +7,10 @@
 - ``distlog demo [--nproc N]``: runs the demo job under torchrun.
 
 Bad input (a missing, empty, cut-short or foreign directory) prints one line on stderr and
-exits with status 1; usage errors exit with 2, as argparse does. No tracebacks.
+exits with status 1; usage errors exit with 2, as argparse does. No tracebacks: damaged values
+inside an otherwise readable run (a non-numeric time, an integer too large for a float, a
+histogram record that is not numbers) are skipped or drawn as notes, with one note line on
+stderr per kind of damage.
 """
 
 from __future__ import annotations
@@ -89,10 +92,49 @@ class RunSummary:
     torn_tail: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     has_config: bool = False
+    damage: dict[str, str] = field(default_factory=dict)
+    """One note per kind of damaged value that was skipped (kind -> first place it was seen)."""
+
+    def note(self, kind: str, where: str) -> None:
+        """Remember the first place of one kind of damage (reported once, not per row)."""
+        self.damage.setdefault(kind, where)
+
+
+MAX_STEP = 2**53
+"""Larger steps cannot be drawn (a float64 x axis); rows with one are damaged."""
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float) -> float:
+    """``float(value)``, with an integer beyond the float range as the infinity of its sign
+    (a damaged value: the summary counts it as non-finite instead of failing)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _timestamp_ok(stamp: float) -> bool:
+    """A time that can be shown as a date (not NaN, infinite or out of the calendar)."""
+    if not math.isfinite(stamp):
+        return False
+    try:
+        _dt.datetime.fromtimestamp(stamp)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """``run.json``, or None when it cannot be read or decoded (never an exception)."""
+    try:
+        meta = runlog.read_run_info(path)
+    except (OSError, ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _find_runs_below(path: Path, limit: int = 5) -> list[str]:
@@ -144,15 +186,22 @@ def load_run(run_dir: str | Path) -> RunSummary:
         step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
             raise CliError(f"{metrics}: row {number} has no integer 'step': not a distlog run")
+        if abs(step) > MAX_STEP:
+            summary.note("step", f"row {number} has step {str(step)[:20]}..., skipped")
+            continue
         summary.rows += 1
         summary.first_step = step if summary.first_step is None else min(summary.first_step, step)
         summary.last_step = step if summary.last_step is None else max(summary.last_step, step)
         raw_time = row.get("time")
+        stamp = math.nan
         if isinstance(raw_time, int | float) and not isinstance(raw_time, bool):
-            stamp = float(raw_time)
+            stamp = _as_float(raw_time)
+        if _timestamp_ok(stamp):
             first, last = summary.first_time, summary.last_time
             summary.first_time = stamp if first is None else min(first, stamp)
             summary.last_time = stamp if last is None else max(last, stamp)
+        elif raw_time is not None:
+            summary.note("time", f"row {number} has time {str(raw_time)[:40]!r}, ignored")
         media = row.get("media")
         if isinstance(media, dict):
             for key, record in media.items():
@@ -167,13 +216,23 @@ def load_run(run_dir: str | Path) -> RunSummary:
                 if ks is None:
                     ks = keys[key] = KeySummary(key)
                 ks.steps_logged.append(step)
+                if kind is int:
+                    number_value = _as_float(value)
+                    if not math.isfinite(number_value):
+                        summary.note(
+                            "int", f"row {number}: {key!r} is an integer too large for a float, "
+                            "counted as non-finite"
+                        )  # fmt: skip
+                    value = number_value
                 ks.values.append(value)
     for ks in keys.values():
         ks.finalise()
 
     if (path / runlog.RUN_FILE).is_file():
-        meta = runlog.read_run_info(path)
+        meta = _read_meta(path)
         summary.meta = meta if meta is not None else {"run.json": "unreadable"}
+        if meta is None:
+            summary.note("run.json", f"{path / runlog.RUN_FILE} cannot be read, ignored")
     return summary
 
 
@@ -372,28 +431,47 @@ def _draw_curve(ax: Any, summary: RunSummary, key: str, spread: dict[str, str]) 
         if ranks:
             top = max(set(ranks), key=ranks.count)
             title += f"  (max on r{top} in {100 * ranks.count(top) // len(ranks)}% of steps)"
-    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_title(title, fontsize=10, loc="left", parse_math=False)  # keys may hold '$'
     ax.set_xlabel("step", fontsize=8)
     ax.grid(True, alpha=0.3)
 
 
+def _histogram_arrays(record: dict[str, Any]) -> tuple[Any, Any] | None:
+    """A histogram record's counts and edges as drawable arrays; None when it is damaged."""
+    try:
+        counts = np.asarray(record.get("counts", []), dtype=np.float64)
+        edges = np.asarray(record.get("edges", []), dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if counts.ndim != 1 or edges.ndim != 1 or len(edges) != len(counts) + 1:
+        return None
+    if not len(counts) or not np.isfinite(counts).all() or not np.isfinite(edges).all():
+        return None
+    if np.any(np.diff(edges) < 0):
+        return None
+    return counts, edges
+
+
 def _draw_histogram(ax: Any, summary: RunSummary, key: str) -> None:
     step, record = summary.last_media[key]
-    counts = np.asarray(record.get("counts", []), dtype=np.float64)
-    edges = np.asarray(record.get("edges", []), dtype=np.float64)
-    if len(edges) == len(counts) + 1 and len(counts):
-        ax.stairs(counts, edges, fill=True, color="tab:green", alpha=0.6)
-    ax.set_title(f"{key}  (histogram, step {step})", fontsize=10, loc="left")
+    arrays = _histogram_arrays(record)
+    if arrays is not None:
+        ax.stairs(arrays[0], arrays[1], fill=True, color="tab:green", alpha=0.6)
+    else:
+        summary.note("histogram", f"the histogram of {key!r} at step {step} is not numbers")
+        ax.text(0.5, 0.5, "damaged histogram record", ha="center", va="center",
+                transform=ax.transAxes, fontsize=8, color="tab:red")  # fmt: skip
+    ax.set_title(f"{key}  (histogram, step {step})", fontsize=10, loc="left", parse_math=False)
     ax.set_ylabel("count", fontsize=8)
     ax.grid(True, alpha=0.3)
 
 
 def _draw_text(ax: Any, title: str, lines: Sequence[str]) -> None:
     ax.axis("off")
-    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_title(title, fontsize=10, loc="left", parse_math=False)
     shown = list(lines[:16]) + ([f"... and {len(lines) - 16} more"] if len(lines) > 16 else [])
     ax.text(0.0, 1.0, "\n".join(shown), va="top", ha="left", family="monospace", fontsize=8,
-            transform=ax.transAxes)  # fmt: skip
+            transform=ax.transAxes, parse_math=False)  # fmt: skip
 
 
 def _media_index(summary: RunSummary) -> list[str]:
@@ -401,8 +479,14 @@ def _media_index(summary: RunSummary) -> list[str]:
     for key in sorted(summary.media):
         step, record = summary.last_media.get(key, (None, {}))
         kind = record.get("type", "media")
+        items = record.get("items")
         where = record.get("path") or next(
-            (i.get("path") for i in record.get("items", []) if isinstance(i, dict)), ""
+            (
+                i.get("path")
+                for i in (items if isinstance(items, list) else [])
+                if isinstance(i, dict)
+            ),
+            "",
         )
         lines.append(f"{key}: {summary.media[key]} x {kind}, last at step {step}")
         if where:
@@ -454,12 +538,14 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle(str(summary.run_dir), fontsize=11)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.suptitle(str(summary.run_dir), fontsize=11, parse_math=False)
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, dpi=110)
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot write {output}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # matplotlib could not draw something; the file is not to blame
+        raise CliError(f"cannot draw the plot of {summary.run_dir}: {exc}") from None
     finally:
         plt.close(fig)
     drawn = [*curves, *histograms, *flat]
@@ -533,7 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "show":
             path = Path(args.run_dir)
             if path.is_dir() and not (path / runlog.METRICS_FILE).is_file():
-                runs = runlog.find_runs(path)
+                try:
+                    runs = runlog.find_runs(path)
+                except (OSError, ValueError, TypeError) as exc:
+                    raise CliError(
+                        f"{path}: cannot list the runs in it ({type(exc).__name__}: {exc})"
+                    ) from None
                 if runs:  # a project or experiment directory: list its runs
                     print(format_runs(path, runs))
                     return 0
@@ -541,7 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "plot":
             summary = _load_and_note(args.run_dir)
             output = Path(args.output)
+            known = set(summary.damage)
             drawn = plot_run(summary, output, args.keys)
+            _print_damage(summary, skip=known)
             print(f"wrote {output} ({len(drawn)} keys)")
         elif args.command == "demo":
             return _run_demo(args.nproc, [a for a in unknown if a != "--"], args.dry_run)
@@ -553,6 +646,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError, TypeError, OverflowError) as exc:
+        # damage no check above foresaw: still one line, never a traceback
+        where = getattr(args, "run_dir", "")
+        print(
+            f"distlog {args.command}: {where}: cannot read the run ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -561,7 +662,7 @@ def format_runs(root: Path, runs: Sequence[Path]) -> str:
     lines = [f"{root}: {len(runs)} run{'s' if len(runs) != 1 else ''}"]
     table = [("run", "id", "started", "starts", "last step", "exit")]
     for run in runs:
-        info = runlog.read_run_info(run) or {}
+        info = _read_meta(run) or {}
         raw = info.get("starts")
         starts: list[Any] = raw if isinstance(raw, list) else []
         begun = starts[0].get("time") if starts and isinstance(starts[0], dict) else None
@@ -571,7 +672,10 @@ def format_runs(root: Path, runs: Sequence[Path]) -> str:
             if isinstance(begun, int | float)
             else "-"
         )
-        last = runlog.last_step(run)
+        try:
+            last = runlog.last_step(run)
+        except (OSError, ValueError, TypeError):
+            last = None
         code = info.get("exit_code")
         table.append(
             (
@@ -598,7 +702,15 @@ def _load_and_note(run_dir: str) -> RunSummary:
             "short (the writer stopped mid-row); it was skipped",
             file=sys.stderr,
         )
+    _print_damage(summary)
     return summary
+
+
+def _print_damage(summary: RunSummary, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """One stderr note per kind of damaged value the run held (the first place it was seen)."""
+    for kind, where in summary.damage.items():
+        if kind not in skip:
+            print(f"distlog: note: {summary.run_dir}: {where}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

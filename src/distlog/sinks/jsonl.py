@@ -52,9 +52,14 @@ class JsonlSink:
         self._write({"step": step, "time": round(time.time(), 3), "media": {key: record}})
 
     def log_config(self, config: Mapping[str, Any]) -> None:
+        """Merge ``config`` into ``config.json`` (nested dicts merged, later values win), as
+        wandb and MLflow keep every call's keys; written as strict JSON, with non-finite floats
+        as the strings ``metrics.jsonl`` uses."""
         path = self.run_dir / runlog.CONFIG_FILE
+        merged = _merge(_read_config(path), _strict(config))
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        text = json.dumps(merged, indent=2, sort_keys=True, allow_nan=False, default=str)
+        tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, path)
 
     def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
@@ -75,3 +80,36 @@ class JsonlSink:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with non-finite floats encoded as in ``metrics.jsonl`` and mapping keys as the
+    strings JSON makes of them (so a later call's keys merge with what was read back)."""
+    if isinstance(value, float):
+        return runlog.encode_value(value)
+    if isinstance(value, Mapping):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The config an earlier call (or start of the run) wrote; empty when none is readable."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def _merge(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``new``, recursing where both hold a dict."""
+    out = dict(base)
+    for key, value in new.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, Mapping):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out

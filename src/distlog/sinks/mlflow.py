@@ -5,16 +5,25 @@ call) at their step; [log_config][distlog.logger.Logger.log_config] becomes para
 flattened (``model.width``), already redacted by the logger; images, figures, videos and tables
 become artifacts under ``media/<key>/`` in the files the local run log writes, and histograms a
 JSON artifact. Reaching the store is time-boxed like ``wandb.init``: a store that cannot be
-reached raises [MlflowInitError][distlog.sinks.mlflow.MlflowInitError], and the mixin goes on
-with the local run log.
+reached, or that MLflow refuses to open, raises
+[MlflowInitError][distlog.sinks.mlflow.MlflowInitError], and the mixin goes on with the local
+run log.
+
+MLflow refuses a whole ``log_batch`` for one name it does not accept, so metric and param names
+are checked with MLflow's own rule first; a refused name is sent under a sanitised one (with a
+warning naming both, once per key) instead of losing the rest of the row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import posixpath
+import re
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,12 +33,24 @@ from distlog.errors import DistlogError
 if TYPE_CHECKING:
     from distlog.media import MediaItem
 
-__all__ = ["MlflowInitError", "MlflowSink", "flatten_params", "import_mlflow"]
+__all__ = [
+    "MlflowInitError",
+    "MlflowSink",
+    "flatten_params",
+    "import_mlflow",
+    "mlflow_name",
+    "valid_mlflow_name",
+]
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-"""MLflow's limits for one ``log_batch`` and for one param value (longer ones are cut)."""
+MAX_NAME_LENGTH = 250
+"""MLflow's limits for one ``log_batch``, for one param value (longer ones are cut) and for a
+metric or param name (longer ones are shortened by `mlflow_name`)."""
+
+_DOCUMENTED_NAME = re.compile(r"^[/\w.\- :]*$")
+"""MLflow's documented rule, used when ``mlflow.utils.validation`` is not importable."""
 
 T = TypeVar("T")
 
@@ -68,6 +89,59 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
+def _rule() -> tuple[Callable[[str], Any], Callable[[str], bool]]:
+    """MLflow's own name checks (its character rule is platform dependent), else the documented
+    rule: alphanumerics, ``_ - . / :`` and spaces, and a path that normalises to itself."""
+    try:
+        from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+    except ImportError:  # pragma: no cover - older or trimmed mlflow
+
+        def validate_param_and_metric_name(name: str) -> Any:
+            return _DOCUMENTED_NAME.match(name)
+
+        def path_not_unique(name: str) -> bool:
+            norm = posixpath.normpath(name)
+            return norm != name or norm == "." or norm.startswith(("..", "/"))
+
+    return validate_param_and_metric_name, path_not_unique
+
+
+def valid_mlflow_name(name: str) -> bool:
+    """True when MLflow accepts ``name`` as a metric or param name."""
+    chars_ok, not_unique = _rule()
+    return (
+        bool(name)
+        and len(name) <= MAX_NAME_LENGTH
+        and bool(chars_ok(name))
+        and not not_unique(name)
+    )
+
+
+def _short_hash(name: str) -> str:
+    return hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def mlflow_name(name: str, *, hashed: bool = False) -> str:
+    """``name`` made acceptable to MLflow: refused characters become ``_``, empty, ``.`` and
+    ``..`` path components are dropped or neutralised, and a name over 250 characters is cut
+    and ends in a short hash of the original (``hashed=True`` adds the hash anyway, to tell
+    apart two names that sanitise alike). A valid name is returned unchanged."""
+    if valid_mlflow_name(name) and not hashed:
+        return name
+    chars_ok, _ = _rule()
+    text = "".join(c if chars_ok(c) else "_" for c in name)
+    parts = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        parts.append("__" if part == ".." else part)
+    text = "/".join(parts) or "_"
+    if hashed or len(text) > MAX_NAME_LENGTH:
+        suffix = f"-{_short_hash(name)}"
+        text = text[: MAX_NAME_LENGTH - len(suffix)] + suffix
+    return text
+
+
 def _timed(call: Callable[[], T], timeout: float, what: str) -> T:
     """``call()`` on a helper thread, given up on after ``timeout`` seconds (MLflow's HTTP
     client retries a refused connection for minutes)."""
@@ -94,8 +168,11 @@ class MlflowSink:
     """Writes a distlog run to one MLflow run.
 
     Args:
-        tracking_uri: the store: ``sqlite:///path.db``, ``http://host:5000``, a directory;
-            None means MLflow's default (``MLFLOW_TRACKING_URI``, else ``./mlruns``).
+        tracking_uri: the store: ``sqlite:///path.db``, ``http://host:5000``, or a directory
+            (a file store: MLflow 3 opens one only with ``MLFLOW_ALLOW_FILE_STORE=true``, else
+            `MlflowInitError`); None means MLflow's default (``MLFLOW_TRACKING_URI``, else,
+            with MLflow 3, ``sqlite:///mlflow.db`` in the working directory, or ``./mlruns``
+            when that already holds runs).
         experiment: experiment name, created if missing (None: MLflow's default experiment).
         run_name: the run's display name.
         run_id: continue this MLflow run instead of creating one (a restarted job:
@@ -121,15 +198,25 @@ class MlflowSink:
 
         self._metric, self._param = Metric, Param
         self.tracking_uri = tracking_uri
-        self.client: Any = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        where = f"the MLflow store {tracking_uri or mlflow.get_tracking_uri()}"
-        self.run_id: str = _timed(
-            lambda: self._open_run(experiment, run_name, run_id, dict(tags or {})),
-            init_timeout,
-            where,
-        )
+        self.client: Any = None
+        where = f"the MLflow store {tracking_uri or _default_uri(mlflow)}"
+
+        def connect() -> str:
+            # the client resolves and opens the store: MLflow 3 refuses a directory (a file
+            # store) here unless MLFLOW_ALLOW_FILE_STORE=true, so it belongs inside the guard
+            self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+            return self._open_run(experiment, run_name, run_id, dict(tags or {}))
+
+        self.run_id: str = _timed(connect, init_timeout, where)
         self.resumed = run_id is not None
         self._closed = False
+        self._names: dict[str, str] = {}
+        """Each refused name seen so far and the name it is sent under."""
+        self._sent: dict[str, str] = {}
+        """Each sanitised name in use and the original it stands for (to keep them apart)."""
+        self._media_names: dict[str, tuple[int, set[str]]] = {}
+        """Per key folder, the last step with media and the files sent for it: a second item
+        of that key at that step gets a new name instead of overwriting the first."""
 
     def _open_run(
         self, experiment: str | None, run_name: str | None, run_id: str | None, tags: dict
@@ -151,9 +238,33 @@ class MlflowSink:
         return str(run.info.run_id)
 
     # ------------------------------------------------------------------------ the protocol
+    def _name(self, key: str, others: Mapping[str, Any]) -> str:
+        """The name ``key`` is sent under: itself when MLflow accepts it, else a sanitised name
+        that no other key of ``others`` or earlier refused key uses (warned about once)."""
+        name = self._names.get(key)
+        if name is not None:
+            return name
+        if valid_mlflow_name(key):
+            return key
+        name = mlflow_name(key)
+        if name in others or self._sent.get(name, key) != key:
+            name = mlflow_name(key, hashed=True)
+        self._names[key] = name
+        self._sent[name] = key
+        warnings.warn(
+            f"MLflow does not accept the name {key!r} (only alphanumerics, _ - . / : and spaces, "
+            f"at most {MAX_NAME_LENGTH} characters); it is logged to MLflow as {name!r}",
+            UserWarning,
+            stacklevel=3,
+        )
+        return name
+
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        metrics = [self._metric(key, float(v), now, int(step)) for key, v in values.items()]
+        metrics = [
+            self._metric(self._name(key, values), float(v), now, int(step))
+            for key, v in values.items()
+        ]
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(
                 self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH]
@@ -161,6 +272,7 @@ class MlflowSink:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         flat = flatten_params(config)
+        flat = {self._name(k, flat): v for k, v in flat.items()}
         known = self.client.get_run(self.run_id).data.params if self.resumed else {}
         # params are write-once in MLflow: a resumed run re-logs only the ones it lacks
         params = [self._param(k, v) for k, v in flat.items() if k not in known]
@@ -170,14 +282,34 @@ class MlflowSink:
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
         from distlog.media.files import safe_relative_key, save_media
 
+        folder = safe_relative_key(key)
+        entry = self._media_names.get(folder.as_posix())
+        if entry is None or entry[0] != int(step):  # only the current step can clash
+            entry = self._media_names[folder.as_posix()] = (int(step), set())
+        sent = entry[1]
         with tempfile.TemporaryDirectory(prefix="distlog-mlflow-") as tmp:
             media = Path(tmp) / "media"
+            # placeholders for the files this run already has here, so that save_media picks
+            # new names (as it does in the local run log) instead of overwriting them
+            placeholders = [media / folder / name for name in sent]
+            for path in placeholders:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
             record = save_media(item, media, key, step)
-            if media.is_dir() and any(media.rglob("*")):
+            for path in placeholders:
+                path.unlink()
+            new = [p for p in media.rglob("*") if p.is_file()]
+            if new:
                 self.client.log_artifacts(self.run_id, str(media), artifact_path="media")
+                sent.update(p.relative_to(media / folder).as_posix() for p in new)
             if record.get("type") == "histogram":
-                name = f"media/{safe_relative_key(key).as_posix()}/step{step}_histogram.json"
-                self.client.log_dict(self.run_id, _finite(record), name)
+                base, name, n = f"step{step}_histogram", f"step{step}_histogram.json", 1
+                while name in sent:
+                    name, n = f"{base}-{n}.json", n + 1
+                sent.add(name)
+                self.client.log_dict(
+                    self.run_id, _finite(record), f"media/{folder.as_posix()}/{name}"
+                )
 
     def log_artifact(self, path: Path, name: str, type: str) -> None:  # noqa: A002
         """A file or a directory, under the artifact folder ``name``."""
@@ -192,6 +324,14 @@ class MlflowSink:
         self._closed = True
         status = "FINISHED" if exit_code == 0 else "KILLED" if exit_code >= 128 else "FAILED"
         self.client.set_terminated(self.run_id, status=status)
+
+
+def _default_uri(mlflow: Any) -> str:
+    """MLflow's default store, for messages (resolving it must not raise before the guard)."""
+    try:
+        return str(mlflow.get_tracking_uri())
+    except Exception:  # noqa: BLE001 - only a label
+        return "(MLflow's default)"
 
 
 def _finite(value: Any) -> Any:

@@ -6,10 +6,15 @@ wandb run and one run directory. Every metric is keyed to the trainer's global s
 between flushes loses nothing already flushed. wandb's own ``step=`` is never passed: a step
 that goes backwards (a restart from an older checkpoint) is kept and warned about here, instead
 of being dropped by wandb with a warning few people read.
+
+Keys that wandb would overwrite with its own columns (``_step``, ``_runtime``, the step metric)
+are logged as ``user/<key>``, and media keys with a path component too long for a file name are
+shortened; both with one warning per key, so no value is lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -31,6 +36,16 @@ __all__ = ["WandbInitError", "WandbSink", "import_wandb", "MAX_HISTOGRAM_BINS"]
 
 MAX_HISTOGRAM_BINS = 512
 """wandb refuses histograms with more bins; larger ones are merged down to fit."""
+
+RESERVED_KEYS = frozenset({"_step", "_runtime", "_timestamp", "_wandb"})
+"""Columns wandb writes itself into every row; a user key of that name would be overwritten."""
+
+RENAMED_PREFIX = "user/"
+"""What a key that collides with wandb's own columns is logged under (``user/_step``)."""
+
+MAX_MEDIA_COMPONENT_BYTES = 160
+"""wandb names a media file ``<key>_<step>_<hash>.<ext>``; a longer key component would make a
+file name over the usual 255-byte limit, and the item would be lost."""
 
 
 class WandbInitError(DistlogError, RuntimeError):
@@ -138,11 +153,26 @@ def _rebin(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.nda
     return merged, new_edges
 
 
-def _image_array(image: np.ndarray) -> np.ndarray:
-    """HWC uint8 as wandb wants it: a single channel becomes a 2-D grayscale image."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        return image[:, :, 0]
-    return image
+def _image(image: np.ndarray) -> Any:
+    """HWC uint8 as a PIL image, so wandb keeps its shape: given an array, wandb guesses the
+    channel axis and turns a 1-pixel-high or -wide image (``1 x W x 3``) into a wrong one."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return Image.fromarray(arr)
+
+
+def _short_component(part: str) -> str:
+    """A key component cut to `MAX_MEDIA_COMPONENT_BYTES` bytes of UTF-8, ending in a short hash
+    of the whole so that two long keys stay apart."""
+    if len(part.encode("utf-8", "surrogatepass")) <= MAX_MEDIA_COMPONENT_BYTES:
+        return part
+    suffix = "-" + hashlib.sha1(part.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    room = MAX_MEDIA_COMPONENT_BYTES - len(suffix)
+    cut = part.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+    return cut + suffix
 
 
 class WandbSink:
@@ -211,6 +241,8 @@ class WandbSink:
         self.run.define_metric("*", step_metric=step_metric, step_sync=True)
         self._last_step: int | None = self._previous_last_step()
         self._first_row = True
+        self._keys: dict[tuple[str, bool], str] = {}
+        """(key, is media) -> the key sent to wandb, so each rename is decided and warned once."""
 
     # -- where things are ------------------------------------------------------------------
 
@@ -285,17 +317,48 @@ class WandbSink:
         self._first_row = False
         self._last_step = step
 
+    def _key(self, key: str, media: bool = False) -> str:
+        """The key sent to wandb: ``user/<key>`` for one of wandb's own columns or the step
+        metric, media keys with over-long components shortened; warned about once per key."""
+        known = self._keys.get((key, media))
+        if known is not None:
+            return known
+        name, why = key, ""
+        if key in RESERVED_KEYS or key == self.step_metric:
+            name = RENAMED_PREFIX + key
+            why = "collides with a column wandb or this sink writes into every row"
+        if media:
+            short = "/".join(_short_component(part) for part in name.split("/"))
+            if short != name:
+                name = short
+                why = why or (
+                    f"has a path component over {MAX_MEDIA_COMPONENT_BYTES} bytes, too long "
+                    "for wandb's media file name"
+                )
+        if name != key:
+            warnings.warn(
+                f"wandb run {self.run_id}: the key {key!r} {why}; it is logged to wandb as "
+                f"{name!r} (the local run log keeps {key!r})",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._keys[(key, media)] = name
+        return name
+
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         self._check_open("log_scalars")
         self._note_step(step)
-        row: dict[str, Any] = {key: float(value) for key, value in values.items()}
+        row: dict[str, Any] = {self._key(key): float(value) for key, value in values.items()}
         row[self.step_metric] = int(step)
         self.run.log(row, commit=True)
 
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
         self._check_open("log_media")
         self._note_step(step)
-        self.run.log({key: self.to_wandb(item), self.step_metric: int(step)}, commit=True)
+        self.run.log(
+            {self._key(key, media=True): self.to_wandb(item), self.step_metric: int(step)},
+            commit=True,
+        )
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         self._check_open("log_config")
@@ -369,7 +432,7 @@ class WandbSink:
             captions: list[str | None] = list(item.captions or [])
             captions += [None] * (len(item.images) - len(captions))
             return [
-                wandb.Image(_image_array(img), caption=cap)
+                wandb.Image(_image(img), caption=cap)
                 for img, cap in zip(item.images, captions, strict=False)
             ]
         if isinstance(item, Videos):
@@ -396,7 +459,7 @@ class WandbSink:
             return wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))
         if isinstance(item, Table):
             rows = [
-                [wandb.Image(_image_array(c)) if isinstance(c, np.ndarray) else c for c in row]
+                [wandb.Image(_image(c)) if isinstance(c, np.ndarray) else c for c in row]
                 for row in item.rows
             ]
             return wandb.Table(columns=list(item.columns), data=rows)

@@ -198,7 +198,8 @@ class Logger:
         so whatever the arguments of the other ranks, so they can never pair this exchange
         with another. ``default``: no ``run_dir`` means ``runs/<date-time>`` (else none).
         """
-        choice: list[Any] = [None, False, None]
+        # [path, resuming, error, the last step written when resuming]
+        choice: list[Any] = [None, False, None, None]
         if self.world.is_global_zero:
             try:
                 if run_dir is None:
@@ -208,11 +209,12 @@ class Logger:
                     path, resuming = runlog.claim_run_dir(
                         run_dir, resume=resume, restart=runlog.restart_count()
                     )
-                choice = [None if path is None else str(path), resuming, None]
+                written = runlog.last_step(path) if resuming and path is not None else None
+                choice = [None if path is None else str(path), resuming, None, written]
             except DistlogError as exc:
-                choice = [None, False, str(exc)]
+                choice = [None, False, str(exc), None]
             except OSError as exc:  # unreadable, not creatable: every rank must hear of it
-                choice = [None, False, f"run_dir {run_dir}: {exc}"]
+                choice = [None, False, f"run_dir {run_dir}: {exc}", None]
         group = self._agg.control_group
         if group is not None:
             # One collective: the writer's choice, and every rank's exchange options, which
@@ -231,9 +233,11 @@ class Logger:
                     )
                 )
         elif not self.world.is_global_zero:  # no exchange with the writer: our own view
-            choice = [None if run_dir is None else str(run_dir), False, None]
+            choice = [None if run_dir is None else str(run_dir), False, None, None]
         if choice[2] is not None:
             raise RunDirError(choice[2])
+        if choice[1] and choice[3] is not None:  # every rank knows where a resumed run was
+            self._resume_after = int(choice[3])
         if choice[0] is None:
             return None, False
         path = Path(choice[0])
@@ -269,6 +273,12 @@ class Logger:
     def step(self) -> int:
         """The step of the last flush (-1 before the first)."""
         return self._step
+
+    @property
+    def resumed_after(self) -> int | None:
+        """The last step the run had written when this logger resumed it (None: not resumed),
+        on every rank."""
+        return self._resume_after if self._resume_after >= 0 else None
 
     @property
     def closed(self) -> bool:

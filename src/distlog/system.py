@@ -52,6 +52,9 @@ class _LogsScalars(Protocol):
     @property
     def step(self) -> int: ...
 
+    @property
+    def resumed_after(self) -> int | None: ...
+
     def log_scalar(
         self,
         key: str,
@@ -205,13 +208,14 @@ class SystemMetrics:
         busy = max(now - self._t_flushed, 1e-9)
         prev = self._logger.step
         target = prev + 1 if step is None else step
+        resumed = self._logger.resumed_after
+        if prev < 0 and step is not None and resumed is not None:
+            # The first flush of a resumed run: the steps run since the logger was built are
+            # those after the last one written, not the whole restored step.
+            prev = resumed
         try:
             advanced = operator.index(target) - prev
         except TypeError:  # a bad step: the flush itself raises on it
-            advanced = 0
-        if prev < 0 and advanced > 1:
-            # This process's first flush names a later step than 0 (a resumed job restarts at
-            # its restored step): how many steps ran since the logger was built is not known.
             advanced = 0
         values: dict[str, float] = {}
         if advanced > 0:

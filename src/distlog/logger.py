@@ -253,7 +253,10 @@ class Logger:
         """Record this start in ``run.json``; on a resume, find the last step already written."""
         assert self.run_dir is not None
         restart = runlog.restart_count()
-        written = runlog.last_step(self.run_dir)  # reads the file's tail only
+        if resume is True and self._resume_after >= 0:
+            written: int | None = self._resume_after  # read when the run dir was claimed
+        else:
+            written = runlog.last_step(self.run_dir)  # reads the file's tail only
         self._sinks.last_written_step = written
         after = written if resume is True else None
         info = runlog.start_run(

@@ -62,11 +62,16 @@ def test_quick_benchmark_writes_a_parsable_report(tmp_path: Path) -> None:
         "## Collectives",
     ):
         assert heading in md
+    assert "| launches (r0) |" in md
     # The floor job ran on every rank, and the loader thread's samples all reached a row.
     for world, per_rank in res["floor"].items():
         assert isinstance(per_rank, list) and len(per_rank) == int(world), (world, per_rank)
         for n, row in per_rank[0].items():
             assert row["distlog"] > 0 and row["all_gather"] > 0 and row["all_reduce"] > 0, n
+            # Each key count ran in two launches, merged into their median.
+            assert len(row["launches"]) == 2, (world, n, row)
+            assert min(p["all_gather"] for p in row["launches"]) <= row["paired"]["all_gather"]
+            assert row["paired"]["all_gather"] <= max(p["all_gather"] for p in row["launches"])
     for label, got in res["threads"]["2"][0].items():
         assert got["written"] == got["logged"], (label, got)
     assert "![flush latency against keys](benchmarks.png)" in md

@@ -183,9 +183,14 @@ class Aggregator:
         self.buffer.prepare_window()
 
     def flush_async(
-        self, step: int, deliver: Callable[[PendingRow | None], None]
+        self,
+        step: int,
+        deliver: Callable[[PendingRow | None], None],
+        undeliverable: Callable[[], None],
     ) -> KeyConflictError | None:
-        """Swap now, exchange on the worker thread; ``deliver`` gets the writer's share there.
+        """Swap now, exchange on the worker thread; ``deliver`` gets the writer's share there,
+        and if the exchange fails, ``undeliverable`` is called there instead (the caller takes
+        back what it meant to write with the row: media, values already global).
 
         Waits for the exchange still in flight first and raises its divergence error, if it
         had one. Returns the key conflict it found, for the caller to raise once this flush is
@@ -212,6 +217,7 @@ class Aggregator:
                 if isinstance(exc, RankDivergenceError):
                     self.buffer.restore(snap)
                 self._async_error = exc
+                undeliverable()
                 return
             deliver(pending)
 

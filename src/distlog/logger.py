@@ -152,6 +152,7 @@ class Logger:
         # add to. Reentrant: a signal handler on the main thread writes what is queued.
         self._queued = threading.RLock()
         self._step = -1
+        self._attempted_step = -1  # the last flush's step, even if its exchange failed
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
         self._warned_resume_skip = False
@@ -669,6 +670,7 @@ class Logger:
             self._raise_closed()
         given = step
         step = self._next_step(step)  # a bad step raises before anything is sampled or taken
+        self._attempted_step = step  # media left queued by a failed flush belong to it
         system = self._system
         # finish()'s flush samples only when something else is left to write: a row of system
         # metrics alone would take a step that a resumed run then skips as written.
@@ -711,7 +713,11 @@ class Logger:
                 job.pending = pending
                 self._queue_row(job)
 
-        conflict = self._agg.flush_async(step, deliver)
+        def undeliverable() -> None:  # on the exchange thread: the exchange failed
+            if job is not None:
+                self._requeue(job)
+
+        conflict = self._agg.flush_async(step, deliver, undeliverable)
         self._step = step
         if conflict is not None:  # the previous exchange's, raised once this flush is on its way
             raise conflict
@@ -774,6 +780,14 @@ class Logger:
                 "every rank flushes the same step, carries it exactly only below that"
             )
         return int(step)
+
+    def _requeue(self, job: WriteJob) -> None:
+        """Put back the media and global values of a job whose exchange failed, ahead of
+        anything queued since (a later call of the same key still wins), for the next flush
+        or for finish() to write: as a failed blocking flush leaves them queued."""
+        with self._queued:
+            self._media = job.media + self._media
+            self._precomputed = {**job.extra, **self._precomputed}
 
     def _write_job(self, step: int, pending: PendingRow | None) -> WriteJob:
         """A writer-thread job for one flush; media queued so far go with it, at its step."""
@@ -895,10 +909,11 @@ class Logger:
         if inflight is not None and inflight.step > self._resume_after:
             self._submit(inflight, wait_for_room=False)
         if self._precomputed or self._media:
-            # At the last flushed step; in a resumed run that has not flushed yet, the step
-            # after those already written (an older one would be skipped, or, as the file's
-            # last row, make the next resume repeat steps).
-            step = max(self._step, self._resume_after + 1, 0)
+            # At the last flush's step (the media of a flush that failed were logged for it);
+            # in a resumed run that has not flushed yet, the step after those already written
+            # (an older one would be skipped, or, as the file's last row, make the next resume
+            # repeat steps).
+            step = max(self._attempted_step, self._resume_after + 1, 0)
             self._submit(self._write_job(step, None), wait_for_room=False)
         self._submit(lambda: self._close_sinks(exit_code), wait_for_room=False)
         if self._writer is not None:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from dist_harness import run_ranks
 from reference import assert_rows_close, reference_row
 
@@ -118,3 +119,43 @@ def test_divergence_surfaces_at_the_next_flush_with_its_step(tmp_path):
         assert "rank 1: flush #0 at step 2" in message, message
     run = distlog.read_run_info(tmp_path)
     assert run["exit_code"] == 1
+
+
+def media_then_failed_flush(rank: int, run_root: str):
+    """Rank 0 queues media (its own: no communication) and a precomputed value for a flush
+    whose exchange fails (the ranks disagree on its step), then finishes as a crashed job."""
+    out = {}
+    for async_flush in (False, True):
+        run_dir = Path(run_root) / ("async" if async_flush else "blocking")
+        logger = distlog.Logger(
+            run_dir=run_dir, async_write=False, async_flush=async_flush, timeout=10.0,
+            handle_signals=False,
+        )  # fmt: skip
+        logger.log_scalar("loss", 1.0)
+        logger.flush(0)
+        logger.log_images(torch.full((1, 3, 4, 4), 0.5), desc="val/samples")
+        logger.log_histogram(torch.arange(10.0), desc="weights")
+        logger.log_precomputed({"epoch": 3.0})
+        try:
+            logger.flush(1 if rank == 0 else 2)
+            logger.wait()  # the asynchronous exchange's error surfaces here
+        except distlog.RankDivergenceError as exc:
+            out[async_flush] = str(exc)
+        logger.finish(exit_code=1)
+    return out
+
+
+def test_media_of_a_flush_whose_exchange_failed_are_written_at_its_step(tmp_path):
+    """With async_flush the flush hands its media to the exchange thread; when the exchange
+    fails they come back and finish() writes them, as after a failed blocking flush (they
+    were dropped without a word), at the step of the flush they were logged for."""
+    results = run_ranks(media_then_failed_flush, 2, str(tmp_path), timeout=180)
+    for per_mode in results:
+        assert set(per_mode) == {False, True}, per_mode
+    for mode in ("blocking", "async"):
+        rows = list(distlog.runlog.iter_rows(tmp_path / mode))  # media rows too
+        assert [(r["step"], r.get("loss")) for r in rows if "loss" in r] == [(0, 1.0)], rows
+        media = {k: r["step"] for r in rows for k in r.get("media", {})}
+        assert media == {"val/samples": 1, "weights": 1}, (mode, rows)
+        assert [r["epoch"] for r in rows if "epoch" in r] == [3.0], (mode, rows)
+        assert (tmp_path / mode / "media" / "val" / "samples" / "step00000001_0.png").is_file()

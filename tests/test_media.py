@@ -465,3 +465,279 @@ def test_sinks_import_the_item_types_only() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "['distlog.media', 'distlog.media.items']"
+
+
+# --- regressions: input accepted at the call that failed later, or was silently wrong ---------
+
+
+@pytest.mark.parametrize(
+    ("cell", "what"),
+    [
+        (np.datetime64("2020-01-01"), "datetime64"),
+        (np.datetime64("2020-01-01T00:00:00.000000001"), "datetime64"),  # .item() is an int
+        (np.timedelta64(5, "s"), "timedelta64"),
+        (np.bytes_(b"ab"), "bytes"),
+        (np.complex64(1 + 2j), "complex"),
+        (torch.tensor([1 + 2j]), "complex"),  # a one-element complex tensor
+        (np.array(1 + 1j), "complex"),
+        (np.array(object()), "object"),  # a 0-d object array
+        (np.array(np.datetime64("2021-05-06")), "datetime64"),
+    ],
+)
+def test_table_cells_json_cannot_hold_are_refused_at_the_call(cell: object, what: str) -> None:
+    with pytest.raises(LogTypeError, match=f"'val/t': row 1, column 'b'.*{what}"):
+        to_table(["a", "b"], [[1, 2], [3, cell]], desc="val/t")
+
+
+def test_a_refused_cell_leaves_earlier_tables_in_the_run_log(tmp_path: Path) -> None:
+    import distlog
+
+    with distlog.Logger(run_dir=tmp_path, sinks=[]) as logger:
+        logger.log_table(["a", "b"], [[1, "ok"]], desc="good")
+        with pytest.raises(LogTypeError, match="'val/table': row 0, column 'a'"):
+            logger.log_table(["a", "b"], [[np.datetime64("2020-01-01"), "x"]], desc="val/table")
+        logger.flush(step=1)
+    media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
+    assert sorted(media) == ["good"]
+    doc = json.loads((tmp_path / media["good"]["path"]).read_text())
+    assert doc == {"columns": ["a", "b"], "data": [[1, "ok"]]}
+
+
+def test_numpy_scalar_and_one_element_cells_become_python_values() -> None:
+    t = to_table(
+        ["a", "b", "c", "d", "e"],
+        [[np.str_("s"), np.bool_(True), np.int16(-3), torch.tensor([2.5]), np.array(7)]],
+        desc="t",
+    )
+    assert t.rows == [["s", True, -3, 2.5, 7]]
+    assert [type(c) for c in t.rows[0]] == [str, bool, int, float, int]
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "uint64"])
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_wide_unsigned_images_follow_the_integer_rule(dtype: str, as_torch: bool) -> None:
+    if as_torch and not hasattr(torch, dtype):
+        pytest.skip(f"torch has no {dtype}")
+    hwc = np.linspace(0, 200, 4 * 5 * 3).astype(dtype).reshape(4, 5, 3)
+    x = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))) if as_torch else hwc
+    assert np.array_equal(to_images(x, desc="val/depth").images[0], hwc.astype(np.uint8))
+    big = hwc.copy()
+    big[0, 0, 0] = np.iinfo(dtype).max  # beyond int64 for uint64: the span must stay exact
+    bx = torch.from_numpy(np.ascontiguousarray(big.transpose(2, 0, 1))) if as_torch else big
+    with pytest.raises(LogValueError, match=f"'val/depth'.*\\[3, {np.iinfo(dtype).max}\\]"):
+        to_images(bx, desc="val/depth")
+    scaled = to_images(bx, desc="val/depth", value_range=(0, float(np.iinfo(dtype).max)))
+    assert np.array_equal(scaled.images[0], ref_uint8(big, 0.0, float(np.iinfo(dtype).max)))
+
+
+def test_wide_unsigned_video_frames_and_table_cells() -> None:
+    frames = np.arange(2 * 3 * 4 * 1, dtype=np.uint16).reshape(2, 3, 4, 1)
+    out = to_videos(frames, desc="v")
+    assert np.array_equal(out.videos[0].frames, frames.astype(np.uint8))
+    t = to_table(["img"], [[np.full((2, 2, 1), 9, np.uint32)]], desc="t")
+    assert np.array_equal(t.rows[0][0], np.full((2, 2, 1), 9, np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_wide_pil_modes_follow_the_pixel_rule_like_arrays(mode: str) -> None:
+    from PIL import Image
+
+    if mode == "F":
+        small = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+        img = Image.fromarray(small)
+        want_small = ref_uint8(small[..., None], 0.0, 1.0)
+        wide = np.linspace(0, 40.0, 12, dtype=np.float32).reshape(3, 4)
+    else:
+        dt = {"I;16": "<u2", "I;16B": ">u2", "I": "<i4"}[mode]
+        small = np.arange(0, 240, 20).astype(dt).reshape(3, 4)
+        img = Image.fromarray(small) if mode != "I;16B" else Image.new(mode, (4, 3))
+        if mode == "I;16B":
+            img.frombytes(small.tobytes())
+        want_small = small.astype(np.uint8)[..., None]
+        wide = np.linspace(0, 65535, 12).astype(np.int64).reshape(3, 4)
+    assert img.mode == mode
+    got = to_images(img, desc="val/depth").images[0]
+    assert got.shape == (3, 4, 1) and np.array_equal(got, want_small)
+    # in a list and in a table cell: the same rule
+    assert np.array_equal(to_images([img, img], desc="k").images[1], want_small)
+    assert np.array_equal(to_table(["i"], [[img]], desc="t").rows[0][0], want_small)
+    wide_img = Image.fromarray(wide.astype(np.float32 if mode == "F" else np.int32))
+    if mode.startswith("I;16"):
+        wide_img = Image.fromarray(wide.astype(np.uint16))
+    with pytest.raises(LogValueError, match="'val/depth'.*outside"):
+        to_images(wide_img, desc="val/depth")  # not clipped to 0 / 255 by PIL
+    hi = float(wide.max())
+    scaled = to_images(wide_img, desc="val/depth", value_range=(0.0, hi)).images[0]
+    assert np.array_equal(scaled[..., 0], ref_uint8(wide, 0.0, hi))
+
+
+def test_value_range_applies_to_uint8_and_bool_too() -> None:
+    u8 = torch.tensor([[[0, 5, 10, 20]]], dtype=torch.uint8)
+    out = to_images(u8, desc="lbl", value_range=(0, 10)).images[0][0, :, 0]
+    assert out.tolist() == ref_uint8(np.array([0, 5, 10, 20]), 0, 10).tolist() == [0, 128, 255, 255]
+    assert to_images(u8, desc="lbl").images[0][0, :, 0].tolist() == [0, 5, 10, 20]
+    mask = torch.tensor([[[False, True]]])
+    assert to_images(mask, desc="m").images[0][0, :, 0].tolist() == [0, 255]
+    assert to_images(mask, desc="m", value_range=(0, 2)).images[0][0, :, 0].tolist() == [0, 128]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: to_images(torch.rand(1, 3, 2, 2), caption="bad\ud800", desc="val/img"),
+        lambda: to_images(torch.rand(2, 3, 2, 2), captions=["ok", "x\udfff"], desc="val/img"),
+        lambda: to_videos(torch.rand(1, 3, 2, 4, 4), caption="v\ud800", desc="val/img"),
+        lambda: to_table(["s"], [["x\udcff"]], desc="val/img"),
+        lambda: to_table(["s\ud800"], [["x"]], desc="val/img"),
+        lambda: to_table(["s"], [[np.str_("x\udcff")]], desc="val/img"),
+    ],
+)
+def test_lone_surrogates_in_text_are_refused_at_the_call(call: object) -> None:
+    with pytest.raises(LogValueError, match="'val/img'.*surrogate"):
+        call()  # type: ignore[operator]
+
+
+def test_lone_surrogates_never_reach_the_tensorboard_writer(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    import warnings
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import distlog
+    from distlog.sinks.tensorboard import TensorBoardSink
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with distlog.Logger(
+            run_dir=tmp_path / "run", sinks=[TensorBoardSink(tmp_path / "tb")]
+        ) as lg:
+            lg.log_images(torch.rand(1, 3, 4, 4), caption="fine", desc="img")
+            with pytest.raises(LogValueError, match="'img2'.*surrogate"):
+                lg.log_images(torch.rand(1, 3, 4, 4), caption="bad\ud800", desc="img2")
+            with pytest.raises(LogValueError, match="'tab'.*row 0, column 's'.*surrogate"):
+                lg.log_table(["s"], [["x\udcff"]], desc="tab")
+            with pytest.raises(LogValueError, match="'vid'.*surrogate"):
+                lg.log_videos(torch.rand(1, 3, 2, 4, 4), caption="v\ud800", desc="vid")
+            lg.flush(step=1)
+    assert not [w for w in caught if "failed" in str(w.message)]  # no sink failed later
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["img"]
+    (text,) = acc.Tensors("img/captions/text_summary")
+    assert "fine" in text.tensor_proto.string_val[0].decode("utf-8")
+
+
+def test_bytes_captions_are_refused_not_split() -> None:
+    with pytest.raises(LogTypeError, match="'k'.*caption.*bytes"):
+        to_images(torch.rand(2, 3, 2, 2), captions=b"ab", desc="k")
+    with pytest.raises(LogTypeError, match="'k'.*caption"):
+        to_images(torch.rand(1, 3, 2, 2), captions=[b"a"], desc="k")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.zeros(1, 3, 4, 4, device="meta"),
+        lambda: torch.rand(3, 4, 4).to_sparse(),
+        lambda: torch.rand(4, 4).to_sparse_csr(),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+def test_meta_and_sparse_tensors_are_a_type_error_naming_the_key(make: object) -> None:
+    x = make()  # type: ignore[operator]
+    for call in (
+        lambda: to_images(x, desc="val/x"),
+        lambda: histogram(x, desc="val/x"),
+        lambda: to_table(["c"], [[x]], desc="val/x"),
+        lambda: to_videos(x, desc="val/x"),
+    ):
+        with pytest.raises(LogTypeError, match="'val/x'.*(meta|layout)"):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("values", "bins", "why"),
+    [
+        (np.full(5, 1e20), 4, "all values equal"),
+        (np.array([0.0, 5e-324, 1e-323]), 64, "too narrow"),
+        (np.array([-1.7e308, 1.7e308]), 4, "overflows"),
+    ],
+)
+def test_unbinnable_histograms_say_what_is_wrong(values: np.ndarray, bins: int, why: str) -> None:
+    with pytest.raises(ValueError, match="Too many bins"):  # numpy refuses them too
+        np.histogram(values, bins=bins)
+    with pytest.raises(LogValueError, match=f"'h': cannot make {bins} bins: .*{why}"):
+        histogram(values, desc="h", bins=bins)
+
+
+def test_gathered_table_rank_column_never_duplicates_one() -> None:
+    t = collect_table(WORLD, ["rank", "_rank", "x"], [[10, 100, 1.5]], desc="t", ranks="all")
+    assert t is not None and t.columns == ["__rank", "rank", "_rank", "x"]
+    assert t.rows == [[0, 10, 100, 1.5]]
+
+
+def test_bad_arguments_of_a_gathering_call_name_the_key_in_a_world_of_one() -> None:
+    imgs = torch.rand(1, 3, 2, 2)
+    for call, match in [
+        (lambda: collect_histogram(WORLD, [1.0], desc="h", bins=0, ranks="all"), "bins"),
+        (lambda: collect_images(WORLD, imgs, desc="i", ranks="all", max_bytes=-1), "max_bytes"),
+        (lambda: collect_table(WORLD, ["a"], [[1]], desc="t", ranks="all", max_rows=-5), "rows"),
+        (lambda: collect_images(WORLD, imgs, desc="i", ranks="every"), "ranks"),
+        (lambda: collect_videos(WORLD, imgs, desc="v", ranks=[0, 3]), "\\[3\\]"),
+    ]:
+        with pytest.raises((LogValueError, LogTypeError), match=match):
+            call()
+    # and the next gathering call works
+    assert collect_images(WORLD, imgs, desc="i", ranks="all") is not None
+
+
+@pytest.mark.parametrize(
+    ("item", "err", "match"),
+    [
+        ("not a media item", LogTypeError, "takes Images"),
+        (Images(images=[np.random.rand(4, 4, 3)]), LogValueError, "image 0.*uint8"),
+        (Images(images=[np.zeros((4, 4, 2), np.uint8)]), LogValueError, "image 0"),
+        (Images(images=[]), LogValueError, "non-empty"),
+        (Images(images=[np.zeros((2, 2, 3), np.uint8)], captions=["a", "b"]), LogValueError, "2"),
+        (Images(images=[np.zeros((2, 2, 3), np.uint8)], captions=["\ud800"]), LogValueError, "sur"),
+        (Videos(videos=[Video(frames=np.zeros((2, 2, 3), np.uint8))]), LogValueError, "video 0"),
+        (Videos(videos=[Video(np.zeros((1, 2, 2, 3), np.uint8), fps=0)]), LogValueError, "fps"),
+        (Histogram(counts=np.array([1, 2]), edges=np.array([0.0, 1.0])), LogValueError, "B \\+ 1"),
+        (Histogram(np.array([1]), np.array([1.0, 0.0])), LogValueError, "decrease"),
+        (Histogram(np.array([-1]), np.array([0.0, 1.0])), LogValueError, "non-negative"),
+        (Histogram(np.array([1]), np.array([0.0, np.nan])), LogValueError, "finite"),
+        (Table(columns=["a"], rows=[[np.datetime64("2020")]]), LogTypeError, "row 0, column 'a'"),
+        (Table(columns=["a"], rows=[[np.int64(3)]]), LogTypeError, "int64"),
+        (Table(columns=["a"], rows=[[1, 2]]), LogValueError, "row 0"),
+        (Table(columns=["a", "a"], rows=[]), LogValueError, "duplicate"),
+    ],
+)
+def test_log_media_checks_the_item_at_the_call(
+    tmp_path: Path, item: object, err: type, match: str
+) -> None:
+    import distlog
+
+    with distlog.Logger(run_dir=tmp_path, sinks=[]) as logger:
+        logger.log_media("ok", Histogram(np.array([1, 2]), np.array([0.0, 1.0, 2.0])))
+        with pytest.raises(err, match=f"'bad'.*{match}"):
+            logger.log_media("bad", item)
+        logger.flush(step=0)
+    media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
+    assert sorted(media) == ["ok"] and media["ok"]["counts"] == [1, 2]
+
+
+def test_log_media_accepts_what_the_converters_make(tmp_path: Path) -> None:
+    import distlog
+
+    items = {
+        "i": to_images(torch.rand(2, 3, 4, 4), captions=["a", "b"], desc="i"),
+        "v": to_videos(torch.rand(1, 3, 2, 4, 4), desc="v"),
+        "h": histogram(np.arange(10.0), desc="h", bins=3),
+        "t": to_table(["img", "n"], [[torch.rand(3, 2, 2), 1.5], [None, float("nan")]], desc="t"),
+    }
+    with distlog.Logger(run_dir=tmp_path, sinks=[]) as logger:
+        for key, item in items.items():
+            logger.log_media(key, item)
+        logger.flush(step=0)
+    media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
+    assert sorted(media) == ["h", "i", "t", "v"]

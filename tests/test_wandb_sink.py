@@ -315,3 +315,66 @@ def test_a_media_key_with_a_long_component_is_shortened_not_lost(env):
     for k in media:
         [name] = row[k]["filenames"]
         assert (run_dir / "files" / name).is_file()
+
+
+def test_a_media_key_equal_to_a_scalar_key_never_replaces_the_scalar(env):
+    """wandb keeps one summary value per key: a histogram logged as 'loss' next to the scalar
+    'loss' would make the run's summary (runs table, sweeps) a histogram."""
+    counts, edges = np.array([1, 3]), np.array([0.0, 0.5, 1.0])
+    sink = WandbSink(project="collide")
+    sink.log_scalars(0, {"loss": 0.25, "acc_media": 0.5, "acc": 0.75})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sink.log_media(0, "loss", Histogram(counts, edges))
+        sink.log_media(0, "acc", Histogram(counts, edges))  # acc_media is a scalar too
+        sink.log_scalars(1, {"loss": 0.125})
+        sink.log_media(1, "loss", Histogram(counts, edges))
+    texts = [str(w.message) for w in rec]
+    assert sum("also a scalar key" in t for t in texts) == 2  # once per key
+    assert any("'loss' is also a scalar key" in t and "as 'loss_media'" in t for t in texts)
+    assert any("'acc' is also a scalar key" in t and "as 'acc_media_media'" in t for t in texts)
+    run_dir = sink.run_dir
+    sink.close()
+    run = read_run(run_dir)
+    assert run.summary["loss"] == 0.125 and run.summary["acc"] == 0.75
+    assert run.summary["acc_media"] == 0.5
+    rows = run.rows_by_step()
+    assert rows[0]["loss"] == 0.25 and rows[1]["loss"] == 0.125
+    assert rows[0]["loss_media"]["_type"] == "histogram"
+    assert rows[0]["loss_media"]["values"] == [1, 3]
+    assert rows[0]["acc_media_media"]["_type"] == "histogram"
+    assert run.summary["loss_media"]["_type"] == "histogram"
+
+
+def test_a_scalar_after_media_of_the_same_key_is_warned_about(env):
+    sink = WandbSink(project="collide")
+    sink.log_media(0, "loss", Histogram(np.array([2]), np.array([0.0, 1.0])))
+    with pytest.warns(UserWarning, match="scalar key 'loss' was already logged to wandb as media"):
+        sink.log_scalars(1, {"loss": 0.5})
+    run_dir = sink.run_dir
+    sink.close()
+    assert read_run(run_dir).summary["loss"] == 0.5
+
+
+def test_logger_scalar_and_media_under_one_key_through_wandb(env, tmp_path):
+    import torch
+
+    import distlog
+
+    values = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    sink = WandbSink(project="collide")
+    with pytest.warns(UserWarning, match="also a scalar key"):
+        logger = distlog.Logger(run_dir=tmp_path / "run", sinks=[sink])
+        logger.log_scalar("loss", 0.25)
+        logger.log_histogram(values, desc="loss", bins=8)
+        logger.flush(step=0)
+        run_dir = sink.run_dir
+        logger.finish()
+    run = read_run(run_dir)
+    assert run.summary["loss"] == 0.25
+    counts, _ = np.histogram(values.numpy(), bins=8)
+    assert run.rows_by_step()[0]["loss_media"]["values"] == counts.tolist()
+    # the local run log keeps both under the original key
+    rows = list(distlog.runlog.iter_rows(tmp_path / "run"))
+    assert [r["loss"] for r in rows if "loss" in r] == [0.25]
+    assert [r["media"]["loss"]["counts"] for r in rows if "media" in r] == [counts.tolist()]

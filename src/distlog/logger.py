@@ -403,10 +403,17 @@ class Logger:
                 self._precomputed.update(clean)
 
     def log_media(self, key: str, item: Any) -> None:
-        """Queue a converted media item (see `distlog.media`) for the next flush's step."""
+        """Queue a converted media item (see `distlog.media`) for the next flush's step.
+
+        The item is checked here (its type, uint8 HWC pixels, histogram shape, table cells): a
+        LogTypeError / LogValueError naming ``key``, not an item lost on the writer thread.
+        """
+        from distlog.media.convert import check_item
+
         if self._closed:
             self._raise_closed()
         check_key(key, "media")
+        check_item(item, key)
         if self.world.is_global_zero:
             with self._queued:
                 self._media.append((key, item))
@@ -432,12 +439,12 @@ class Logger:
         if kwargs.get("max_rows", 0) is None:
             kwargs["max_rows"] = media.DEFAULT_MAX_ROWS
         key = desc or default_key
-        from distlog.media.gather import normalize_ranks
+        from distlog.media.gather import is_gathering
         from distlog.media.histograms import is_dtensor
 
-        gathering = (args and is_dtensor(args[0])) or (
-            normalize_ranks(self.world, kwargs.get("ranks", 0), key) is not None
-        )
+        # any ranks= but 0, a wrong one included, is a gathering call: a bad ranks= is raised
+        # after the header exchange, so the other ranks are not left waiting
+        gathering = (args and is_dtensor(args[0])) or is_gathering(kwargs.get("ranks", 0))
         if gathering and not self._gathering.acquire(blocking=False):
             raise LogUsageError(
                 f"media key {key!r}: a gathering media call (ranks other than 0, or a DTensor) "

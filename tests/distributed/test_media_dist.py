@@ -452,7 +452,8 @@ def _edge_cases(rank: int) -> dict[str, Any]:
     out["columns"] = _outcome(
         lambda: collect_table(world, ["a", f"b{rank}"], [[1, 2]], desc="t", ranks="all")
     )
-    # only rank 1 is chosen and it has no rows: nothing to write, rank 0's input unused
+    # only rank 1 is chosen and it has no rows: an empty table with its columns (as ranks=0
+    # writes), rank 0's input unused
     out["empty_table"] = _outcome(
         lambda: collect_table(
             world, None if rank == 0 else ["a"], None if rank == 0 else [], desc="t0", ranks=[1]
@@ -508,7 +509,10 @@ def test_caps_mismatches_rejections_and_timeouts(pool2: RankPool) -> None:
         assert r["bad_ranks"][0][:2] == ("raised", "LogValueError")
         assert "[5]" in r["bad_ranks"][0][2]
 
-    assert [r["empty_table"] for r in out] == [(("ok", None), [])] * 2
+    assert [r["empty_table"] for r in out] == [
+        (("ok", Table(columns=["rank", "a"], rows=[])), []),
+        (("ok", None), []),
+    ]
     assert r1["rejected"][0][:2] == ("raised", "LogValueError")
     assert "'val/nan'" in r1["rejected"][0][2] and "NaN" in r1["rejected"][0][2]
     assert r0["rejected"][0] == ("ok", None)

@@ -4,8 +4,9 @@ Float pixels are scaled to uint8 by one rule, decided over the whole call (all i
 videos of the batch together): values in [0, 1] are multiplied by 255; values in [-1, 1] with
 some negative are mapped by ``(x + 1) * 127.5``; any other range is an error unless
 ``value_range=(lo, hi)`` is given, which maps lo to 0 and hi to 255. Results are rounded half to
-even and clipped to [0, 255]. uint8 passes unchanged, bool maps to 0/255, and other integer
-types must already lie in [0, 255] (or come with ``value_range``).
+even and clipped to [0, 255]. Without ``value_range``, uint8 passes unchanged, bool maps to
+0/255, and other integer types (uint16/32/64 included) must already lie in [0, 255]; with
+``value_range`` every input, uint8 and bool (as 0/1) included, follows the lo/hi mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from distlog.errors import LogTypeError, LogValueError
 from distlog.keys import check_key
-from distlog.media.items import Images, Table, TableCell, Video, Videos
+from distlog.media.items import Histogram, Images, Table, TableCell, Video, Videos
 
 # ---------------------------------------------------------------------------------------------
 # conversion of user input (local, no communication)
@@ -40,12 +41,41 @@ def is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def check_text(text: str, desc: str, what: str) -> str:
+    """``text`` itself when UTF-8 can encode it; a lone surrogate is a LogValueError naming
+    ``desc`` (every sink writes UTF-8, and would fail later, on the writer thread)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LogValueError(
+            f"{label(desc)}: {what} {text!r} holds a lone surrogate ({exc.reason}); it cannot be "
+            "written as UTF-8"
+        ) from None
+    return text
+
+
+def check_tensor(x: torch.Tensor, desc: str, what: str) -> None:
+    """A tensor whose values can be read: not on the meta device, dense, not quantized."""
+    if x.is_meta:
+        raise LogTypeError(f"{label(desc)}: {what} is on the meta device and holds no values")
+    if x.layout != torch.strided or getattr(x, "is_nested", False):
+        raise LogTypeError(
+            f"{label(desc)}: {what} has layout {x.layout}{' (nested)' if x.is_nested else ''}; "
+            "pass a dense tensor (.to_dense())"
+        )
+    if x.is_quantized:
+        raise LogTypeError(
+            f"{label(desc)}: {what} is quantized ({x.dtype}); pass .dequantize() or .int_repr()"
+        )
+
+
 def as_tensor(x: Any, desc: str, what: str) -> torch.Tensor:
     """A torch view of a tensor or numpy array (no copy); anything else is a type error."""
     if isinstance(x, torch.Tensor):
+        check_tensor(x, desc, what)
         return x.detach()
     if isinstance(x, np.ndarray):
-        if x.dtype == object or x.dtype.kind in "USVO":
+        if x.dtype == object or x.dtype.kind in "USVOmM":
             raise LogTypeError(f"{label(desc)}: {what} has dtype {x.dtype}, expected numbers")
         if x.dtype.kind == "c":
             raise LogTypeError(f"{label(desc)}: {what} is complex ({x.dtype})")
@@ -71,19 +101,36 @@ def _check_value_range(value_range: Any, desc: str) -> tuple[float, float] | Non
     return lo, hi
 
 
+_WIDE_UNSIGNED = tuple(
+    d for d in (getattr(torch, f"uint{n}", None) for n in (16, 32, 64)) if d is not None
+)
+
+
+def _integer_span(x: torch.Tensor) -> tuple[int, int]:
+    """Exact min and max of an integer tensor (torch has no min/max for uint16/32/64)."""
+    if x.dtype in _WIDE_UNSIGNED:
+        if x.dtype == getattr(torch, "uint64", None):  # beyond int64: numpy holds it exactly
+            arr = x.detach().cpu().numpy()
+            return int(arr.min()), int(arr.max())
+        x = x.to(torch.int64)  # uint16 / uint32 fit exactly
+    return int(x.min()), int(x.max())
+
+
 def _pixels_to_uint8(
     x: torch.Tensor, desc: str, value_range: tuple[float, float] | None
 ) -> torch.Tensor:
     """Apply the scaling rule (module docstring) to a whole batch; returns a uint8 tensor."""
-    if x.dtype == torch.uint8:
+    if value_range is None and x.dtype == torch.uint8:
         return x
     if x.dtype == torch.bool:
-        return x.to(torch.uint8) * 255
+        if value_range is None:
+            return x.to(torch.uint8) * 255
+        x = x.to(torch.uint8)  # 0 / 1, mapped by value_range below
     if x.is_complex():
         raise LogTypeError(f"{label(desc)}: pixels are complex ({x.dtype})")
-    if not x.is_floating_point():  # other integer types
+    if not x.is_floating_point():  # integer types
         if value_range is None:
-            lo_v, hi_v = int(x.min()), int(x.max())
+            lo_v, hi_v = _integer_span(x)
             if lo_v < 0 or hi_v > 255:
                 raise LogValueError(
                     f"{label(desc)}: integer pixels ({x.dtype}) span [{lo_v}, {hi_v}], outside "
@@ -131,18 +178,31 @@ def _captions(caption: Any, captions: Any, n: int, desc: str) -> list[str] | Non
     if value is None:
         return None
     if isinstance(value, str):
-        return [value] * n
-    if not isinstance(value, Sequence):
+        return [check_text(value, desc, "the caption")] * n
+    if isinstance(value, (bytes, bytearray, memoryview)) or not isinstance(value, Sequence):
         raise LogTypeError(
             f"{label(desc)}: caption must be a string or a list of strings, got "
             f"{type(value).__name__}"
         )
     if len(value) != n:
         raise LogValueError(f"{label(desc)}: {len(value)} captions for {n} item(s)")
-    return [str(c) for c in value]
+    out = []
+    for i, c in enumerate(value):
+        if isinstance(c, (bytes, bytearray, memoryview)):
+            raise LogTypeError(f"{label(desc)}: caption {i} is {type(c).__name__}, not a string")
+        out.append(check_text(str(c), desc, f"caption {i}"))
+    return out
 
 
 def _pil_to_array(img: Any) -> np.ndarray:
+    """A PIL image's pixels, (H, W, C). 8-bit modes come back uint8; the 16-bit, 32-bit
+    integer and float modes (``I;16``, ``I``, ``F``) keep their values and dtype, so that the
+    pixel rule applies to them as to the same numbers in an array (PIL's own conversion to RGB
+    would clip them to 0 or 255)."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        arr = np.asarray(img)
+        arr = arr.astype(arr.dtype.newbyteorder("="), copy=True)  # I;16B is big-endian
+        return arr[..., None] if arr.ndim == 2 else arr
     if img.mode not in ("L", "RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
@@ -226,7 +286,9 @@ def _image_batch(
             value_range = (0.0, 1.0) if lo_v >= 0.0 else (-1.0, 1.0)
         return [_to_uint8_numpy(_pixels_to_uint8(p, desc, value_range), p) for p in parts]
     if _is_pil(images) or _is_wandb_image(images):
-        return [_pil_or_wandb_to_array(images, desc)]
+        arr = _pil_or_wandb_to_array(images, desc)
+        pixels = torch.from_numpy(arr)
+        return [_to_uint8_numpy(_pixels_to_uint8(pixels, desc, value_range), pixels)]
     x = as_tensor(images, desc, "images")
     channel_first = is_tensor(images)
     if x.ndim == 2:  # a single (H, W) grayscale image
@@ -402,20 +464,58 @@ def figure_to_images(figure: Any, *, desc: str, caption: str | None = None) -> I
     finally:
         close_figure(fig)
     image = rgba if bool((rgba[..., 3] < 255).any()) else np.ascontiguousarray(rgba[..., :3])
-    return Images(images=[image], captions=None if caption is None else [str(caption)])
+    if caption is None:
+        return Images(images=[image])
+    if isinstance(caption, (bytes, bytearray, memoryview)):
+        raise LogTypeError(f"{label(desc)}: caption must be a string, got {type(caption).__name__}")
+    return Images(images=[image], captions=[check_text(str(caption), desc, "the caption")])
+
+
+def _scalar_cell(value: Any, where: str, what: str) -> TableCell:
+    """A number, string, bool or None that JSON (and every sink) can hold, else a clear error."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LogValueError(
+                f"{where}: the string {value!r} holds a lone surrogate ({exc.reason}); it "
+                "cannot be written as UTF-8"
+            ) from None
+        return str(value)
+    raise LogTypeError(
+        f"{where}: {what} holds a {type(value).__name__} ({value!r:.60}); cells may be numbers, "
+        "strings, bools, None or images"
+    )
 
 
 def _table_cell(cell: Any, desc: str, row: int, col: str) -> TableCell:
     where = f"{label(desc)}: row {row}, column {col!r}"
     if cell is None or isinstance(cell, (bool, int, float, str)):
-        return cell
+        return _scalar_cell(cell, where, "the cell")
+    if isinstance(cell, (np.datetime64, np.timedelta64)):  # .item() would give a bare int
+        raise LogTypeError(
+            f"{where}: cells may be numbers, strings, bools, None or images, got "
+            f"{type(cell).__name__} ({cell!r}); convert it to a string or a number first"
+        )
     if isinstance(cell, np.generic):
-        return cell.item()  # type: ignore[no-any-return]
+        return _scalar_cell(cell.item(), where, f"the {type(cell).__name__} cell")
     if _is_pil(cell) or _is_wandb_image(cell):
-        return _pil_or_wandb_to_array(cell, desc)
+        try:
+            return _image_batch(cell, desc, None)[0]
+        except (LogValueError, LogTypeError) as exc:
+            raise type(exc)(f"{exc} ({where[len(label(desc)) + 2 :]})") from None
     if isinstance(cell, (torch.Tensor, np.ndarray)):
+        if isinstance(cell, torch.Tensor):
+            check_tensor(cell, desc, f"the cell at row {row}, column {col!r}")
         if cell.ndim == 0 or (cell.ndim == 1 and cell.shape[0] == 1):
-            return cell.reshape(()).item()  # type: ignore[no-any-return]
+            if isinstance(cell, np.ndarray) and cell.dtype.kind in "mM":
+                raise LogTypeError(
+                    f"{where}: cells may be numbers, strings, bools, None or images, got a "
+                    f"{cell.dtype} array; convert it to a string or a number first"
+                )
+            return _scalar_cell(cell.reshape(()).item(), where, f"the {cell.dtype} cell")
         if cell.ndim in (2, 3):
             try:
                 return _image_batch(cell, desc, None)[0]
@@ -442,6 +542,7 @@ def to_table(columns: Sequence[str], data: Sequence[Sequence[Any]], *, desc: str
     cols = list(columns)
     if not cols or not all(isinstance(c, str) for c in cols):
         raise LogTypeError(f"{label(desc)}: columns must be a non-empty list of strings")
+    cols = [check_text(str(c), desc, "the column name") for c in cols]
     if len(set(cols)) != len(cols):
         raise LogValueError(f"{label(desc)}: duplicate column names in {cols}")
     if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
@@ -462,3 +563,108 @@ def check_cap(value: Any, name: str, desc: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise LogValueError(f"{label(desc)}: {name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _check_pixels(arr: Any, where: str, ndim: int, layout: str) -> None:
+    if not isinstance(arr, np.ndarray):
+        raise LogTypeError(f"{where} must be a numpy array, got {type(arr).__name__}")
+    if (
+        arr.dtype != np.uint8
+        or arr.ndim != ndim
+        or arr.shape[-1] not in (1, 3, 4)
+        or any(int(s) == 0 for s in arr.shape)
+    ):
+        raise LogValueError(
+            f"{where} must be {layout} uint8 with C in 1, 3, 4, got {arr.dtype} {arr.shape} "
+            "(to_images / to_videos convert other input)"
+        )
+
+
+def _check_caption(caption: Any, desc: str, where: str) -> None:
+    if caption is None:
+        return
+    if not isinstance(caption, str):
+        raise LogTypeError(f"{where}: a caption must be a string, got {type(caption).__name__}")
+    check_text(caption, desc, "the caption")
+
+
+def check_item(item: Any, desc: str) -> None:
+    """Check an already-converted media item (what ``Logger.log_media`` queues) at the call.
+
+    The sinks take these items as they are, on the writer thread; anything they could not
+    write (another type, float or CHW pixels, a malformed histogram, an unencodable cell) is a
+    LogTypeError / LogValueError naming ``desc`` here instead of a lost item there.
+    """
+    where = label(desc)
+    if isinstance(item, Images):
+        if not isinstance(item.images, Sequence) or len(item.images) == 0:
+            raise LogValueError(f"{where}: Images.images must be a non-empty list of arrays")
+        for i, arr in enumerate(item.images):
+            _check_pixels(arr, f"{where}: image {i}", 3, "(H, W, C)")
+        if item.captions is not None:
+            if not isinstance(item.captions, Sequence) or isinstance(item.captions, str):
+                raise LogTypeError(f"{where}: Images.captions must be a list of strings or None")
+            if len(item.captions) != len(item.images):
+                raise LogValueError(
+                    f"{where}: {len(item.captions)} captions for {len(item.images)} image(s)"
+                )
+            for c in item.captions:
+                _check_caption(c, desc, where)
+    elif isinstance(item, Videos):
+        if not isinstance(item.videos, Sequence) or len(item.videos) == 0:
+            raise LogValueError(f"{where}: Videos.videos must be a non-empty list of Video")
+        for i, video in enumerate(item.videos):
+            if not isinstance(video, Video):
+                raise LogTypeError(f"{where}: video {i} is a {type(video).__name__}, not a Video")
+            _check_pixels(video.frames, f"{where}: video {i}", 4, "(T, H, W, C)")
+            _check_fps_format(video.fps, video.format, desc)
+            _check_caption(video.caption, desc, where)
+    elif isinstance(item, Histogram):
+        counts, edges = np.asarray(item.counts), np.asarray(item.edges)
+        if counts.ndim != 1 or edges.ndim != 1 or len(edges) != len(counts) + 1 or not len(counts):
+            raise LogValueError(
+                f"{where}: a Histogram needs 1-D counts (B) and edges (B + 1), got shapes "
+                f"{counts.shape} and {edges.shape}"
+            )
+        if counts.dtype.kind not in "iu" or bool((counts < 0).any()):
+            raise LogValueError(f"{where}: histogram counts must be non-negative integers")
+        if edges.dtype.kind not in "iuf" or not bool(np.isfinite(edges).all()):
+            raise LogValueError(f"{where}: histogram edges must be finite numbers")
+        if bool((np.diff(edges.astype(np.float64)) < 0).any()):
+            raise LogValueError(f"{where}: histogram edges must not decrease")
+        nonfinite = item.nonfinite
+        if isinstance(nonfinite, bool) or not isinstance(nonfinite, (int, np.integer)):
+            raise LogTypeError(f"{where}: Histogram.nonfinite must be an integer")
+        if nonfinite < 0:
+            raise LogValueError(f"{where}: Histogram.nonfinite must not be negative")
+    elif isinstance(item, Table):
+        cols = item.columns
+        if isinstance(cols, str) or not isinstance(cols, Sequence) or not cols:
+            raise LogTypeError(f"{where}: Table.columns must be a non-empty list of strings")
+        for c in cols:
+            if not isinstance(c, str):
+                raise LogTypeError(f"{where}: Table.columns must be strings, got {c!r}")
+            check_text(c, desc, "the column name")
+        if len(set(cols)) != len(cols):
+            raise LogValueError(f"{where}: duplicate column names in {list(cols)}")
+        if isinstance(item.rows, str) or not isinstance(item.rows, Sequence):
+            raise LogTypeError(f"{where}: Table.rows must be a list of rows")
+        for r, row in enumerate(item.rows):
+            if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(cols):
+                raise LogValueError(f"{where}: row {r} is not a list of {len(cols)} cells")
+            for col, cell in zip(cols, row, strict=True):
+                at = f"{where}: row {r}, column {col!r}"
+                if isinstance(cell, np.ndarray):
+                    _check_pixels(cell, f"{at}: an image cell", 3, "(H, W, C)")
+                elif isinstance(cell, np.generic) and not isinstance(cell, (float, str)):
+                    raise LogTypeError(
+                        f"{at}: a {type(cell).__name__} cell; Table cells are Python numbers, "
+                        "strings, bools, None or images (to_table converts numpy scalars)"
+                    )
+                else:
+                    _scalar_cell(cell, at, "the cell")
+    else:
+        raise LogTypeError(
+            f"{where}: log_media takes Images, Videos, Histogram or Table (see distlog.media), "
+            f"got {type(item).__name__}; log_images / log_table / ... convert other input"
+        )

@@ -71,6 +71,7 @@ STATUS_IDLE, STATUS_OK, STATUS_ERROR = 0, 1, 2
 # header fields
 H_MAGIC, H_VERSION, H_KIND, H_FP, H_COUNTER, H_STATUS, H_ITEMS, H_BYTES, H_AUX = range(9)
 H_LO, H_HI, H_FINITE, H_NONFINITE, H_DTYPE = 9, 10, 11, 12, 13
+H_AUX2 = 14  # histograms: H_AUX / H_AUX2 carry the smallest / largest bins= seen
 
 # gathering calls made so far per process group (weak: a group that is destroyed and another
 # created at the same address must not inherit the count on some ranks only)
@@ -78,7 +79,9 @@ _CALL_COUNTERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary(
 
 
 def stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 2
+    # surrogatepass: the text may hold the bad key a rank is about to raise about
+    raw = text.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 2
 
 
 def float_bits(v: float) -> int:
@@ -89,11 +92,13 @@ def bits_float(b: int) -> float:
     return float(torch.tensor([b], dtype=torch.int64).view(torch.float64).item())
 
 
-def make_header(kind: str, desc: str, fingerprint: int, counter: int) -> torch.Tensor:
+def make_header(kind: str, desc: Any, fingerprint: int, counter: int) -> torch.Tensor:
     h = torch.zeros(_HEADER_LEN, dtype=torch.int64)
     h[H_MAGIC], h[H_VERSION], h[H_KIND] = _MAGIC, _VERSION, _KIND_CODES[kind]
     h[H_FP], h[H_COUNTER] = fingerprint, counter
-    raw = desc.encode()[:_DESC_BYTES]
+    # desc may be the invalid key a rank is about to raise about: never fail on it here
+    text = desc if isinstance(desc, str) else repr(desc)
+    raw = text.encode(errors="replace")[:_DESC_BYTES]
     h[_HEADER_FIELDS : _HEADER_FIELDS + len(raw)] = torch.tensor(list(raw), dtype=torch.int64)
     return h
 
@@ -173,13 +178,18 @@ def exchange_headers(
     )
     headers = [h.cpu() for h in out]
     mine = header
-    bad = [
-        i
-        for i, h in enumerate(headers)
-        if int(h[H_MAGIC]) != _MAGIC
-        or int(h[H_FP]) != int(mine[H_FP])
-        or int(h[H_COUNTER]) != int(mine[H_COUNTER])
-    ]
+
+    def differs(h: torch.Tensor) -> bool:
+        if int(h[H_MAGIC]) != _MAGIC or int(h[H_COUNTER]) != int(mine[H_COUNTER]):
+            return True
+        # a rank whose arguments were rejected (bad desc, ranks=, bins=, caps) could not
+        # compute the call's fingerprint; being at the same call number is what keeps the
+        # group in step, and that rank raises its own error
+        if STATUS_ERROR in (int(h[H_STATUS]), int(mine[H_STATUS])):
+            return False
+        return int(h[H_FP]) != int(mine[H_FP])
+
+    bad = [i for i, h in enumerate(headers) if differs(h)]
     if bad:
         seen = []
         for i, h in enumerate(headers):
@@ -219,7 +229,8 @@ class _Unit:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays) + len(json.dumps(self.meta))
+        """What the unit counts against ``max_bytes``; raises if its metadata is not JSON."""
+        return sum(a.nbytes for a in self.arrays) + len(json.dumps(self.meta, allow_nan=True))
 
 
 @dataclass
@@ -301,9 +312,18 @@ def comm(world: World, group: Any) -> tuple[Any, torch.device]:
     return group, group_device(group)
 
 
+def is_gathering(ranks: Any) -> bool:
+    """False only for the default ``ranks=0`` (no communication). Any other value, a wrong
+    one included, makes a gathering call: a rank with a bad ``ranks=`` still takes part in
+    the header exchange and raises afterwards, like a rank with bad input."""
+    return not (
+        isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool) and int(ranks) == 0
+    )
+
+
 def normalize_ranks(world: World, ranks: Any, desc: str) -> tuple[int, ...] | None:
     """None for the default (rank 0, no communication); else the chosen global ranks."""
-    if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool) and int(ranks) == 0:
+    if not is_gathering(ranks):
         return None
     if isinstance(ranks, str):
         if ranks != "all":
@@ -332,20 +352,69 @@ def normalize_ranks(world: World, ranks: Any, desc: str) -> tuple[int, ...] | No
     return tuple(chosen)
 
 
+@dataclass
+class _Args:
+    """A gathering call's own arguments, checked (or the error they gave) on this rank."""
+
+    desc: Any
+    chosen: tuple[int, ...] = ()
+    max_bytes: int = 0
+    max_items: int | None = None
+    error: BaseException | None = None
+
+
+def _check_args(
+    world: World,
+    desc: Any,
+    ranks: Any,
+    caps: Sequence[tuple[str, Any]] = (),
+    more: Callable[[str], None] | None = None,
+) -> _Args:
+    """Check ``desc``, ``ranks=`` and the caps without raising: an error is kept for after the
+    header exchange, so a rank that passed a bad argument never leaves the others waiting."""
+    args = _Args(desc=desc)
+    try:
+        args.desc = check_desc(desc)
+        args.chosen = normalize_ranks(world, ranks, args.desc) or ()
+        checked = [check_cap(value, name, args.desc) for name, value in caps]
+        if checked:
+            args.max_bytes = checked[0]
+            args.max_items = checked[1] if len(checked) > 1 else None
+        if more is not None:
+            more(args.desc)
+    except Exception as exc:
+        args.error = exc
+    return args
+
+
+def _raise_after_exchange(error: BaseException, exchange: Callable[[], Any]) -> None:
+    """Take part in the header exchange with an error status, then raise ``error``."""
+    try:
+        exchange()
+    except RankDivergenceError as div:  # the others were elsewhere: still name the mistake
+        raise error from div
+    raise error
+
+
 def _gather_parcels(
     world: World,
     kind: str,
-    desc: str,
-    chosen: tuple[int, ...],
+    args: _Args,
     prepare: Callable[[], _Parcel],
     *,
-    max_bytes: int,
-    max_items: int | None,
     timeout: float | None,
     group: Any = None,
 ) -> _Gathered | None:
-    """The gathering call: header exchange, then chosen ranks send their parcels to rank 0."""
+    """The gathering call: header exchange, then chosen ranks send their parcels to rank 0.
+
+    ``args`` were checked by `_check_args`; if they were rejected this rank still takes part
+    in the header exchange (status error, so every rank stays at the same call number), then
+    raises their error.
+    """
+    desc, chosen, max_bytes, max_items = args.desc, args.chosen, args.max_bytes, args.max_items
     if not world.writer_in_group:
+        if args.error is not None:
+            raise args.error  # nobody in this group exchanges anything
         return None  # nobody in this group writes; every member returns here alike
     distributed = world.group_size > 1 and world.backend is not None
     pg, dev = comm(world, group)
@@ -355,33 +424,39 @@ def _gather_parcels(
     where = call_site(counter, world.group_ranks)
 
     parcel: _Parcel | None = None
-    error: BaseException | None = None
-    if world.rank in chosen:
+    sizes: list[int] = []
+    error = args.error
+    if error is None and world.rank in chosen:
         try:
             parcel = prepare()
+            sizes = [u.nbytes for u in parcel.units]  # JSON-encodes each unit's metadata
         except Exception as exc:  # take part in the header exchange, then raise it
             error = exc
     if error is not None:
         header[H_STATUS] = STATUS_ERROR
+        parcel = None
     elif parcel is not None:
         header[H_STATUS] = STATUS_OK
         header[H_ITEMS] = len(parcel.units)
-        header[H_BYTES] = sum(u.nbytes for u in parcel.units)
+        header[H_BYTES] = sum(sizes)
         header[H_AUX] = parcel.aux
 
-    headers = exchange_headers(
-        header,
-        group=pg,
-        group_size=world.group_size if distributed else 1,
-        comm_device=dev,
-        desc=desc,
-        timeout=timeout,
-        where=where,
-    )
+    def exchange() -> list[torch.Tensor]:
+        return exchange_headers(
+            header,
+            group=pg,
+            group_size=world.group_size if distributed else 1,
+            comm_device=dev,
+            desc=desc,
+            timeout=timeout,
+            where=where,
+        )
+
+    if error is not None:
+        _raise_after_exchange(error, exchange)
+    headers = exchange()
     ranks_of = list(world.group_ranks) if distributed else [world.rank]
     status = {ranks_of[i]: int(h[H_STATUS]) for i, h in enumerate(headers)}
-    if error is not None:
-        raise error
     failed = sorted(r for r, s in status.items() if s == STATUS_ERROR)
     if failed:
         if world.is_global_zero:
@@ -405,22 +480,23 @@ def _gather_parcels(
     byte_alloc = _fair_share([int(h[H_BYTES]) for _, h in ok], max_bytes)
     alloc = {r: (item_alloc[k], byte_alloc[k]) for k, (r, _) in enumerate(ok)}
 
-    def kept_count(p: _Parcel, rank: int) -> int:
+    def kept_count(rank: int) -> int:
         n_max, b_max = alloc[rank]
         used = kept = 0
-        for u in p.units[:n_max]:
-            if used + u.nbytes > b_max:
+        for size in sizes[:n_max]:
+            if used + size > b_max:
                 break
-            used += u.nbytes
+            used += size
             kept += 1
         return kept
 
-    senders = [r for r, h in ok if r != 0 and int(h[H_ITEMS]) > 0]
+    # every contributing rank sends, one with no items too: a table's columns travel with it
+    senders = [r for r, _ in ok if r != 0]
     if world.rank != 0:
         if parcel is not None and world.rank in senders:
-            sizes, payload = _pack(parcel, kept_count(parcel, world.rank))
+            lengths, payload = _pack(parcel, kept_count(world.rank))
             wait_for(
-                lambda: dist.isend(torch.from_numpy(sizes).to(dev), dst=0, group=pg),
+                lambda: dist.isend(torch.from_numpy(lengths).to(dev), dst=0, group=pg),
                 timeout,
                 desc,
                 "sending media sizes to rank 0",
@@ -441,11 +517,8 @@ def _gather_parcels(
         total = int(h[H_ITEMS])
         if r == 0:
             assert parcel is not None
-            kept = kept_count(parcel, 0)
+            kept = kept_count(0)
             parcels.append((0, _Parcel(units=parcel.units[:kept], extra=parcel.extra)))
-        elif total == 0:
-            parcels.append((r, _Parcel(units=[])))
-            kept = 0
         else:
             sizes_t = torch.empty(2, dtype=torch.int64, device=dev)
             wait_for(
@@ -526,30 +599,25 @@ def _images_from(gathered: _Gathered) -> Images:
 def _collect_image_like(
     world: World,
     kind: str,
-    desc: str,
+    desc: Any,
     ranks: Any,
-    convert: Callable[[], Images],
-    max_bytes: int,
+    convert: Callable[[str], Images],
+    max_bytes: Any,
     timeout: float | None,
     group: Any,
 ) -> Images | None:
-    chosen = normalize_ranks(world, ranks, desc)
-    if chosen is None:
-        return convert() if world.is_global_zero else None
+    if not is_gathering(ranks):
+        desc = check_desc(desc)
+        check_cap(max_bytes, "max_bytes", desc)
+        return convert(desc) if world.is_global_zero else None
+    args = _check_args(world, desc, ranks, [("max_bytes", max_bytes)])
     gathered = _gather_parcels(
-        world,
-        kind,
-        desc,
-        chosen,
-        lambda: _images_parcel(convert()),
-        max_bytes=max_bytes,
-        max_items=None,
-        timeout=timeout,
-        group=group,
+        world, kind, args, lambda: _images_parcel(convert(args.desc)), timeout=timeout, group=group
     )
     if gathered is None:
         return None
-    _warn_dropped(desc, "images", gathered.dropped, max_bytes)
+    desc = args.desc
+    _warn_dropped(desc, "images", gathered.dropped, args.max_bytes)
     result = _images_from(gathered)
     if not result.images:
         return None
@@ -576,14 +644,12 @@ def collect_images(
     ``group`` may name another process group with the same members as ``world.group`` to
     gather over (the Logger passes its gloo control group, so pixels stay on the host).
     """
-    desc = check_desc(desc)
-    max_bytes = check_cap(max_bytes, "max_bytes", desc)
     return _collect_image_like(
         world,
         "images",
         desc,
         ranks,
-        lambda: to_images(images, caption, desc=desc, value_range=value_range, captions=captions),
+        lambda d: to_images(images, caption, desc=d, value_range=value_range, captions=captions),
         max_bytes,
         timeout,
         group,
@@ -602,23 +668,13 @@ def collect_plot(
     group: Any = None,
 ) -> Images | None:
     """A matplotlib figure rendered on the ranks that contribute; closed on every rank."""
-    desc = check_desc(desc)
-    try:
-        max_bytes = check_cap(max_bytes, "max_bytes", desc)
-        chosen = normalize_ranks(world, ranks, desc)
-    except Exception:
-        close_figure(figure)
-        raise
-    if chosen is None and not world.is_global_zero:
-        close_figure(figure)
-        return None
     try:
         return _collect_image_like(
             world,
             "plot",
             desc,
             ranks,
-            lambda: figure_to_images(figure, desc=desc, caption=caption),
+            lambda d: figure_to_images(figure, desc=d, caption=caption),
             max_bytes,
             timeout,
             group,
@@ -643,46 +699,37 @@ def collect_videos(
     group: Any = None,
 ) -> Videos | None:
     """Videos for the writer: rank 0's (default) or gathered from ``ranks``."""
-    desc = check_desc(desc)
-    max_bytes = check_cap(max_bytes, "max_bytes", desc)
 
-    def convert() -> Videos:
+    def convert(d: str) -> Videos:
         return to_videos(
             videos,
             caption,
-            desc=desc,
+            desc=d,
             fps=fps,
             format=format,
             value_range=value_range,
             captions=captions,
         )
 
-    chosen = normalize_ranks(world, ranks, desc)
-    if chosen is None:
-        return convert() if world.is_global_zero else None
+    if not is_gathering(ranks):
+        desc = check_desc(desc)
+        check_cap(max_bytes, "max_bytes", desc)
+        return convert(desc) if world.is_global_zero else None
+    args = _check_args(world, desc, ranks, [("max_bytes", max_bytes)])
 
     def prepare() -> _Parcel:
         return _Parcel(
             units=[
                 _Unit({"caption": v.caption, "fps": v.fps, "format": v.format}, [v.frames])
-                for v in convert().videos
+                for v in convert(args.desc).videos
             ]
         )
 
-    gathered = _gather_parcels(
-        world,
-        "videos",
-        desc,
-        chosen,
-        prepare,
-        max_bytes=max_bytes,
-        max_items=None,
-        timeout=timeout,
-        group=group,
-    )
+    gathered = _gather_parcels(world, "videos", args, prepare, timeout=timeout, group=group)
     if gathered is None:
         return None
-    _warn_dropped(desc, "videos", gathered.dropped, max_bytes)
+    desc = args.desc
+    _warn_dropped(desc, "videos", gathered.dropped, args.max_bytes)
     out = []
     for r, p in gathered.parcels:
         for u in p.units:
@@ -736,14 +783,15 @@ def collect_table(
 ) -> Table | None:
     """A table for the writer: rank 0's rows (default) or the chosen ranks' rows in rank order.
 
-    A gathered table gets a leading ``rank`` column (``_rank`` if ``rank`` is taken). At most
-    ``max_rows`` rows are kept per call (split fairly among ranks), with a warning.
+    A gathered table gets a leading ``rank`` column (``_`` prefixed until it is not a column
+    name already: ``_rank``, ``__rank``, ...). At most ``max_rows`` rows are kept per call
+    (split fairly among ranks), with a warning. A call whose chosen ranks have no rows gives
+    an empty table with the columns, as with ``ranks=0``.
     """
-    desc = check_desc(desc)
-    max_rows = check_cap(max_rows, "max_rows", desc)
-    max_bytes = check_cap(max_bytes, "max_bytes", desc)
-    chosen = normalize_ranks(world, ranks, desc)
-    if chosen is None:
+    if not is_gathering(ranks):
+        desc = check_desc(desc)
+        max_rows = check_cap(max_rows, "max_rows", desc)
+        max_bytes = check_cap(max_bytes, "max_bytes", desc)
         if not world.is_global_zero:
             return None
         table = to_table(columns, data, desc=desc)
@@ -752,8 +800,10 @@ def collect_table(
             table = Table(columns=table.columns, rows=table.rows[:max_rows])
         return table
 
+    args = _check_args(world, desc, ranks, [("max_bytes", max_bytes), ("max_rows", max_rows)])
+
     def prepare() -> _Parcel:
-        table = to_table(columns, data, desc=desc)
+        table = to_table(columns, data, desc=args.desc)
         units = []
         for row in table.rows:
             imgs: list[np.ndarray] = []
@@ -765,20 +815,11 @@ def collect_table(
             aux=stable_hash("\0".join(table.columns)),
         )
 
-    gathered = _gather_parcels(
-        world,
-        "table",
-        desc,
-        chosen,
-        prepare,
-        max_bytes=max_bytes,
-        max_items=max_rows,
-        timeout=timeout,
-        group=group,
-    )
+    gathered = _gather_parcels(world, "table", args, prepare, timeout=timeout, group=group)
     if gathered is None:
         return None
-    _warn_dropped(desc, "rows", gathered.dropped, max_bytes, max_rows)
+    desc = args.desc
+    _warn_dropped(desc, "rows", gathered.dropped, args.max_bytes, args.max_items)
     cols: list[str] | None = None
     rows: list[list[TableCell]] = []
     for r, p in gathered.parcels:
@@ -791,6 +832,8 @@ def collect_table(
                 raise RankDivergenceError(f"{label(desc)}: rank {r} sent a malformed row")
             rows.append([r, *(_cell_from_json(c, u.arrays, r, desc) for c in cells)])
     if cols is None:
-        return None  # no chosen rank had a row, and rank 0 (not chosen) knows no columns
-    rank_col = "rank" if "rank" not in cols else "_rank"
+        return None  # no columns arrived (every contributing rank sends them, rows or not)
+    rank_col = "rank"
+    while rank_col in cols:
+        rank_col = "_" + rank_col
     return Table(columns=[rank_col, *cols], rows=rows)

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distlog.errors import LogTypeError, LogValueError
+from distlog.errors import LogTypeError, LogValueError, RankDivergenceError
 from distlog.groups import group_device
 from distlog.media.convert import as_tensor, check_desc, label
 from distlog.media.gather import (
+    H_AUX,
+    H_AUX2,
     H_DTYPE,
     H_FINITE,
     H_HI,
@@ -33,6 +35,7 @@ from distlog.media.gather import (
     comm,
     exchange_headers,
     float_bits,
+    is_gathering,
     make_header,
     next_counter,
     normalize_ranks,
@@ -102,10 +105,25 @@ def bin_edges(
         with np.errstate(over="ignore", invalid="ignore"):
             return np.histogram_bin_edges(np.empty(0), bins=bins, range=(lo, hi))
     except ValueError:
-        raise LogValueError(
-            f"{label(desc)}: cannot make {bins} finite bins over [{lo:.6g}, {hi:.6g}] (the "
-            "range overflows float64)"
-        ) from None
+        pass
+    # numpy.histogram itself refuses these values ("Too many bins for data range")
+    if not math.isfinite(hi - lo):
+        why = (
+            f"the width of the range [{lo:.6g}, {hi:.6g}] overflows float64; scale the values "
+            "down first"
+        )
+    elif lo == hi:
+        why = (
+            f"all values equal {lo!r}, where float64 cannot tell the edges of numpy's range "
+            f"[v - 0.5, v + 0.5] apart (spacing {np.spacing(abs(lo)):.3g}); subtract an offset "
+            "or log the value as a scalar"
+        )
+    else:
+        why = (
+            f"the range [{lo!r}, {hi!r}] is too narrow for {bins} distinct float64 edges (the "
+            "values are only a few float steps apart); use fewer bins or rescale the values"
+        )
+    raise LogValueError(f"{label(desc)}: cannot make {bins} bins: {why}")
 
 
 def bin_counts(
@@ -147,6 +165,16 @@ def _check_bins(bins: Any, desc: str) -> int:
     return int(bins)
 
 
+def _bad_dtensor_ranks(ranks: Any, desc: str) -> None:
+    if not (
+        ranks == "all" or (isinstance(ranks, int) and not isinstance(ranks, bool) and ranks == 0)
+    ):
+        raise LogValueError(
+            f"{label(desc)}: a DTensor's histogram covers the whole tensor; ranks must be 0 or "
+            f"'all', got {ranks!r}"
+        )
+
+
 def histogram(values: Any, *, desc: str, bins: int = 64) -> Histogram:
     """The local histogram of ``values`` (numpy.histogram's bins), non-finite values left out."""
     desc = check_desc(desc)
@@ -179,15 +207,20 @@ def _histogram_from_stats(
 ) -> Histogram | None:
     """Shared edges from the headers' min/max, then counts summed: O(bins) communication.
 
-    ``groups`` are (group, size, global ranks, comm device), reduced over one after the other (one per mesh
-    dimension for a DTensor); ``st`` is None on a rank that contributes no values.
+    ``groups`` are (group, size, global ranks, comm device), reduced over one after the other
+    (one per mesh dimension for a DTensor); ``st`` is None on a rank that contributes no values.
+    ``error`` (bad values, or a bad ``bins=`` / ``ranks=`` / ``desc``) is raised after this
+    rank took part in the header exchanges with an error status, so no rank waits for it and
+    every rank stays at the same call number. ``bins`` travels in the header (0 on a rank with
+    an error): ranks that disagree on it all raise LogValueError.
     """
-    fingerprint = stable_hash(f"histogram\0{desc}\0{kind_fp}\0{bins}")
+    fingerprint = stable_hash(f"histogram\0{desc}\0{kind_fp}")
     lo, hi = (st.lo, st.hi) if st is not None else (math.inf, -math.inf)
     n_finite = st.n_finite if st is not None else 0
     n_nonfinite = st.n_nonfinite if st is not None else 0
     dtype_bits = st.dtype_bits if st is not None else 0
     any_error = error is not None
+    bins_lo = bins_hi = 0 if error is not None else bins
     wheres = []
     for group, size, ranks, device in groups:
         counter = next_counter(group) if size > 1 else 0
@@ -196,23 +229,37 @@ def _histogram_from_stats(
         h[H_STATUS] = STATUS_ERROR if any_error else STATUS_OK
         h[H_LO], h[H_HI] = float_bits(lo), float_bits(hi)
         h[H_FINITE], h[H_NONFINITE], h[H_DTYPE] = n_finite, n_nonfinite, dtype_bits
-        headers = exchange_headers(
-            h,
-            group=group,
-            group_size=size,
-            comm_device=device,
-            desc=desc,
-            timeout=timeout,
-            where=wheres[-1],
-        )
+        h[H_AUX], h[H_AUX2] = bins_lo, bins_hi
+        try:
+            headers = exchange_headers(
+                h,
+                group=group,
+                group_size=size,
+                comm_device=device,
+                desc=desc,
+                timeout=timeout,
+                where=wheres[-1],
+            )
+        except RankDivergenceError as div:
+            if error is not None:
+                raise error from div  # the others were elsewhere: still name the mistake
+            raise
         any_error = any(int(x[H_STATUS]) == STATUS_ERROR for x in headers)
         lo = min(bits_float(int(x[H_LO])) for x in headers)
         hi = max(bits_float(int(x[H_HI])) for x in headers)
         n_finite = sum(int(x[H_FINITE]) for x in headers)
         n_nonfinite = sum(int(x[H_NONFINITE]) for x in headers)
         dtype_bits = max(int(x[H_DTYPE]) for x in headers)
+        seen = [int(x[H_AUX]) for x in headers if int(x[H_AUX]) > 0]
+        seen += [int(x[H_AUX2]) for x in headers if int(x[H_AUX2]) > 0]
+        bins_lo, bins_hi = (min(seen), max(seen)) if seen else (0, 0)
     if error is not None:
         raise error
+    if not any_error and bins_lo != bins_hi:
+        raise LogValueError(
+            f"{label(desc)}: ranks disagree on bins (from {bins_lo} to {bins_hi}); every rank of "
+            "a gathering histogram call must pass the same bins="
+        )
     if any_error:
         if world.is_global_zero:
             warnings.warn(
@@ -243,17 +290,22 @@ def _histogram_from_stats(
 
 
 def _dtensor_histogram(
-    world: World, values: Any, desc: str, bins: int, ranks: Any, timeout: float | None
+    world: World,
+    values: Any,
+    desc: Any,
+    bins: Any,
+    ranks: Any,
+    timeout: float | None,
 ) -> Histogram | None:
     from torch.distributed.tensor import Replicate
 
-    if not (
-        ranks == "all" or (isinstance(ranks, int) and not isinstance(ranks, bool) and ranks == 0)
-    ):
-        raise LogValueError(
-            f"{label(desc)}: a DTensor's histogram covers the whole tensor; ranks must be 0 or "
-            f"'all', got {ranks!r}"
-        )
+    error: BaseException | None = None
+    try:  # every rank of the mesh takes part, even one that passed a bad argument
+        desc = check_desc(desc)
+        bins = _check_bins(bins, desc)
+        _bad_dtensor_ranks(ranks, desc)
+    except Exception as exc:
+        error = exc
     mesh = values.device_mesh
     placements = list(values.placements)
     if any(p.is_partial() for p in placements):  # pending sums: the values are not final yet
@@ -262,18 +314,22 @@ def _dtensor_histogram(
         )
         placements = list(values.placements)
     if not any(p.is_shard() for p in placements):  # replicated: rank 0's copy is the tensor
+        if error is not None:
+            raise error  # no communication: each rank raises its own
         return histogram(values.to_local(), desc=desc, bins=bins) if world.is_global_zero else None
     coord = mesh.get_coordinate()
     if coord is None:
+        if error is not None:
+            raise error
         return None  # this rank holds no part of the tensor
     contributes = all(c == 0 for c, p in zip(coord, placements, strict=True) if p.is_replicate())
     st: LocalStats | None = None
-    error: BaseException | None = None
-    try:
-        x = histogram_values(values.to_local(), desc)
-        st = local_stats(x) if contributes else None
-    except Exception as exc:
-        error = exc
+    if error is None:
+        try:
+            x = histogram_values(values.to_local(), desc)
+            st = local_stats(x) if contributes else None
+        except Exception as exc:
+            error = exc
     groups = []
     for d in range(mesh.ndim):
         g = mesh.get_group(d)
@@ -282,7 +338,14 @@ def _dtensor_histogram(
         )
     layout = f"dtensor{tuple(mesh.shape)}{[str(p) for p in placements]}"
     return _histogram_from_stats(
-        groups, st, error, world=world, kind_fp=layout, desc=desc, bins=bins, timeout=timeout
+        groups,
+        st,
+        error,
+        world=world,
+        kind_fp=layout,
+        desc=desc,
+        bins=bins if error is None else 0,
+        timeout=timeout,
     )
 
 
@@ -305,18 +368,27 @@ def collect_histogram(
     call. Communication grows with ``bins`` and the group size, never with the tensor.
     Non-finite values are left out and counted in ``Histogram.nonfinite``.
     """
-    desc = check_desc(desc)
-    bins = _check_bins(bins, desc)
     if is_dtensor(values):
         return _dtensor_histogram(world, values, desc, bins, ranks, timeout)
-    chosen = normalize_ranks(world, ranks, desc)
-    if chosen is None:
+    if not is_gathering(ranks):
+        desc = check_desc(desc)
+        bins = _check_bins(bins, desc)
         return histogram(values, desc=desc, bins=bins) if world.is_global_zero else None
+    # a gathering call: a bad desc / bins= / ranks= is raised after the header exchange
+    chosen: tuple[int, ...] = ()
+    error: BaseException | None = None
+    try:
+        desc = check_desc(desc)
+        bins = _check_bins(bins, desc)
+        chosen = normalize_ranks(world, ranks, desc) or ()
+    except Exception as exc:
+        error = exc
     if not world.writer_in_group:
+        if error is not None:
+            raise error
         return None
     st: LocalStats | None = None
-    error: BaseException | None = None
-    if world.rank in chosen:
+    if error is None and world.rank in chosen:
         try:
             st = local_stats(histogram_values(values, desc))
         except Exception as exc:
@@ -331,6 +403,6 @@ def collect_histogram(
         world=world,
         kind_fp=",".join(map(str, chosen)),
         desc=desc,
-        bins=bins,
+        bins=bins if error is None else 0,
         timeout=timeout,
     )

@@ -43,6 +43,10 @@ RESERVED_KEYS = frozenset({"_step", "_runtime", "_timestamp", "_wandb"})
 RENAMED_PREFIX = "user/"
 """What a key that collides with wandb's own columns is logged under (``user/_step``)."""
 
+MEDIA_SUFFIX = "_media"
+"""Appended to a media key that is also a scalar key (``loss`` -> ``loss_media``): wandb keeps
+one summary value per key, and the media object would replace the scalar's there."""
+
 MAX_MEDIA_COMPONENT_BYTES = 160
 """wandb names a media file ``<key>_<step>_<hash>.<ext>``; a longer key component would make a
 file name over the usual 255-byte limit, and the item would be lost."""
@@ -98,7 +102,43 @@ def _settings(wandb: Any, init_timeout: float, user: Any) -> Any:
         raise TypeError(
             f"WandbSink(settings=...) takes a dict or wandb.Settings, not {type(user).__name__}"
         )
-    return wandb.Settings(**values)
+    try:
+        return wandb.Settings(**values)
+    except Exception as exc:  # pydantic's ValidationError: an unknown key, a bad value
+        raise WandbInitError(f"wandb.Settings rejected settings: {settings_problem(exc)}") from exc
+
+
+def settings_problem(exc: BaseException) -> str:
+    """What ``wandb.Settings(...)`` objected to, one line per setting (pydantic's errors)."""
+    errors = getattr(exc, "errors", None)
+    try:
+        details = errors() if callable(errors) else None
+    except Exception:
+        details = None
+    if not details:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return "; ".join(
+        f"{'.'.join(str(p) for p in d.get('loc', ())) or '?'}: {d.get('msg', '')}"
+        + (f" (got {d['input']!r})" if "input" in d else "")
+        for d in details
+    )
+
+
+def _tags(tags: Any) -> list[str] | None:
+    """``tags`` as a list of strings. A single string is refused: ``list("a,b")`` would make
+    the tags ``a``, ``,`` and ``b``."""
+    if tags is None:
+        return None
+    if isinstance(tags, str | bytes) or not isinstance(tags, Iterable):
+        raise TypeError(
+            f"WandbSink(tags={tags!r}) takes a list of strings, not a "
+            f"{type(tags).__name__}; for one tag write tags=[{tags!r}]"
+        )
+    out = list(tags)
+    bad = [t for t in out if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"WandbSink(tags=...) takes strings only, got {bad!r}")
+    return out
 
 
 def _init_with_timeout(wandb: Any, kwargs: dict[str, Any], timeout: float) -> Any:
@@ -180,6 +220,7 @@ class WandbSink:
 
     Args:
         project, entity, group, name, id, tags, dir, config: passed to ``wandb.init``.
+            ``tags`` is a list of strings; a single string is refused with a TypeError.
         mode: ``"online"``, ``"offline"`` or ``"disabled"``; None lets ``WANDB_MODE`` decide
             (an explicit mode would override the user's environment).
         resume: ``wandb.init``'s resume policy; with the same ``id`` a restarted job continues
@@ -188,7 +229,8 @@ class WandbSink:
         init_timeout: seconds to wait for ``wandb.init`` before raising `WandbInitError`.
         step_metric: the metric every other metric is plotted against.
         finish_timeout: seconds ``close`` waits for wandb to finish writing the ``.wandb`` file.
-        settings: extra ``wandb.Settings`` (a dict or a Settings object).
+        settings: extra ``wandb.Settings`` (a dict or a Settings object). Settings that
+            ``wandb.Settings`` rejects (an unknown key, a bad value) raise `WandbInitError`.
 
     Raises:
         ImportError: wandb is not installed (names the ``distlog[wandb]`` extra).
@@ -225,7 +267,7 @@ class WandbSink:
             "group": group,
             "name": name,
             "id": id,
-            "tags": list(tags) if tags is not None else None,
+            "tags": _tags(tags),
             "config": dict(config) if config is not None else None,
             "resume": resume if id is not None else None,
             "settings": _settings(wandb, init_timeout, settings),
@@ -243,6 +285,10 @@ class WandbSink:
         self._first_row = True
         self._keys: dict[tuple[str, bool], str] = {}
         """(key, is media) -> the key sent to wandb, so each rename is decided and warned once."""
+        self._scalar_names: set[str] = set()
+        """The wandb keys scalars went to, which a media key must not take."""
+        self._media_names: set[str] = set()
+        """The wandb keys media went to."""
 
     # -- where things are ------------------------------------------------------------------
 
@@ -319,7 +365,8 @@ class WandbSink:
 
     def _key(self, key: str, media: bool = False) -> str:
         """The key sent to wandb: ``user/<key>`` for one of wandb's own columns or the step
-        metric, media keys with over-long components shortened; warned about once per key."""
+        metric, media keys with over-long components shortened, and ``<key>_media`` for a
+        media key that a scalar already uses; warned about once per key."""
         known = self._keys.get((key, media))
         if known is not None:
             return known
@@ -334,6 +381,25 @@ class WandbSink:
                 why = why or (
                     f"has a path component over {MAX_MEDIA_COMPONENT_BYTES} bytes, too long "
                     "for wandb's media file name"
+                )
+            if name in self._scalar_names:
+                while name in self._scalar_names or name in RESERVED_KEYS:
+                    name += MEDIA_SUFFIX
+                why = why or (
+                    "is also a scalar key: wandb keeps one summary value per key (what the runs "
+                    "table and sweeps read), and the media would replace the scalar's"
+                )
+            self._media_names.add(name)
+        else:
+            self._scalar_names.add(name)
+            if name in self._media_names:
+                warnings.warn(
+                    f"wandb run {self.run_id}: the scalar key {key!r} was already logged to "
+                    f"wandb as media under {name!r}; from now on wandb's summary for {name!r} "
+                    "holds the scalar and its history mixes both. Give media keys no scalar "
+                    "uses (a media key logged after the scalar is renamed, not mixed)",
+                    UserWarning,
+                    stacklevel=3,
                 )
         if name != key:
             warnings.warn(

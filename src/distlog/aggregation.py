@@ -159,13 +159,16 @@ class Aggregator:
         return self.buffer.pending_keys
 
     # ------------------------------------------------------------------ flushing
-    def flush(self, step: int) -> PendingRow | None:
+    def flush(self, step: int, *, final: bool = False) -> PendingRow | None:
         """Reduce everything buffered since the last flush over the group, on this thread.
 
         Collective. Returns the writer's share on global rank 0, None elsewhere. When the
         ranks disagree (seen alike by every rank) what was taken is put back for the next try.
+        ``final`` marks finish()'s flush, the last: a rank that makes a plain flush() there
+        instead (one flush more than the others) fails it on every rank.
         """
         self.wait_async()
+        self.exchange.final = final  # no exchange is in flight now
         snap = self.buffer.swap()
         try:
             pending = self.exchange.run(snap, step, self._meanwhile)
@@ -187,6 +190,8 @@ class Aggregator:
         step: int,
         deliver: Callable[[PendingRow | None], None],
         undeliverable: Callable[[], None],
+        *,
+        final: bool = False,
     ) -> KeyConflictError | None:
         """Swap now, exchange on the worker thread; ``deliver`` gets the writer's share there,
         and if the exchange fails, ``undeliverable`` is called there instead (the caller takes
@@ -199,6 +204,7 @@ class Aggregator:
         a flush the others make.
         """
         self.wait_async(conflicts=False)
+        self.exchange.final = final  # no exchange is in flight now (see flush)
         found = self.exchange.take_conflict()
         self.exchange.check_usable()
         snap = self.buffer.swap()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -195,7 +196,10 @@ class Exchange:
         self.timeout = timeout
         self.options = options
         self.layout = Layout([], 0)
+        # A rank whose collective has not completed after this long marks its arrival.
+        self._mark_after = timedelta(seconds=min(1.0, timeout / 8))
         self.flush_count = 0
+        self.final = False  # set before finish()'s flush: see Header.final
         self.collectives = 0  # issued by the last flush on this rank
         self.last_protocol = ""
         # Set when a collective failed (timeout, dead peer): the gloo group's state is unknown
@@ -371,7 +375,7 @@ class Exchange:
         return self._protocol[1]
 
     def header(self, step: int, new: list[KeySpec], blob: bytes) -> Header:
-        return Header(self.flush_count, step, self.layout.version, bool(new), len(blob))
+        return Header(self.flush_count, step, self.layout.version, bool(new), len(blob), self.final)
 
     def collective(self, step: int, call: Callable[[], Any]) -> None:
         """Run one collective; a timeout or a dead peer becomes a named RankDivergenceError.
@@ -387,7 +391,7 @@ class Exchange:
                 # must wait for it before reading its table: see salvage().
                 self._unwaited = work
                 self._spare_time()
-                work.wait()
+                self._wait(work)
                 self._unwaited = None
         except RuntimeError as exc:  # gloo reports timeouts and dead peers as RuntimeError
             self._unwaited = self._salvageable = None  # a failed gather's table is never read
@@ -401,13 +405,45 @@ class Exchange:
                 f"the flush or flushes on another schedule{who}. Cause: {exc}"
             ) from exc
 
-    def _missing_ranks(self) -> list[int]:
-        """Best effort: ranks that did not mark their arrival in the job's store."""
+    def _wait(self, work: Any) -> None:
+        """Wait for a started gloo collective. A rank still waiting after a moment marks its
+        arrival in the job's store, then waits on: a rank that times out later names only the
+        ranks that never came, however late the others arrived (they marked it long before).
+        Nothing is marked while collectives complete within that moment."""
+        try:
+            work.wait(self._mark_after)
+            return
+        except RuntimeError:
+            if work.is_completed():
+                raise  # the collective itself failed
+        self._mark_arrival()
+        work.wait()
+
+    def _arrivals(self) -> tuple[Any, str] | None:
+        """The job's store and this flush's arrival prefix, if there is a store."""
         try:
             store = dist.distributed_c10d._get_default_store()  # no public accessor exists
         except Exception:
+            return None
+        return store, f"distlog/{self.world.group_ranks}/{self.flush_count}/"
+
+    def _mark_arrival(self) -> None:
+        found = self._arrivals()
+        if found is not None:
+            store, prefix = found
+            try:
+                store.set(prefix + str(self.world.rank), "1")
+            except Exception:
+                pass  # best effort: the store is only used to name missing ranks
+
+    def _missing_ranks(self) -> list[int]:
+        """Best effort: ranks that did not mark their arrival in the job's store. A rank that
+        reached the flush marked it after waiting a moment (``_wait``); the ones that are
+        still coming get the same moment, twice, to mark it."""
+        found = self._arrivals()
+        if found is None:
             return []
-        prefix = f"distlog/{self.world.group_ranks}/{self.flush_count}/"
+        store, prefix = found
         try:
             store.set(prefix + str(self.world.rank), "1")
             time.sleep(min(2.0, self.timeout / 4))

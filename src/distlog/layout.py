@@ -181,15 +181,33 @@ class Header:
     ``flush`` counts the logger's flushes, ``step`` is the log step, ``version`` the layout's
     version; ``new_keys`` says this rank logged keys the layout lacks and ``blob_len`` is the
     length of their JSON specs (the key exchange that follows pads every blob to the longest).
+    ``final`` marks the last flush, finish()'s: it travels as the low bit of the flush number
+    (``2 * flush + final``), so a finish() on one rank never pairs with a flush() on another.
     """
 
-    __slots__ = ("flush", "step", "version", "new_keys", "blob_len")
+    __slots__ = ("flush", "step", "version", "new_keys", "blob_len", "final")
 
     def __init__(
-        self, flush: int, step: int, version: int, new_keys: bool = False, blob_len: int = 0
+        self,
+        flush: int,
+        step: int,
+        version: int,
+        new_keys: bool = False,
+        blob_len: int = 0,
+        final: bool = False,
     ) -> None:
         self.flush, self.step, self.version = flush, step, version
-        self.new_keys, self.blob_len = new_keys, blob_len
+        self.new_keys, self.blob_len, self.final = new_keys, blob_len, final
+
+    @property
+    def flush_id(self) -> int:
+        """The flush number as it travels: ``2 * flush``, plus 1 for finish()'s flush."""
+        return 2 * self.flush + int(self.final)
+
+    @staticmethod
+    def describe_flush_id(flush_id: int) -> str:
+        """``flush #3``, or ``finish() as flush #3`` for a final one (for error messages)."""
+        return f"{'finish() as ' if flush_id & 1 else ''}flush #{flush_id >> 1}"
 
     WIDTH = 5
     CHUNKS = 6  # 8-bit chunks per number in the summed encoding: 48 bits
@@ -198,7 +216,7 @@ class Header:
 
     def gathered(self) -> list[float]:
         """The encoding for an all-gather: the numbers as they are, checked exactly."""
-        return [self.flush, self.step, self.version, float(self.new_keys), self.blob_len]
+        return [self.flush_id, self.step, self.version, float(self.new_keys), self.blob_len]
 
     def summed(self) -> list[float]:
         """The encoding for an all-reduce: ``[1, new_keys, blob_len]`` then, per 8-bit chunk c of
@@ -206,7 +224,7 @@ class Header:
         numbers exactly when ``sum(c) == W*c`` and ``sum(c*c) == W*c*c`` for every chunk
         (``sum((c_i - c)^2) == 0``); exact in float64 for any W below 10^5."""
         slots = [1.0, float(self.new_keys), float(self.blob_len)]
-        for number in (self.flush, self.step, self.version):
+        for number in (self.flush_id, self.step, self.version):
             for i in range(self.CHUNKS):
                 c = float((number >> (8 * i)) & 0xFF)
                 slots += [c, c * c]
@@ -279,11 +297,13 @@ def check_headers(step: int, rows: np.ndarray, ranks: tuple[int, ...]) -> None:
         ints = [[int(x) if math.isfinite(x) else -1 for x in r] for r in ids.tolist()]
         if len({r[0] for r in ints}) > 1 or len({r[1] for r in ints}) > 1:
             detail = ", ".join(
-                f"rank {ranks[i]}: flush #{r[0]} at step {r[1]}" for i, r in enumerate(ints)
+                f"rank {ranks[i]}: {Header.describe_flush_id(r[0]) if r[0] >= 0 else 'nothing'}"
+                f" at step {r[1]}"
+                for i, r in enumerate(ints)
             )
             raise RankDivergenceError(
                 f"ranks flushed out of step at log step {step}: {detail}. Every rank must call "
-                "flush() at the same steps."
+                "flush() at the same steps, and finish() after the same number of flushes."
             )
         raise RankDivergenceError(
             f"ranks disagree on the key layout at log step {step} (versions "

@@ -684,15 +684,17 @@ class Logger:
         if system is not None and not (tail and not self._agg.pending_keys):
             system.sample(given)  # buffered like any key: rides this flush's exchange
         try:
-            return self._flush_steps(step, block)
+            return self._flush_steps(step, block, final=tail)
         finally:
             if system is not None:
                 system.flushed()
 
-    def _flush_steps(self, step: int, block: bool) -> dict[str, float] | None:
+    def _flush_steps(
+        self, step: int, block: bool, *, final: bool = False
+    ) -> dict[str, float] | None:
         if self.async_flush:
-            return self._flush_async(step, block)
-        pending = self._agg.flush(step)
+            return self._flush_async(step, block, final)
+        pending = self._agg.flush(step, final=final)
         self._step = step
         row: dict[str, float] | None = None
         if pending is not None:
@@ -709,7 +711,7 @@ class Logger:
         self._agg.raise_conflict()
         return row
 
-    def _flush_async(self, step: int, block: bool) -> dict[str, float] | None:
+    def _flush_async(self, step: int, block: bool, final: bool) -> dict[str, float] | None:
         # The previous exchange's divergence error, if any, is raised here; its key conflict
         # once this flush is on its way.
         self._agg.wait_async(conflicts=False)
@@ -724,7 +726,7 @@ class Logger:
             if job is not None:
                 self._requeue(job)
 
-        conflict = self._agg.flush_async(step, deliver, undeliverable)
+        conflict = self._agg.flush_async(step, deliver, undeliverable, final=final)
         self._step = step
         if conflict is not None:  # the previous exchange's, raised once this flush is on its way
             raise conflict

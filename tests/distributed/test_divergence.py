@@ -148,3 +148,72 @@ def test_ranks_with_different_exchange_options_fail_at_construction(tmp_path):
         assert "same exchange options" in message, message
         assert "rank 0: ExchangeOptions(" in message and "gather_limit_bytes=16" in message
         assert seconds < TIMEOUT, "the mismatch waited for the timeout"
+
+
+def one_flush_more(rank: int, tmp: str, async_flush: bool):
+    """Rank 1 makes one flush more than rank 0, at the step rank 0's finish() flushes."""
+    logger = distlog.Logger(
+        run_dir=tmp, async_write=False, timeout=TIMEOUT, handle_signals=False,
+        async_flush=async_flush,
+    )  # fmt: skip
+    for step in range(3):
+        logger.log_scalar("x", float(rank))
+        logger.flush(step)
+    got = []
+    if rank == 1:
+        logger.log_scalar("x", 7.0)
+        try:
+            logger.flush(3)
+            logger.wait()
+        except distlog.RankDivergenceError as exc:
+            got.append(str(exc))
+    logger.log_scalar("tail", float(rank) + 100)
+    try:
+        logger.finish()
+    except distlog.RankDivergenceError as exc:
+        got.append(str(exc))
+    return got
+
+
+@pytest.mark.parametrize("async_flush", [False, True])
+def test_a_finish_never_pairs_with_another_ranks_extra_flush(tmp_path, async_flush):
+    """finish()'s flush is marked in the header: rank 0's finish() at flush #3 no longer
+    passes for rank 1's extra flush(3) (rank 0 ended with exit code 0 and wrote a row that
+    mixed rank 1's step-3 values with its own tail)."""
+    results = run_ranks(one_flush_more, 2, str(tmp_path), async_flush, timeout=120)
+    for rank, got in enumerate(results):
+        assert got, f"rank {rank} raised nothing"
+        assert "rank 0: finish() as flush #3 at step 3" in got[0], got
+        assert "rank 1: flush #3 at step 3" in got[0], got
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2] and not any("tail" in r for r in rows), rows
+    assert distlog.read_run_info(tmp_path)["exit_code"] != 0
+
+
+def one_hung_one_late(rank: int, tmp: str):
+    """3 ranks: rank 1 hangs, rank 2 reaches the flush late but well within the timeout."""
+    logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=6.0, handle_signals=False)
+    logger.log_scalar("x", 1.0)
+    logger.flush(0)
+    if rank == 1:  # away until both others gave up on it
+        wait_for_file(Path(tmp, "rank2-gave-up"), 60)
+        return None
+    if rank == 2:
+        time.sleep(4.0)
+    logger.log_scalar("x", 1.0)
+    _, message = _flush_and_time(logger, 1)
+    if rank == 2:
+        Path(tmp, "rank2-gave-up").touch()
+    else:  # rank 0's process holds the job's store, which rank 2 reads when it gives up
+        wait_for_file(Path(tmp, "rank2-gave-up"), 60)
+    logger.finish(exit_code=1)
+    return message
+
+
+def test_a_late_rank_that_reached_the_flush_is_not_named_missing(tmp_path):
+    """Only the hung rank is named. A rank marked its arrival only once its own collective
+    had failed, so a live rank that came more than a moment after the one that timed out was
+    named missing with the hung one ([1, 2])."""
+    messages = run_ranks(one_hung_one_late, 3, str(tmp_path), timeout=120)
+    for rank in (0, 2):
+        assert "ranks that never reached it: [1]" in messages[rank], (rank, messages[rank])

@@ -325,3 +325,27 @@ def test_a_hand_edited_created_string_does_not_crash(tmp_path, monkeypatch, caps
     launch(monkeypatch, TORCHELASTIC_RESTART_COUNT="1")  # ordering runs by their start
     assert runlog.claim_run_dir(run, resume="auto", restart=1) == (run, True)
     assert runlog.choose_version(tmp_path, restart=1, resume_from="latest") == run
+
+
+def test_a_run_directory_lock_held_elsewhere_is_a_named_error_not_an_endless_wait(
+    tmp_path, monkeypatch
+):
+    """Another process holding the run directory's lock (stopped while updating run.json, or
+    a hung network filesystem) made Logger(resume=True) wait for as long as it held it."""
+    fcntl = pytest.importorskip("fcntl")
+    run_dir = tmp_path / "exp"
+    distlog.Logger(run_dir=run_dir, async_write=False).finish()
+    holder = os.open(run_dir, os.O_RDONLY)  # its own open file: its flock conflicts with ours
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    monkeypatch.setattr(runlog, "LOCK_WAIT_S", 0.5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(distlog.RunDirError, match="another process has held its lock"):
+            distlog.Logger(run_dir=run_dir, resume=True, async_write=False)
+        assert time.monotonic() - start < 10
+    finally:
+        os.close(holder)
+    # once it is released, the run continues as before
+    logger = distlog.Logger(run_dir=run_dir, resume=True, async_write=False)
+    logger.finish()
+    assert distlog.read_run_info(run_dir)["exit_code"] == 0

@@ -33,7 +33,7 @@ from distlog.errors import DistlogError, RankDivergenceError
 if TYPE_CHECKING:
     from distlog.world import World
 
-__all__ = ["collective_device", "control_group", "group_device"]
+__all__ = ["collective_device", "control_group", "group_device", "not_all_constructed"]
 
 # Control groups built so far per rank set (in this process). Every member of a rank set builds
 # its loggers' control groups in the same order, so all members count alike.
@@ -89,21 +89,32 @@ def control_group(world: World, timeout: float) -> Any:
     if world.group_size <= 1 or not world.writer_in_group:
         return None
     tmo = timedelta(seconds=timeout)
-    if world.group is None:
-        # The whole world: every rank calls, and torch's own naming agrees on every rank.
-        return dist.new_group(backend="gloo", timeout=tmo)
     ranks = tuple(world.group_ranks)
-    count = _BUILT.get(ranks, 0) + 1
-    _BUILT[ranks] = count
-    name = f"distlog-control-{'-'.join(map(str, ranks))}-{count}"
     try:
+        if world.group is None:
+            # The whole world: every rank calls, and torch's own naming agrees on every rank.
+            return dist.new_group(backend="gloo", timeout=tmo)
+        count = _BUILT.get(ranks, 0) + 1
+        _BUILT[ranks] = count
+        name = f"distlog-control-{'-'.join(map(str, ranks))}-{count}"
         return _named_gloo_group(name, list(ranks), world.rank, tmo)
-    except dist.DistStoreError as exc:
-        raise RankDivergenceError(
-            f"building distlog's control group over global ranks {list(ranks)} did not "
-            f"complete within {timeout:g}s on rank {world.rank}: every rank of the group must "
-            "construct the Logger (and its earlier loggers over these ranks) in the same order"
+    except RuntimeError as exc:  # the store's wait timeout, or gloo's connectFullMesh
+        raise not_all_constructed(
+            "building distlog's control group", ranks, world.rank, timeout, exc
         ) from exc
+
+
+def not_all_constructed(
+    what: str, ranks: tuple[int, ...], rank: int, timeout: float, exc: BaseException
+) -> RankDivergenceError:
+    """The error of a collective made while constructing a Logger that did not complete: a
+    rank of the group did not construct it (in time, or in the same order)."""
+    return RankDivergenceError(
+        f"{what} over global ranks {list(ranks)} did not complete within {timeout:g}s on rank "
+        f"{rank}: every rank of the group must construct the Logger (and its earlier loggers "
+        f"over these ranks) in the same order, within the timeout of each other. Cause: "
+        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    )
 
 
 # torch has no public way to build a registered subgroup under a name of the caller's choice:

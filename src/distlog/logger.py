@@ -222,7 +222,13 @@ class Logger:
             # must agree (ranks that chose different protocols would pair an all_gather with
             # an all_reduce, and only the timeout would end it, misnamed as a missing rank).
             options = dataclasses.asdict(self._agg.options)
-            sent = groups.all_gather_json([choice, options], group)
+            try:
+                sent = groups.all_gather_json([choice, options], group)
+            except RuntimeError as exc:  # a rank never got this far: gloo's timeout
+                raise groups.not_all_constructed(
+                    "exchanging the run directory and exchange options",
+                    self.world.group_ranks, self.world.rank, self._agg.timeout, exc,
+                ) from exc  # fmt: skip
             choice = sent[self.world.group_ranks.index(0)][0]
             if any(theirs != options for _, theirs in sent):
                 raise LogValueError(
@@ -955,7 +961,7 @@ class Logger:
             last = self._sinks.last_written_step
             try:
                 runlog.end_run(self.run_dir, exit_code=exit_code, last_step=last)
-            except OSError as exc:
+            except (OSError, RunDirError) as exc:  # RunDirError: its lock stayed held
                 warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
 
     def _raise_closed(self) -> None:

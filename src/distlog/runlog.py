@@ -247,10 +247,17 @@ def _write_run_info(run_dir: Path, info: Mapping[str, Any]) -> None:
         raise
 
 
+LOCK_WAIT_S = 30.0
+"""How long a read-modify-write of ``run.json`` or a claim waits for another process's lock
+on the run directory before giving up with a RunDirError (a stopped process holding it, a hung
+network filesystem): never a silent, unbounded wait in ``Logger()`` or ``finish()``."""
+
+
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
+def _locked(run_dir: Path, wait: float | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the directory itself for a read-modify-write of
-    ``run.json`` or a claim, so two processes never interleave them (the second waits).
+    ``run.json`` or a claim, so two processes never interleave them (the second waits, at
+    most ``wait`` seconds, default [LOCK_WAIT_S][distlog.runlog.LOCK_WAIT_S]).
 
     The directory is its own lock: no lock file is left in the run. Where ``flock`` is missing
     or refused (Windows, some network filesystems), this proceeds unlocked: claims still
@@ -262,12 +269,29 @@ def _locked(run_dir: Path) -> Iterator[None]:
         fd = -1
     try:
         if fd >= 0 and fcntl is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock(fd, run_dir, LOCK_WAIT_S if wait is None else wait)
         yield
     finally:
         if fd >= 0:
             os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, run_dir: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise RunDirError(
+                    f"run_dir {run_dir}: another process has held its lock for {wait:g}s (a "
+                    "stopped or stuck process updating run.json, or a hung network "
+                    "filesystem); gave up waiting"
+                ) from None
+            time.sleep(0.01)
+        except OSError:
+            return  # flock refused here (some network filesystems): proceed unlocked
 
 
 def new_run_id() -> str:

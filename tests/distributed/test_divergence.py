@@ -217,3 +217,22 @@ def test_a_late_rank_that_reached_the_flush_is_not_named_missing(tmp_path):
     messages = run_ranks(one_hung_one_late, 3, str(tmp_path), timeout=120)
     for rank in (0, 2):
         assert "ranks that never reached it: [1]" in messages[rank], (rank, messages[rank])
+
+
+def late_construction(rank: int, tmp: str):
+    if rank == 1:
+        time.sleep(TIMEOUT + 2.0)  # arrives after rank 0 gave up
+    try:
+        distlog.Logger(run_dir=tmp, async_write=False, timeout=TIMEOUT, handle_signals=False)
+    except distlog.RankDivergenceError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_a_rank_that_constructs_its_logger_late_gives_a_named_error_on_both(tmp_path):
+    """Over the whole world (group=None) the control group's store timeout reached the user
+    as torch's DistStoreError on the punctual rank and gloo's RuntimeError on the late one."""
+    messages = run_ranks(late_construction, 2, str(tmp_path), timeout=120)
+    for rank, message in enumerate(messages):
+        assert "building distlog's control group over global ranks [0, 1]" in message, message
+        assert f"on rank {rank}" in message, message

@@ -371,7 +371,10 @@ def test_bad_logging_parameters_close_the_wandb_run_they_opened(env):
     pytest.importorskip("wandb")
     from distlog.wandb_offline import find_run_dirs, read_run
 
-    params = WandbLoggingParameters(run_dir="r", nonfinite="explode")
+    with pytest.raises(distlog.LogValueError, match="nonfinite must be one of.*'explode'"):
+        WandbLoggingParameters(run_dir="r", nonfinite="explode")  # refused at build now
+    params = WandbLoggingParameters(run_dir="r")
+    params.nonfinite = "explode"  # changed after the build: the Logger refuses it
     with pytest.raises(distlog.LogValueError, match="nonfinite='explode'"):
         WandbLast(WandbTrainConfig(max_steps=2, logging_parameters=params))
     [run_dir] = find_run_dirs(env["WANDB_DIR"])
@@ -567,3 +570,156 @@ def test_each_launch_is_a_run_of_its_own_and_resume_is_explicit(env, tmp_path):
         check=True,
     ).stdout
     assert info1["id"] in out and info2["id"] in out and "2 runs" in out
+
+
+# ------------------------------------------------------------------ config values checked at build
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: LoggingParameters(enabled="false"), TypeError, r"\.enabled must be True or False"),
+        (lambda: LoggingParameters(timeout="300"), TypeError, r"\.timeout must be a number"),
+        (lambda: LoggingParameters(timeout=-1), ValueError, r"\.timeout must be .* > 0, got -1"),
+        (lambda: LoggingParameters(timeout=float("nan")), ValueError, r"\.timeout"),
+        (lambda: LoggingParameters(nonfinite="bogus"), ValueError, r"\.nonfinite .*'bogus'"),
+        (lambda: LoggingParameters(run_dir=123), TypeError, r"\.run_dir must be a path"),
+        (lambda: LoggingParameters(console=1), TypeError, r"\.console must be True or False"),
+        (lambda: LoggingParameters(resume_from=3), TypeError, r"\.resume_from must be a string"),
+        (lambda: WandbLoggingParameters(tags="a,b"), TypeError, r"\.tags must be a list.*'a,b'"),
+        (lambda: WandbLoggingParameters(tags=["a", 1]), TypeError, r"\.tags must hold"),
+        (lambda: WandbLoggingParameters(init_timeout=0), ValueError, r"\.init_timeout"),
+        (lambda: WandbLoggingParameters(settings=["x"]), TypeError, r"\.settings must be"),
+        (lambda: WandbLoggingParameters(project=5), TypeError, r"\.project must be a string"),
+        (lambda: TrainConfig(val_every_n_epochs=True), TypeError, r"val_every_n_epochs must be"),
+        (lambda: TrainConfig(val_every_n_epochs=0), ValueError, r"val_every_n_epochs must be >="),
+        (lambda: TrainConfig(seed="x"), TypeError, r"config\.seed must be an int or None"),
+        (lambda: TrainConfig(find_unused_parameters="yes"), TypeError, r"find_unused_parameters"),
+        (lambda: TrainConfig(experiment=None), TypeError, r"config\.experiment must be a string"),
+        (lambda: TrainConfig(logging_parameters={"run_dir": "r"}), TypeError, "logging_param"),
+    ],
+)
+def test_bad_config_values_raise_when_the_config_is_built(make, error, message):
+    with pytest.raises(error, match=message) as caught:
+        make()
+    assert isinstance(caught.value, distlog.DistlogError)
+
+
+def test_good_config_values_are_kept_or_normalised(tmp_path):
+    params = WandbLoggingParameters(run_dir=tmp_path / "r", tags=("a", "b"), timeout=5)
+    assert params.run_dir == str(tmp_path / "r") and params.tags == ["a", "b"]
+    assert TrainConfig(seed=None, callbacks=(Hooks(),)).callbacks[0].__class__ is Hooks
+
+
+def test_wandb_tags_reach_wandb_as_given_and_a_string_is_refused(env):
+    pytest.importorskip("wandb")
+    from distlog.sinks.wandb import WandbSink
+    from distlog.wandb_offline import find_run_dirs, read_run
+
+    with pytest.raises(TypeError, match=r"tags='a,b'.*tags=\['a,b'\]"):
+        WandbSink(project="p", tags="a,b", mode="offline")
+    assert find_run_dirs(env["WANDB_DIR"]) == []  # refused before wandb.init
+    params = WandbLoggingParameters(run_dir="r", tags=("a,b", "c"))
+    trainer = WandbLast(WandbTrainConfig(max_steps=2, logging_parameters=params))
+    trainer.fit()
+    [run_dir] = find_run_dirs(env["WANDB_DIR"])
+    assert read_run(run_dir).tags == ["a,b", "c"]
+
+
+def test_wandb_settings_wandb_rejects(env):
+    pytest.importorskip("wandb")
+    from distlog.sinks.wandb import WandbInitError, WandbSink
+    from distlog.wandb_offline import find_run_dirs
+
+    params = WandbLoggingParameters(run_dir="r", settings={"nonexistent_setting": 1})
+    with pytest.raises(distlog.LogValueError, match=r"settings.*nonexistent_setting"):
+        WandbLast(WandbTrainConfig(max_steps=2, logging_parameters=params))
+    # a sink built directly: the documented "wandb could not start" error, which the mixin
+    # turns into a warning (the job goes on with the local run log)
+    with pytest.raises(WandbInitError, match=r"wandb.Settings rejected.*console"):
+        WandbSink(project="p", mode="offline", settings={"console": 5})
+    assert find_run_dirs(env["WANDB_DIR"]) == []
+
+
+def test_wandb_mixin_given_plain_logging_parameters(env):
+    pytest.importorskip("wandb")
+
+    with pytest.raises(TypeError, match=r"WandBLoggerMixin\) needs.*got LoggingParameters"):
+        WandbLast(WandbTrainConfig(logging_parameters=LoggingParameters(run_dir="r")))
+    assert not Path("r").exists()  # nothing was built
+    # logging switched off: nothing is opened, so plain LoggingParameters are fine
+    off = WandbLast(WandbTrainConfig(logging_parameters=LoggingParameters(enabled=False)))
+    off.fit()
+
+
+def test_wandb_and_mlflow_mixins_together_are_refused(env):
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    from distlog.mixins import MLflowLoggerConfigMixin, MLflowLoggerMixin
+
+    @dataclass(kw_only=True)
+    class Both(BaseTrainerConfig, WandBLoggerConfigMixin, MLflowLoggerConfigMixin):
+        pass
+
+    class Trainer(Linear, BaseTrainer, WandBLoggerMixin, MLflowLoggerMixin):
+        pass
+
+    class Reversed(Linear, BaseTrainer, MLflowLoggerMixin, WandBLoggerMixin):
+        pass
+
+    for cls in (Trainer, Reversed):
+        with pytest.raises(TypeError, match="both WandBLoggerMixin and MLflowLoggerMixin"):
+            cls(Both(logging_parameters=WandbLoggingParameters(run_dir="r")))
+    assert not Path("r").exists()
+
+
+# ------------------------------------------------------------------ epochs that yield nothing
+class EmptyLoader(Linear, BaseTrainer, LoggerMixin):
+    def train_dataloader(self):  # 5 samples, batches of 8, drop_last: no batch at all
+        return DataLoader(TensorDataset(torch.randn(5, 1), torch.randn(5, 1)), batch_size=8,
+                          drop_last=True)  # fmt: skip
+
+
+class OneShot(Linear, BaseTrainer, LoggerMixin):
+    def train_dataloader(self):  # a generator: exhausted after the first epoch
+        x = torch.linspace(-1, 1, 12).unsqueeze(1)
+        return ((x[i : i + 4], 2 * x[i : i + 4]) for i in range(0, 12, 4))
+
+
+def test_an_epoch_without_batches_raises_instead_of_looping(env):
+    params = LoggingParameters(run_dir="empty", log_every_n_steps=2)
+    trainer = EmptyLoader(TrainConfig(max_steps=7, logging_parameters=params))
+    with pytest.raises(RuntimeError, match=r"epoch 0 yielded no batches.*max_steps=7.*empty"):
+        trainer.fit()
+    assert trainer.logger.closed
+
+    params = LoggingParameters(run_dir="gen", log_every_n_steps=2)
+    trainer = OneShot(TrainConfig(max_steps=7, logging_parameters=params))
+    with pytest.raises(RuntimeError, match=r"epoch 1 yielded no batches.*one-shot iterator"):
+        trainer.fit()
+    assert trainer.global_step == 3
+    assert sorted(rows_by_step("gen")) == [2, 3]  # nothing logged before is lost
+
+    # with max_epochs too: a second epoch that trains nothing is no quieter
+    params = LoggingParameters(run_dir="gen2")
+    trainer = OneShot(TrainConfig(max_epochs=2, logging_parameters=params))
+    with pytest.raises(RuntimeError, match="epoch 1 yielded no batches"):
+        trainer.fit()
+
+
+@dataclass(kw_only=True)
+class OwnPostInit(BaseTrainerConfig, LoggerConfigMixin):
+    lr: float = 0.1
+    n: int = 32
+    batch_size: int = 8
+    restored_step: int = 0
+    bad_output: str = ""
+
+    def __post_init__(self):  # forgets super().__post_init__()
+        self.lr = float(self.lr)
+
+
+def test_a_config_that_skips_the_base_post_init_trains_one_epoch(env):
+    config = OwnPostInit(logging_parameters=LoggingParameters(run_dir="own"))
+    assert config.max_steps is None and config.max_epochs is None
+    trainer = LocalTrainer(config)
+    trainer.fit()
+    assert (trainer.current_epoch, trainer.global_step) == (1, 4)  # 32 samples, batches of 8

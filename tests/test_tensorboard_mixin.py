@@ -103,3 +103,34 @@ def test_disabled_logging_opens_nothing(tmp_path, monkeypatch):
     assert trainer.tensorboard_sink is None and trainer.writer is None
     trainer.finish()
     assert not (tmp_path / "runs").exists()
+
+
+def _writer_after_finish(rank: int, root: str) -> tuple[str | None, str | None]:
+    os.chdir(root)
+    config = LoggerConfigMixin(
+        experiment="tbfin", logging_parameters=LoggingParameters(run_dir="local/tbfin")
+    )
+    trainer = Trainer(config)
+    before = type(trainer.writer).__name__ if trainer.writer is not None else None
+    trainer.log_scalar("x", float(rank))
+    trainer.flush_logs(1)
+    trainer.finish()
+    after = trainer.writer  # the seed's guard `if self.writer is None: return`, on every rank
+    return before, (type(after).__name__ if after is not None else None)
+
+
+@pytest.mark.slow
+def test_writer_is_none_on_every_rank_once_finished(tmp_path):
+    results = run_ranks(_writer_after_finish, 2, str(tmp_path), timeout=120)
+    assert results == [("SummaryWriter", None), (None, None)]
+    (row,) = distlog.read_metrics(tmp_path / "local" / "tbfin")
+    assert row["x"] == 0.5
+
+
+def test_writer_is_none_once_finished_in_one_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = LoggerConfigMixin(experiment="one", logging_parameters=LoggingParameters(run_dir="r"))
+    trainer = Trainer(config)
+    assert type(trainer.writer).__name__ == "SummaryWriter"
+    trainer.finish()
+    assert trainer.writer is None

@@ -351,7 +351,7 @@ class Logger:
             raise LogTypeError(
                 f"log_dict expects a mapping of key -> value, got {type(values).__name__}"
             )
-        from distlog.metrics import is_metric, metric_values_under
+        from distlog.metrics import is_metric, log_computed, metric_values_under
 
         metrics = [k for k, v in values.items() if is_metric(v)]
         if not metrics:
@@ -360,12 +360,10 @@ class Logger:
         plain = {k: v for k, v in values.items() if k not in metrics}
         for key in plain:  # validate before computing: all or nothing
             self._buffer.prepare(key, plain[key], reduce, weight, spread)
-        computed: dict[str, float] = {}
-        for key in metrics:
-            computed.update(metric_values_under(key, values[key]))
+        computed = [(values[key], metric_values_under(key, values[key])) for key in metrics]
         self._buffer.add_many(plain, reduce, weight, spread)
-        if computed:
-            self.log_precomputed(computed)
+        for metric, numbers in computed:
+            log_computed(self, metric, numbers)
 
     def log_metrics(
         self, metric: Any, prefix: str = "", *, name: str | None = None
@@ -377,13 +375,15 @@ class Logger:
         never reduced again. Keys are ``prefix + name`` (default: the class name) for a metric
         and ``prefix`` + torchmetrics' names for a collection. A metric no rank updated is
         skipped with a warning; see `distlog.metrics.metric_values`. Returns the values.
+        A metric whose group lacks global rank 0 (a pipeline's last stage) reaches the writer
+        as a scalar of the group's lowest rank, in the next flush's exchange.
         """
         if self._closed:
             self._raise_closed()
-        from distlog.metrics import metric_values
+        from distlog.metrics import log_computed, metric_values
 
         values = metric_values(metric, prefix, name=name)
-        self.log_precomputed(values)
+        log_computed(self, metric, values)
         return values
 
     def log_precomputed(self, values: Mapping[str, Any]) -> None:

@@ -3,10 +3,12 @@
 ``metric.compute()`` already gathers its states across ranks, so its result is global: the
 logger writes it as is ([Logger.log_precomputed][distlog.logger.Logger.log_precomputed]), never reducing it again.
 `metric_values` must be called on every rank of the metric's process group, like
-``compute()`` itself.
+``compute()`` itself. A metric whose group leaves out global rank 0 (the writer) reaches it
+through the next flush instead: its group's lowest rank logs the values as ordinary scalars
+(`log_computed`).
 
 Before computing, ranks swap one small description of their metrics (JSON, in two tiny
-``all_gather`` calls), which lets distlog turn three situations that make plain
+``all_gather`` calls), which lets distlog turn the situations that make plain
 ``compute()`` hang or abort the job into a clear outcome on every rank:
 
 - **No rank updated a metric** since its last ``reset()``: it is skipped on every rank with a
@@ -18,9 +20,16 @@ Before computing, ranks swap one small description of their metrics (JSON, in tw
 - **A rank holds a cached result** (it already called ``compute()`` since its last update): the
   cache is dropped so that every rank joins the same gather, instead of one rank returning
   early while the others wait for it.
+- **Ranks hold different numbers of tensors in a list state** that torchmetrics gathers
+  element by element (``dist_reduce_fx=None``: every ``Retrieval*`` metric, VIF, detection
+  IoU, user metrics), so ranks would issue different numbers of collectives: distlog gathers
+  those lists itself, in two collectives a list, and ``compute()`` sees every rank's tensors,
+  rank 0's first, as one process would after all the updates. A list that cannot be gathered
+  so (tensors of mixed dtypes or dimensions, items that are not tensors, another reduction)
+  raises the same ``LogValueError`` on every rank, before any gather.
 
-Ranks that disagree about what they are computing (different collection members, states of
-different dtypes or trailing shapes) get the same [LogValueError][distlog.errors.LogValueError] on every
+Ranks that disagree about what they are computing (different collection members or classes,
+states of different dtypes or trailing shapes) get the same [LogValueError][distlog.errors.LogValueError] on every
 rank, naming the metric, before any gather. A ``compute()`` that fails is re-raised as a
 ``LogValueError`` naming the metric; the gathered states are the same on every rank, so every
 rank fails alike and none is left waiting.
@@ -36,16 +45,16 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from distlog.errors import LogTypeError, LogValueError
-from distlog.groups import all_gather_json
+from distlog.groups import all_gather_json, group_device
 from distlog.keys import check_key
 
-__all__ = ["is_metric", "metric_values", "metric_values_under"]
+__all__ = ["is_metric", "log_computed", "metric_values", "metric_values_under"]
 
 _NOT_UPDATED = "was called before the ``update`` method"
 
@@ -86,23 +95,57 @@ def _cat_reduction(metric: Any, attr: str) -> bool:
     return metric._reductions.get(attr) is dim_zero_cat
 
 
+def _own_list_sync(metric: Any) -> bool:
+    """True when ``metric`` gathers its states with torchmetrics' own ``Metric._sync_dist``,
+    which gathers a list state element by element (``MeanAveragePrecision`` has its own)."""
+    from torchmetrics import Metric
+
+    return getattr(type(metric), "_sync_dist", None) is Metric._sync_dist
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def _describe(metric: Any) -> dict[str, Any]:
-    """What other ranks need to know about this rank's copy of ``metric``."""
+    """What other ranks need to know about this rank's copy of ``metric``.
+
+    ``states``: each ``dim_zero_cat`` list state's (dtype, trailing shape), None when empty.
+    ``lists``: every other list state (``dist_reduce_fx=None`` in every ``Retrieval*`` metric,
+    LPIPS, VIF, detection IoU...), which torchmetrics gathers element by element, so with one
+    collective per element: [its tensors, its other items, dtypes, dims, bytes, reduction].
+    """
     states: dict[str, tuple[str, tuple[int, ...]] | None] = {}
+    lists: dict[str, list[Any]] = {}
+    element_wise = _own_list_sync(metric)
     for attr in metric._defaults:
         value = getattr(metric, attr)
-        if isinstance(value, list) and _cat_reduction(metric, attr):
+        if not isinstance(value, list):
+            continue
+        if _cat_reduction(metric, attr):
             first = next((t for t in value if isinstance(t, torch.Tensor)), None)
             if first is None:
                 states[attr] = None
             else:
                 trailing = tuple(first.shape[1:]) if first.dim() > 0 else ()
-                states[attr] = (str(first.dtype).removeprefix("torch."), trailing)
+                states[attr] = (_dtype_name(first), trailing)
+        elif element_wise:
+            tensors = [t for t in value if isinstance(t, torch.Tensor)]
+            reduction = metric._reductions.get(attr)
+            lists[attr] = [
+                len(tensors),
+                len(value) - len(tensors),
+                sorted({_dtype_name(t) for t in tensors}),
+                sorted({t.dim() for t in tensors}),
+                sum(t.numel() * t.element_size() for t in tensors),
+                None if reduction is None else getattr(reduction, "__name__", repr(reduction)),
+            ]
     return {
         "type": type(metric).__name__,
         "updates": int(getattr(metric, "_update_count", 0)),
         "sync": bool(getattr(metric, "_to_sync", True)),
         "states": states,
+        "lists": lists,
     }
 
 
@@ -140,16 +183,83 @@ def _updates(metric: Any) -> int:
     return int(getattr(metric, "_update_count", 0))
 
 
-def _plan(
-    label: str, members: list[Member], gathered: list[dict[str, Any]] | None
-) -> tuple[list[str], dict[str, dict[str, tuple[str, tuple[int, ...]]]]]:
-    """Which members to compute, and which empty states to fill in on this rank.
+class _Regather(NamedTuple):
+    """A list state that ranks hold different numbers of tensors of: gathered by distlog."""
+
+    dtype: str
+    ndim: int
+    lengths: list[int]
+    """Tensors on each rank of the metric's group, in group rank order."""
+    nbytes: list[int]
+
+
+Fills = dict[str, tuple[str, tuple[int, ...]]]
+
+
+class _Plan(NamedTuple):
+    to_compute: list[str]
+    """Members to compute, the same on every rank (except for ``sync_on_compute=False``)."""
+    fills: dict[str, Fills]
+    """Per member: the empty ``dim_zero_cat`` states this rank fills in, (dtype, trailing)."""
+    regathers: dict[str, dict[str, _Regather]]
+    """Per member: the uneven list states that distlog gathers itself, in one go."""
+    skipped: list[str]
+    """Members no rank updated since the last reset()."""
+    local_skipped: dict[str, list[int]]
+    """``sync_on_compute=False`` members this rank did not update: the ranks that did."""
+
+
+def _list_layouts(label: str, shown: str, per_rank: list[dict[str, Any]]) -> dict[str, _Regather]:
+    """The list states of one metric that ranks hold different numbers of tensors of.
+
+    torchmetrics gathers such a state one element at a time: ranks holding different numbers
+    of elements issue different numbers of collectives (gloo aborts the job, or ranks wait).
+    distlog gathers them itself, in two collectives a state; what it cannot gather correctly
+    raises here, on every rank alike, before anything is gathered.
+    """
+    out: dict[str, _Regather] = {}
+    for attr in per_rank[0]["lists"]:
+        info = [d["lists"][attr] for d in per_rank]
+        lengths = [int(i[0]) for i in info]
+        if len(set(lengths)) == 1:
+            continue  # torchmetrics issues the same collectives on every rank
+        counts = ", ".join(str(n) for n in lengths)
+        where = f"{label}: metric {shown!r} has list state {attr!r}"
+        if any(i[1] for i in info):
+            raise LogValueError(
+                f"{where} holding items that are not tensors, and ranks hold different numbers "
+                f"of tensors in it ({counts}): it cannot be gathered; update the metric the "
+                "same number of times on every rank"
+            )
+        if info[0][5] is not None:
+            raise LogValueError(
+                f"{where} with dist_reduce_fx={info[0][5]!r}, and ranks hold different numbers "
+                f"of tensors in it ({counts}): torchmetrics cannot gather it; use "
+                "dist_reduce_fx='cat' or None, or update the metric the same number of times on "
+                "every rank"
+            )
+        dtypes = sorted({dt for i in info for dt in i[2]})
+        ndims = sorted({int(n) for i in info for n in i[3]})
+        if len(dtypes) > 1 or len(ndims) > 1:
+            raise LogValueError(
+                f"{where} whose tensors differ in dtype or number of dimensions (dtypes "
+                f"{dtypes}, dims {ndims}), and ranks hold different numbers of them ({counts}): "
+                "it cannot be gathered; update the metric the same number of times on every rank"
+            )
+        out[attr] = _Regather(dtypes[0], ndims[0], lengths, [int(i[4]) for i in info])
+    return out
+
+
+def _plan(label: str, members: list[Member], gathered: list[dict[str, Any]] | None) -> _Plan:
+    """Which members to compute, and which states to fill in or gather on this rank.
 
     Every rank reaches the same decision from the same gathered data, so an error raised here
     is raised on every rank alike, before any gather of metric states.
     """
     if gathered is None:
-        return [key for key, _, m in members if _updates(m) > 0], {}
+        to_compute = [key for key, _, m in members if _updates(m) > 0]
+        skipped = [shown for key, shown, _ in members if key not in to_compute]
+        return _Plan(to_compute, {}, {}, skipped, {})
     reference = list(gathered[0])
     for rank, descriptions in enumerate(gathered):
         if list(descriptions) != reference:
@@ -159,18 +269,29 @@ def _plan(
             )
     names = {key: shown for key, shown, _ in members}
     local = {key: metric for key, _, metric in members}
-    to_compute: list[str] = []
-    fills: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    plan = _Plan([], {}, {}, [], {})
     for key in reference:
         per_rank = [descriptions[key] for descriptions in gathered]
+        types = [d["type"] for d in per_rank]
+        if len(set(types)) > 1:
+            raise LogValueError(
+                f"{label}: metric {names[key]!r} is a different class on different ranks "
+                f"({types}); every rank must log the same metric objects"
+            )
         if not all(d["sync"] for d in per_rank):
             # computed locally (sync_on_compute=False), no gather: each rank decides alone
             if _updates(local[key]) > 0:
-                to_compute.append(key)
+                plan.to_compute.append(key)
+            elif any(d["updates"] for d in per_rank):
+                ranks = [r for r, d in enumerate(per_rank) if d["updates"]]
+                plan.local_skipped[names[key]] = ranks
+            else:
+                plan.skipped.append(names[key])
             continue
         if sum(d["updates"] for d in per_rank) == 0:
+            plan.skipped.append(names[key])
             continue
-        to_compute.append(key)
+        plan.to_compute.append(key)
         for attr in per_rank[0]["states"]:
             seen = {r: d["states"][attr] for r, d in enumerate(per_rank) if d["states"][attr]}
             layouts = set(seen.values())
@@ -183,8 +304,11 @@ def _plan(
                     f"shapes across ranks ({detail})"
                 )
             if layouts:
-                fills.setdefault(key, {})[attr] = layouts.pop()
-    return to_compute, fills
+                plan.fills.setdefault(key, {})[attr] = layouts.pop()
+        regathers = _list_layouts(label, names[key], per_rank)
+        if regathers:
+            plan.regathers[key] = regathers
+    return plan
 
 
 def _flatten(
@@ -224,8 +348,56 @@ def _flatten(
     )
 
 
-def _compute(shown: str, metric: Any, fills: dict[str, tuple[str, tuple[int, ...]]]) -> Any:
-    """``metric.compute()`` with this rank's empty states filled in and no cached result."""
+def _regather(metric: Any, attr: str, spec: _Regather, group: Any) -> list[torch.Tensor]:
+    """Every rank's tensors of the list state ``attr``, rank after rank, on every rank.
+
+    Two ``all_gather`` calls (the bytes, then the shapes), whatever the number of tensors;
+    the sizes come from the descriptions the ranks already swapped. Raw bytes travel: nothing
+    a rank receives is unpickled.
+    """
+    dtype = getattr(torch, spec.dtype)
+    mine = [t for t in getattr(metric, attr) if isinstance(t, torch.Tensor)]
+    device = group_device(group)
+    size = len(spec.lengths)
+    data = [torch.empty(0, dtype=torch.uint8, device=device)] * size
+    if max(spec.nbytes) > 0:
+        parts = [t.detach().contiguous().reshape(-1).view(torch.uint8).to(device) for t in mine]
+        buffer = torch.zeros(max(spec.nbytes), dtype=torch.uint8, device=device)
+        if parts:
+            flat = torch.cat(parts)
+            buffer[: flat.numel()] = flat
+        data = [torch.empty_like(buffer) for _ in range(size)]
+        dist.all_gather(data, buffer, group=group)
+    shapes: list[list[list[int]]] = [[[]] * n for n in spec.lengths]
+    if spec.ndim > 0:
+        local = torch.zeros((max(spec.lengths), spec.ndim), dtype=torch.int64)
+        if mine:
+            local[: len(mine)] = torch.tensor([list(t.shape) for t in mine], dtype=torch.int64)
+        local = local.to(device)
+        gathered = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(gathered, local, group=group)
+        shapes = [g[:n].tolist() for g, n in zip(gathered, spec.lengths, strict=True)]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    out: list[torch.Tensor] = []
+    for rank_data, rank_shapes in zip(data, shapes, strict=True):
+        offset = 0
+        for shape in rank_shapes:
+            count = itemsize * int(torch.Size(shape).numel())
+            raw = rank_data[offset : offset + count].clone().to(metric.device)
+            out.append(raw.view(dtype).reshape(shape))
+            offset += count
+    return out
+
+
+def _compute(
+    shown: str,
+    metric: Any,
+    fills: Fills,
+    regathers: dict[str, _Regather] | None = None,
+    group: Any = None,
+) -> Any:
+    """``metric.compute()`` with this rank's empty states filled in, uneven list states
+    gathered by distlog, and no cached result."""
     restore: dict[str, Any] = {}
     for attr, (dtype, trailing) in fills.items():
         current = getattr(metric, attr)
@@ -233,6 +405,30 @@ def _compute(shown: str, metric: Any, fills: dict[str, tuple[str, tuple[int, ...
             empty = torch.empty((0, *trailing), dtype=getattr(torch, dtype), device=metric.device)
             setattr(metric, attr, [empty])
             restore[attr] = current
+    # A state that ranks hold different numbers of tensors of becomes one placeholder on every
+    # rank (so torchmetrics makes one call for it on each), for which the sync function below
+    # hands back every rank's tensors, gathered here in one go. compute() sees the tensors of
+    # rank 0, then rank 1, ...: what one process would hold after all ranks' updates.
+    gathered: dict[int, list[torch.Tensor]] = {}
+    placeholders: list[torch.Tensor] = []
+    sync_fn = getattr(metric, "dist_sync_fn", None)
+    for attr, spec in (regathers or {}).items():
+        everything = _regather(metric, attr, spec, group)
+        placeholder = torch.empty(0, device=metric.device)
+        placeholders.append(placeholder)
+        gathered[id(placeholder)] = everything
+        restore[attr] = getattr(metric, attr)
+        setattr(metric, attr, [placeholder])
+    if gathered:
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        fallback = sync_fn if sync_fn is not None else gather_all_tensors
+
+        def gather(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+            known = gathered.get(id(tensor))
+            return list(known) if known is not None else fallback(tensor, *args, **kwargs)
+
+        metric.dist_sync_fn = gather
     if hasattr(metric, "_computed"):
         metric._computed = None  # every rank must join the gather; none may answer from a cache
     try:
@@ -245,8 +441,56 @@ def _compute(shown: str, metric: Any, fills: dict[str, tuple[str, tuple[int, ...
             f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
+        if gathered:
+            metric.dist_sync_fn = sync_fn
         for attr, original in restore.items():
             setattr(metric, attr, original)
+
+
+def _group_ranks(group: Any) -> list[int] | None:
+    """The global ranks of a metric's process group; None when it is the whole world (or
+    there is no process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if group is None or group is dist.group.WORLD:
+        return None
+    return sorted(dist.get_process_group_ranks(group))
+
+
+def _delivering_rank(group: Any, among: list[int] | None = None) -> int | None:
+    """The global rank that hands a metric's values to the writer: global rank 0 when it is in
+    the metric's group, else the group's lowest rank (of those in ``among``, when given)."""
+    ranks = _group_ranks(group)
+    if ranks is None or 0 in ranks:
+        return 0
+    candidates = [r for r in ranks if among is None or r in among]
+    return candidates[0] if candidates else None
+
+
+def _metric_group(metric: Any) -> Any:
+    """The process group ``metric`` (a ``Metric`` or ``MetricCollection``) gathers over; None
+    for the whole world."""
+    members = _members(metric, "", type(metric).__name__)
+    return _group_of(members, f"metric {type(metric).__name__!r}")
+
+
+def log_computed(logger: Any, metric: Any, values: Mapping[str, float]) -> None:
+    """Hand ``values`` (from `metric_values` of ``metric``) to ``logger`` for its next row.
+
+    Every rank of the metric's group calls it with the same values. When the writer (global
+    rank 0) is in the metric's group, they go to ``log_precomputed`` (kept on rank 0, never
+    reduced again). When it is not (a pipeline's last stage, say, with a group of ranks 1 and
+    2), rank 0 never sees them: the group's lowest rank logs them as ordinary scalars with
+    ``reduce="last"``, and as that rank alone logs them, the next flush writes them exactly.
+    """
+    if not values:
+        return
+    among = list(logger.world.group_ranks) if logger.world.writer_in_group else []
+    rank = _delivering_rank(_metric_group(metric), among)
+    if rank == 0:
+        logger.log_precomputed(values)
+    elif rank is not None and logger.world.rank == rank:
+        logger.log_dict({k: float(v) for k, v in values.items()}, reduce="last")
 
 
 def metric_values(
@@ -280,19 +524,40 @@ def metric_values(
         check_key(prefix + base_name)  # before any collective; collections are checked below
     label = f"MetricCollection {prefix!r}" if is_collection else f"metric {prefix + base_name!r}"
     members = _members(metric, prefix, base_name)
-    gathered = _gather_descriptions(members, _group_of(members, label))
-    to_compute, fills = _plan(label, members, gathered)
+    group = _group_of(members, label)
+    gathered = _gather_descriptions(members, group)
+    plan = _plan(label, members, gathered)
 
-    skipped = [shown for key, shown, _ in members if key not in to_compute]
-    if skipped and (not dist.is_initialized() or dist.get_rank() == 0):
-        warnings.warn(
-            f"{label}: no rank updated {skipped} since the last reset(); nothing logged for it",
-            UserWarning,
-            stacklevel=2,
-        )
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank == _delivering_rank(group):  # the rank whose values are written
+        if plan.skipped:
+            warnings.warn(
+                f"{label}: no rank updated {plan.skipped} since the last reset(); nothing "
+                "logged for it",
+                UserWarning,
+                stacklevel=2,
+            )
+        members_ranks = _group_ranks(group)
+        for shown, indices in plan.local_skipped.items():
+            ranks = [members_ranks[i] for i in indices] if members_ranks else indices
+            warnings.warn(
+                f"{label}: {shown!r} has sync_on_compute=False, so each rank computes its own "
+                f"value and only this rank's (rank {rank}) is written, but this rank did not "
+                f"update it since the last reset() (ranks {ranks} did); nothing "
+                "logged for it",
+                UserWarning,
+                stacklevel=2,
+            )
     by_key = {key: (shown, m) for key, shown, m in members}
     results = {
-        key: _compute(by_key[key][0], by_key[key][1], fills.get(key, {})) for key in to_compute
+        key: _compute(
+            by_key[key][0],
+            by_key[key][1],
+            plan.fills.get(key, {}),
+            plan.regathers.get(key),
+            group,
+        )
+        for key in plan.to_compute
     }
     if not is_collection:
         shown = prefix + base_name

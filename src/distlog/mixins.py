@@ -15,16 +15,19 @@ so they combine in either order with [BaseTrainer][distlog.trainer.BaseTrainer].
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distlog import runlog
-from distlog.errors import LoggerClosedError, RunDirError
+from distlog.errors import LoggerClosedError, LogTypeError, LogValueError, RunDirError
 from distlog.logger import Logger
 from distlog.world import World, init_distributed
+from distlog.writer import NONFINITE_POLICIES
 
 __all__ = [
     "AbstractTrainer",
@@ -42,6 +45,67 @@ __all__ = [
 ]
 
 
+# ------------------------------------------------------------------------------ checks
+# Bad config values raise when the config is built, naming the field: on every rank alike
+# (every rank builds the same config), before any collective.
+def _type_error(owner: str, name: str, value: Any, wanted: str) -> LogTypeError:
+    return LogTypeError(f"{owner}.{name} must be {wanted}, got {type(value).__name__} {value!r}")
+
+
+def check_bool(owner: str, name: str, value: Any) -> None:
+    """``value`` is True or False (not a string such as ``"false"`` from YAML or the shell)."""
+    if not isinstance(value, bool):
+        raise _type_error(owner, name, value, "True or False")
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    """``value`` is an int (not a bool) of at least ``minimum``, or None when ``optional``."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(owner, name, value, "an int" + (" or None" if optional else ""))
+    if value < minimum:
+        raise LogValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
+
+
+def check_seconds(owner: str, name: str, value: Any) -> None:
+    """``value`` is a finite number of seconds above 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(owner, name, value, "a number of seconds")
+    if not (math.isfinite(value) and value > 0):
+        raise LogValueError(f"{owner}.{name} must be a finite number of seconds > 0, got {value}")
+
+
+def check_str(owner: str, name: str, value: Any, *, optional: bool = True) -> None:
+    """``value`` is a non-empty string (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str):
+        raise _type_error(owner, name, value, "a string" + (" or None" if optional else ""))
+    if not value:
+        raise LogValueError(f"{owner}.{name} must not be empty")
+
+
+def check_path(owner: str, name: str, value: Any) -> str | None:
+    """``value`` is a path (a string or ``os.PathLike``) or None; returned as a string."""
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise _type_error(owner, name, value, "a path (str or pathlib.Path) or None")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise LogValueError(f"{owner}.{name} must be a non-empty path, got {value!r}")
+    return path
+
+
+def _post_init_next(config: Any, cls: type) -> None:
+    """Run the next ``__post_init__`` in ``config``'s MRO after ``cls``'s, if any (configs
+    combine in any order, so each calls the next)."""
+    post_init = getattr(super(cls, config), "__post_init__", None)
+    if post_init is not None:
+        post_init()
+
+
 # ------------------------------------------------------------------------------ configs
 @dataclass(kw_only=True)
 class AbstractTrainerConfig:
@@ -53,6 +117,13 @@ class AbstractTrainerConfig:
     backend: str | None = None
     """``torch.distributed`` backend when distlog starts the process group (default: nccl with
     CUDA, else gloo). Ignored when the group already exists."""
+
+    def __post_init__(self) -> None:
+        check_str("config", "project", self.project, optional=False)
+        check_str("config", "group", self.group)
+        check_str("config", "experiment", self.experiment, optional=False)
+        check_str("config", "backend", self.backend)
+        _post_init_next(self, AbstractTrainerConfig)
 
 
 @dataclass(kw_only=True)
@@ -67,6 +138,10 @@ class LoggingParameters:
     explicit ``run_dir`` is the run directory itself, under
     [Logger][distlog.Logger]'s rule (a new launch of a taken directory writes
     ``<run_dir>-2``; ``resume_from`` set continues it).
+
+    Every value is checked when the parameters are built: a LogTypeError or LogValueError
+    naming the field (``enabled="false"``, ``timeout=-1``, ``nonfinite="bogus"``...). A
+    ``pathlib.Path`` ``run_dir`` is kept as its string.
     """
 
     enabled: bool = True
@@ -79,14 +154,18 @@ class LoggingParameters:
     nonfinite: str = "warn"
 
     def __post_init__(self) -> None:
-        if isinstance(self.log_every_n_steps, bool) or not isinstance(self.log_every_n_steps, int):
-            raise TypeError(
-                "logging_parameters.log_every_n_steps must be an int, got "
-                f"{type(self.log_every_n_steps).__name__} {self.log_every_n_steps!r}"
-            )
-        if self.log_every_n_steps < 1:
-            raise ValueError(
-                f"logging_parameters.log_every_n_steps must be >= 1, got {self.log_every_n_steps}"
+        owner = "logging_parameters"
+        check_bool(owner, "enabled", self.enabled)
+        check_int(owner, "log_every_n_steps", self.log_every_n_steps, 1)
+        self.run_dir = check_path(owner, "run_dir", self.run_dir)
+        check_str(owner, "resume_from", self.resume_from)
+        check_bool(owner, "console", self.console)
+        check_bool(owner, "async_write", self.async_write)
+        check_seconds(owner, "timeout", self.timeout)
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise LogValueError(
+                f"{owner}.nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                f"got {self.nonfinite!r}"
             )
 
 
@@ -112,6 +191,38 @@ class WandbLoggingParameters(LoggingParameters):
     init_timeout: float = 90.0
     step_metric: str = "trainer/global_step"
     settings: dict[str, Any] = field(default_factory=dict)
+    """Extra ``wandb.Settings``; a key or value wandb rejects raises on every rank when the
+    trainer is built (wandb must be installed to check them)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = "logging_parameters"
+        for name in ("project", "entity", "group", "name", "id", "mode"):
+            check_str(owner, name, getattr(self, name))
+        self.dir = check_path(owner, "dir", self.dir)
+        if isinstance(self.tags, str | bytes) or not isinstance(self.tags, list | tuple):
+            raise LogTypeError(
+                f"{owner}.tags must be a list of strings, got {type(self.tags).__name__} "
+                f"{self.tags!r}"
+                + (
+                    f"; for one tag write tags=[{self.tags!r}]"
+                    if isinstance(self.tags, str)
+                    else ""
+                )
+            )
+        self.tags = list(self.tags)
+        bad = [t for t in self.tags if not isinstance(t, str) or not t]
+        if bad:
+            raise LogTypeError(f"{owner}.tags must hold non-empty strings, got {bad!r}")
+        if not isinstance(self.resume, str | bool):
+            raise _type_error(owner, "resume", self.resume, "a string ('allow', 'must', ...)")
+        check_seconds(owner, "init_timeout", self.init_timeout)
+        check_str(owner, "step_metric", self.step_metric, optional=False)
+        if not isinstance(self.settings, Mapping) or not all(
+            isinstance(k, str) for k in self.settings
+        ):
+            raise _type_error(owner, "settings", self.settings, "a dict of wandb setting names")
+        self.settings = dict(self.settings)
 
 
 @dataclass(kw_only=True)
@@ -127,10 +238,32 @@ class MlflowLoggingParameters(LoggingParameters):
     tags: dict[str, str] = field(default_factory=dict)
     init_timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = "logging_parameters"
+        for name in ("tracking_uri", "experiment", "run_name"):
+            check_str(owner, name, getattr(self, name))
+        if not isinstance(self.tags, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
+        ):
+            raise _type_error(owner, "tags", self.tags, "a dict of strings to strings")
+        self.tags = dict(self.tags)
+        check_seconds(owner, "init_timeout", self.init_timeout)
+
 
 @dataclass(kw_only=True)
 class LoggerConfigMixin(AbstractTrainerConfig):
     logging_parameters: LoggingParameters = field(default_factory=LoggingParameters)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.logging_parameters, LoggingParameters):
+            raise _type_error(
+                "config",
+                "logging_parameters",
+                self.logging_parameters,
+                "a LoggingParameters (or WandbLoggingParameters, MlflowLoggingParameters)",
+            )
+        _post_init_next(self, LoggerConfigMixin)
 
 
 @dataclass(kw_only=True)
@@ -456,11 +589,19 @@ class WandBLoggerMixin(LoggerMixin):
     config: WandBLoggerConfigMixin
 
     def __init__(self, config: WandBLoggerConfigMixin) -> None:
+        _one_tracker(self)
         params = getattr(config, "logging_parameters", None)
         if params is not None and getattr(params, "enabled", False):
+            # on every rank, before any collective: what rank 0 alone would trip over later
+            if not isinstance(params, WandbLoggingParameters):
+                raise LogTypeError(
+                    f"{type(self).__name__} (WandBLoggerMixin) needs "
+                    "logging_parameters=WandbLoggingParameters(...), got "
+                    f"{type(params).__name__} (derive the config from WandBLoggerConfigMixin)"
+                )
             from distlog.sinks.wandb import import_wandb
 
-            import_wandb()  # on every rank, before any collective
+            _check_wandb_settings(import_wandb(), params.settings)
         self.wandb_sink: Any = None
         super().__init__(config)
 
@@ -473,8 +614,8 @@ class WandBLoggerMixin(LoggerMixin):
         from distlog.sinks.wandb import WandbInitError, WandbSink
 
         params = self.logging_parameters
-        if not isinstance(params, WandbLoggingParameters):
-            raise TypeError(
+        if not isinstance(params, WandbLoggingParameters):  # checked on every rank in __init__
+            raise LogTypeError(
                 "WandBLoggerMixin needs logging_parameters=WandbLoggingParameters(...) "
                 "(derive the config from WandBLoggerConfigMixin)"
             )
@@ -518,8 +659,15 @@ class MLflowLoggerMixin(LoggerMixin):
     config: MLflowLoggerConfigMixin
 
     def __init__(self, config: MLflowLoggerConfigMixin) -> None:
+        _one_tracker(self)
         params = getattr(config, "logging_parameters", None)
         if params is not None and getattr(params, "enabled", False):
+            if not isinstance(params, MlflowLoggingParameters):  # on every rank
+                raise LogTypeError(
+                    f"{type(self).__name__} (MLflowLoggerMixin) needs "
+                    "logging_parameters=MlflowLoggingParameters(...), got "
+                    f"{type(params).__name__} (derive the config from MLflowLoggerConfigMixin)"
+                )
             from distlog.sinks.mlflow import import_mlflow
 
             import_mlflow()  # on every rank, before any collective
@@ -535,8 +683,8 @@ class MLflowLoggerMixin(LoggerMixin):
         from distlog.sinks.mlflow import MlflowInitError, MlflowSink
 
         params = self.logging_parameters
-        if not isinstance(params, MlflowLoggingParameters):
-            raise TypeError(
+        if not isinstance(params, MlflowLoggingParameters):  # checked on every rank in __init__
+            raise LogTypeError(
                 "MLflowLoggerMixin needs logging_parameters=MlflowLoggingParameters(...) "
                 "(derive the config from MLflowLoggerConfigMixin)"
             )
@@ -564,6 +712,33 @@ class MLflowLoggerMixin(LoggerMixin):
 
 _MLFLOW_ID_KEY = "mlflow_id"
 """Where ``run.json`` keeps the MLflow run of a distlog run."""
+
+
+def _one_tracker(trainer: Any) -> None:
+    """Refuse WandBLoggerMixin and MLflowLoggerMixin in one trainer, on every rank alike."""
+    if isinstance(trainer, WandBLoggerMixin) and isinstance(trainer, MLflowLoggerMixin):
+        raise LogTypeError(
+            f"{type(trainer).__name__} mixes in both WandBLoggerMixin and MLflowLoggerMixin, "
+            "which is not supported: a trainer has one logging_parameters, and the two "
+            "trackers' settings differ (tags is a list for wandb, a dict for MLflow). Use one "
+            "tracker mixin (TensorBoardLoggerMixin combines with either), and add the other "
+            "tracker's sink in make_sinks(): return [*super().make_sinks(), MlflowSink(...)]"
+        )
+
+
+def _check_wandb_settings(wandb: Any, settings: Mapping[str, Any]) -> None:
+    """``logging_parameters.settings`` as ``wandb.Settings`` takes them, or a LogValueError
+    naming what it rejected (checked on every rank, before any collective)."""
+    if not settings:
+        return
+    from distlog.sinks.wandb import settings_problem
+
+    try:
+        wandb.Settings(**settings)
+    except Exception as exc:  # pydantic's ValidationError
+        raise LogValueError(
+            f"logging_parameters.settings: wandb.Settings rejected {settings_problem(exc)}"
+        ) from exc
 
 
 # The wandb run of a run directory is the run's own id (``run.json``'s ``id``, the Logger's

@@ -60,9 +60,20 @@ class TensorBoardLoggerMixin(LoggerMixin):
         """The ``SummaryWriter`` on global rank 0 (None elsewhere), as in the seed's example.
 
         For what distlog does not log itself (graphs, embeddings, PR curves). Everything logged
-        through the mixin's ``log_*`` methods is already written to TensorBoard.
+        through the mixin's ``log_*`` methods is already written to TensorBoard. None too once
+        the logger is finished (``finish()``, or the end of ``fit()``), on every rank alike, so
+        the seed's guard ``if self.writer is None: return`` holds everywhere.
         """
-        return self.tensorboard_sink.writer if self.tensorboard_sink is not None else None
+        sink = self.tensorboard_sink
+        if sink is None:
+            return None
+        logger = getattr(self, "_distlog_logger", None)
+        if logger is not None and logger.closed:
+            return None
+        try:
+            return sink.writer
+        except RuntimeError:  # the sink was closed on its own
+            return None
 
     def make_sinks(self) -> list[Any]:
         """The base class's sinks plus TensorBoard (called on global rank 0 only)."""

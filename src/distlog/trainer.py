@@ -25,7 +25,7 @@ it when ``fit`` ends, normally (exit code 0) or not (exit code 1, no collective)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +34,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
-from distlog.errors import LogTypeError
+from distlog.errors import LogTypeError, LogValueError
 from distlog.lifecycle import exit_code_of
-from distlog.mixins import AbstractTrainer, AbstractTrainerConfig, LoggerMixin
+from distlog.mixins import (
+    AbstractTrainer,
+    AbstractTrainerConfig,
+    LoggerMixin,
+    check_bool,
+    check_int,
+)
 
 __all__ = ["BaseTrainer", "BaseTrainerConfig", "Callback"]
 
@@ -80,14 +86,30 @@ class BaseTrainerConfig(AbstractTrainerConfig):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
-                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+                raise LogValueError(
+                    f"config.{name} must be a non-negative int or None, got {value!r}"
+                )
         if self.max_steps is None and self.max_epochs is None:
             self.max_epochs = 1
-        if not isinstance(self.val_every_n_epochs, int) or self.val_every_n_epochs < 1:
-            raise ValueError(f"val_every_n_epochs must be >= 1, got {self.val_every_n_epochs!r}")
+        check_int("config", "val_every_n_epochs", self.val_every_n_epochs, 1)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise LogTypeError(
+                f"config.seed must be an int or None, got {type(self.seed).__name__} {self.seed!r}"
+            )
+        check_bool("config", "find_unused_parameters", self.find_unused_parameters)
+        if not isinstance(self.callbacks, list | tuple):
+            raise LogTypeError(
+                f"config.callbacks must be a list of Callback instances, got "
+                f"{type(self.callbacks).__name__}"
+            )
+        self.callbacks = list(self.callbacks)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+                raise LogTypeError(
+                    f"config.callbacks must hold Callback instances, got {type(cb).__name__}"
+                )
         post_init = getattr(super(), "__post_init__", None)
         if post_init is not None:
             post_init()
@@ -211,17 +233,27 @@ class BaseTrainer(AbstractTrainer):
         has_validation = type(self).validation_step is not BaseTrainer.validation_step
         val_loader = self._val_loader if has_validation else None
         self._call("on_fit_start")
-        max_epochs = config.max_epochs if config.max_epochs is not None else math.inf
+        max_epochs: float
+        if config.max_epochs is not None:
+            max_epochs = config.max_epochs
+        elif config.max_steps is None:  # a config whose __post_init__ skipped ours: one epoch
+            max_epochs = 1
+        else:
+            max_epochs = math.inf
         while self.current_epoch < max_epochs and not self._done():
             self._call("on_train_epoch_start")
             sampler = getattr(train_loader, "sampler", None)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.current_epoch)
             self.model.train()
+            batches = 0
             for batch_idx, batch in enumerate(train_loader):
+                batches += 1
                 self._train_batch(batch, batch_idx)
                 if self._done():
                     break
+            if batches == 0:
+                self._empty_epoch(train_loader)
             self.on_train_epoch_end()
             self._call("on_train_epoch_end")
             if val_loader is not None and (self.current_epoch + 1) % config.val_every_n_epochs == 0:
@@ -267,6 +299,29 @@ class BaseTrainer(AbstractTrainer):
             self.flush_logs()
 
     # -- helpers --------------------------------------------------------------------------
+    def _empty_epoch(self, loader: Any) -> None:
+        """An epoch yielded no batch: training would stand still (with ``max_steps``, forever)."""
+        config = self.config
+        if isinstance(loader, Iterator):
+            why = (
+                f"the training data is a one-shot iterator ({type(loader).__name__}), exhausted "
+                "after its first pass: return a DataLoader or another re-iterable object from "
+                "train_dataloader"
+            )
+        else:
+            size = len(loader) if hasattr(loader, "__len__") else None
+            why = (
+                f"the training data ({type(loader).__name__}"
+                + (f" of {size} batches" if size is not None else "")
+                + ") is empty on this rank (drop_last=True with fewer samples than batch_size, "
+                "or fewer than world_size x batch_size with a DistributedSampler?)"
+            )
+        raise RuntimeError(
+            f"epoch {self.current_epoch} yielded no batches on rank {self.world.rank} at "
+            f"global_step {self.global_step} (max_steps={config.max_steps}, "
+            f"max_epochs={config.max_epochs}): {why}. Stopping instead of looping over nothing."
+        )
+
     def _done(self) -> bool:
         return self.config.max_steps is not None and self.global_step >= self.config.max_steps
 

@@ -414,8 +414,9 @@ class Exchange:
             work.wait(self._mark_after)
             return
         except RuntimeError:
-            if work.is_completed():
-                raise  # the collective itself failed
+            if work.is_completed():  # it failed, or it completed right after the moment ran out
+                work.wait()  # returns, or raises what failed it
+                return
         self._mark_arrival()
         work.wait()
 

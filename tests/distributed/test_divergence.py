@@ -236,3 +236,22 @@ def test_a_rank_that_constructs_its_logger_late_gives_a_named_error_on_both(tmp_
     for rank, message in enumerate(messages):
         assert "building distlog's control group over global ranks [0, 1]" in message, message
         assert f"on rank {rank}" in message, message
+
+
+def flushes_around_the_arrival_moment(rank: int, tmp: str):
+    """Rank 1 comes to every flush about when rank 0's arrival moment (timeout / 8) runs out."""
+    logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=0.8, handle_signals=False)
+    for step in range(60):  # rank 1 arrives from 5 ms before to 10 ms after it, by 0.5 ms
+        logger.log_scalar("x", float(rank))
+        if rank == 1:
+            time.sleep(0.1 + (step % 30 - 10) * 0.0005)
+        logger.flush(step)
+    logger.finish()
+
+
+def test_a_collective_completing_as_the_arrival_moment_runs_out_is_no_error(tmp_path):
+    """The short wait after which a rank marks its arrival can run out just as the collective
+    completes; that was raised as the flush's failure ('Operation timed out!')."""
+    run_ranks(flushes_around_the_arrival_moment, 2, str(tmp_path), timeout=120)
+    rows = distlog.read_metrics(tmp_path)
+    assert [r["x"] for r in rows] == [0.5] * 60

@@ -428,25 +428,27 @@ class Exchange:
             return None
         return store, f"distlog/{self.world.group_ranks}/{self.flush_count}/"
 
-    def _mark_arrival(self) -> None:
+    def _mark_arrival(self) -> tuple[Any, str] | None:
+        """Mark this rank's arrival at this flush in the job's store (best effort: the store
+        only serves to name missing ranks); the store and the prefix, or None."""
         found = self._arrivals()
         if found is not None:
             store, prefix = found
             try:
                 store.set(prefix + str(self.world.rank), "1")
             except Exception:
-                pass  # best effort: the store is only used to name missing ranks
+                return None
+        return found
 
     def _missing_ranks(self) -> list[int]:
         """Best effort: ranks that did not mark their arrival in the job's store. A rank that
         reached the flush marked it after waiting a moment (``_wait``); the ones that are
         still coming get the same moment, twice, to mark it."""
-        found = self._arrivals()
+        found = self._mark_arrival()
         if found is None:
             return []
         store, prefix = found
         try:
-            store.set(prefix + str(self.world.rank), "1")
             time.sleep(min(2.0, self.timeout / 4))
             return [r for r in self.world.group_ranks if not store.check([prefix + str(r)])]
         except Exception:

@@ -165,16 +165,14 @@ class Logger:
         given = list(sinks) if sinks is not None else []
         self.run_dir, resume = self._claim_run_dir(run_dir, resume, default=sinks is None)
         self._writer: WriterThread | None = None
+        opened = self._open_run_dir(given, resume) if self.world.is_global_zero else None
+        self._agree_run_dir_opened(opened)
         if self.world.is_global_zero:
-            if self.run_dir is not None and not any(isinstance(s, JsonlSink) for s in given):
-                given.insert(0, JsonlSink(self.run_dir))
             if console:
                 given.append(ConsoleSink())
             self.sinks[:] = given
             if async_write:
                 self._writer = WriterThread(queue_size)
-            if self.run_dir is not None:
-                self._start_run(resume)
         signals: Iterable[int] = ()
         if self.world.is_global_zero and handle_signals is not False:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
@@ -255,6 +253,46 @@ class Logger:
                 stacklevel=3,
             )
         return path, bool(choice[1])
+
+    def _open_run_dir(self, given: list[Sink], resume: bool) -> str | None:
+        """On the writer: open ``metrics.jsonl`` (unless a JsonlSink was given) and record
+        this start in ``run.json``. Returns what failed, for every rank to raise (see
+        [_agree_run_dir_opened][distlog.logger.Logger._agree_run_dir_opened]), else None."""
+        if self.run_dir is None:
+            return None
+        opened: list[Sink] = []
+        try:
+            if not any(isinstance(s, JsonlSink) for s in given):
+                opened.append(JsonlSink(self.run_dir))
+            self._start_run(resume)
+        except DistlogError as exc:
+            error = str(exc)
+        except OSError as exc:  # metrics.jsonl or run.json not writable, disk full, ...
+            error = f"run_dir {self.run_dir}: {exc}"
+        else:
+            given[:0] = opened
+            return None
+        for sink in opened:
+            sink.close()
+        return error
+
+    def _agree_run_dir_opened(self, error: str | None) -> None:
+        """Every rank raises [RunDirError][distlog.RunDirError] if the writer could not open
+        the run directory it claimed (its lock held elsewhere, ``metrics.jsonl`` not
+        writable): the other ranks would otherwise train on and wait for it at their first
+        flush until the timeout. One small collective, only where there is a run directory."""
+        group = self._agg.control_group
+        if self.run_dir is not None and group is not None:
+            try:
+                sent = groups.all_gather_json(error, group)
+            except RuntimeError as exc:  # the writer died opening it: gloo's timeout
+                raise groups.not_all_constructed(
+                    "opening the run directory",
+                    self.world.group_ranks, self.world.rank, self._agg.timeout, exc,
+                ) from exc  # fmt: skip
+            error = sent[self.world.group_ranks.index(0)]
+        if error is not None:
+            raise RunDirError(error)
 
     def _start_run(self, resume: bool | str) -> None:
         """Record this start in ``run.json``; on a resume, find the last step already written."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,39 @@ def test_another_tools_directory_is_refused_on_every_rank(tmp_path):
     errors = run_ranks(_foreign, 2, str(foreign), timeout=90)
     assert all("not a distlog run file" in e and str(foreign) in e for e in errors), errors
     assert not (Path(foreign) / "metrics.jsonl").exists()
+
+
+def _resume_unwritable(rank: int, run_dir: str) -> tuple[str, float]:
+    start = time.monotonic()
+    try:
+        logger = distlog.Logger(run_dir=run_dir, resume=True, timeout=60, handle_signals=False)
+    except distlog.RunDirError as exc:
+        return str(exc), time.monotonic() - start
+    logger.log_scalar("x", 1.0)
+    try:
+        logger.flush(step=5)  # before: rank 1 got here and waited for rank 0 until the timeout
+    except distlog.RankDivergenceError as exc:
+        return f"no RunDirError; then {exc}", time.monotonic() - start
+    return "no error", time.monotonic() - start
+
+
+def test_a_run_directory_the_writer_cannot_open_is_an_error_on_every_rank(tmp_path):
+    """Rank 0 claims the directory, then cannot open metrics.jsonl (here a link into a
+    filesystem that is gone; a read-only file or a full disk alike): every rank raises at
+    construction, naming it. Before, only rank 0 raised (an unwrapped FileNotFoundError) and
+    rank 1 trained on, waiting for rank 0 at its first flush until the timeout."""
+    run_dir = tmp_path / "exp"
+    run_ranks(_launch, 2, str(run_dir), 1.0)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.unlink()
+    metrics.symlink_to(tmp_path / "unmounted" / "metrics.jsonl")
+    results = run_ranks(_resume_unwritable, 2, str(run_dir), timeout=120)
+    for message, took in results:
+        assert "metrics.jsonl" in message and str(run_dir) in message, message
+        assert not message.startswith("no "), message
+        assert took < 50, took  # well inside the 60 s timeout: nobody waited for it
+    info = distlog.read_run_info(run_dir)
+    assert len(info["starts"]) == 1  # the failed launch recorded no start
 
 
 LAUNCH_JOB = """

@@ -78,7 +78,7 @@ def _loop(rank: int, run_root: str, system: bool) -> dict:
     if rank == 1:
         hog = np.ones(300 * 1024 * 1024 // 8)  # 300 MiB, every page touched
     rows, counts, last = [], [], []
-    for step in range(3):
+    for step in range(4):
         logger.log_scalar("train/loss", float(rank + step))
         if system:
             logger.system.count(samples=4 * (rank + 1), tokens=100 * (rank + 1))
@@ -96,9 +96,11 @@ def _loop(rank: int, run_root: str, system: bool) -> dict:
 @pytest.mark.slow
 def test_two_ranks_name_the_memory_hog_and_add_no_collective(tmp_path):
     off, on = zip(*run_ranks(_job, 2, str(tmp_path), timeout=120), strict=True)
-    # Steady flushes (after the first, which agrees on the new keys) cost the same with and
-    # without system metrics: the values ride the one fused exchange.
-    assert [r["counts"][1:] for r in on] == [r["counts"][1:] for r in off]
+    # Steady flushes cost the same with and without system metrics: the values ride the one
+    # fused exchange. (The first agrees on the new keys; with system metrics the second too:
+    # step_time_s and data_wait_s are first logged there, once a start step is known.)
+    assert [r["counts"][2:] for r in on] == [r["counts"][2:] for r in off]
+    assert all(c == 1 for r in on for c in r["counts"][2:])
     row = on[0]["rows"][-1]
     per_rank = [on[r]["last"][-1] for r in range(2)]
     for key in BASE:
@@ -157,7 +159,32 @@ def test_the_step_time_names_the_straggler(tmp_path):
         assert r["system/step_time_s/rank_min"] < 0.06 < r["system/step_time_s/rank_max"]
 
 
-def test_the_first_step_time_of_a_resumed_run_counts_from_its_last_written_step(tmp_path):
+def test_the_first_row_has_a_step_time_only_from_a_known_start(tmp_path):
+    """The first flush's step count was taken from the previous step -1: a loop counting
+    finished steps (flush at 2 after 2 steps) got 3, a job restored at step 6 that flushed at
+    8 got 9 (0.05 s written for a 0.2 s step), and the time included the setup."""
+    logger = distlog.Logger(run_dir=tmp_path / "a", system_metrics=True, async_write=False)
+    time.sleep(0.02)
+    first = logger.flush(step=2, block=True)
+    time.sleep(0.02)
+    second = logger.flush(step=4, block=True)
+    logger.finish()
+    assert first is not None and "system/step_time_s" not in first
+    assert "system/rss_mib" in first
+    assert second is not None and 0.01 <= second["system/step_time_s"] < 0.02
+    # with start(), the first row counts from the step and time it was given
+    logger = distlog.Logger(run_dir=tmp_path / "b", system_metrics=True, async_write=False)
+    time.sleep(0.05)  # setup: not counted
+    logger.system.start(6)
+    time.sleep(0.04)
+    row = logger.flush(step=8, block=True)
+    logger.finish()
+    assert row is not None and 0.02 <= row["system/step_time_s"] < 0.045
+    with pytest.raises(distlog.LogValueError, match="start"):
+        logger.system.start(-1)
+
+
+def test_a_resumed_run_counts_from_the_step_start_was_given(tmp_path):
     """Resumed at step 1000, the first flush divided the time since the logger was built by
     1001 steps (0.2 ms against a 20 ms step)."""
     first = distlog.Logger(run_dir=tmp_path, async_write=False)
@@ -166,6 +193,7 @@ def test_the_first_step_time_of_a_resumed_run_counts_from_its_last_written_step(
     first.finish()
     logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False, resume=True)
     assert logger.resumed_after == 1000
+    logger.system.start(1000)
     time.sleep(0.02)
     row = logger.flush(step=1001, block=True)
     logger.finish()

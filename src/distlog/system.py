@@ -13,7 +13,7 @@ Keys (all under ``system/``; each also gets ``/rank_min``, ``/rank_max``, ``/ran
 
 | key | per rank | across ranks |
 |---|---|---|
-| ``step_time_s`` | wall time from the end of the previous flush / steps advanced | mean |
+| ``step_time_s`` | wall time from the end of the previous flush (or ``start()``) / steps advanced | mean |
 | ``rss_mib`` | resident memory of the process | mean |
 | ``cpu_pct`` | CPU time of the process / wall time, in % (100 = one core busy) | mean |
 | ``data_wait_s`` | time per step spent waiting for data (when the loop reports it) | mean |
@@ -51,9 +51,6 @@ class _LogsScalars(Protocol):
 
     @property
     def step(self) -> int: ...
-
-    @property
-    def resumed_after(self) -> int | None: ...
 
     def log_scalar(
         self,
@@ -130,6 +127,7 @@ class SystemMetrics:
         self._counting_samples = False
         self._counting_tokens = False
         self._timing_data = False
+        self._start_step: int | None = None  # set by start(): the next sample counts from it
         self._flops_per_step: float | None = None
         self._peak_flops: float | None = None
         self._nvml = importlib.util.find_spec("pynvml") is not None
@@ -193,6 +191,24 @@ class SystemMetrics:
         self._flops_per_step = float(flops_per_step)
         self._peak_flops = float(peak_flops)
 
+    def start(self, step: int) -> None:
+        """Mark the start of the loop at ``step``: the next flush's ``step_time_s`` (and
+        ``data_wait_s``, ``mfu``, the rates) count from here and from this step.
+
+        Without it the first flush has no known starting point (a loop may count from 0 or 1,
+        a restored job from its checkpoint's step, and the time since the Logger was built
+        holds the setup): its row carries no ``step_time_s``, ``data_wait_s`` or ``mfu``, and
+        the later rows do. The Lightning and Hugging Face callbacks call it when training
+        starts, with the Trainer's global step.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise LogValueError(f"system.start(step) takes an int >= 0, got {step!r}")
+        now = time.perf_counter()
+        self._t_last = self._t_flushed = now
+        self._cpu_last = time.process_time()
+        self._samples = self._tokens = self._wait = 0.0
+        self._start_step = step
+
     # ------------------------------------------------------------------ at each flush
     def sample(self, step: Any = None) -> dict[str, float]:
         """Read this rank's values and log them under ``system/``; called by the flush.
@@ -206,15 +222,13 @@ class SystemMetrics:
         # The loop's own time: the previous flush's wait for the other ranks left out, or every
         # rank would show the slowest one's time and rank_argmax would name a rank at random.
         busy = max(now - self._t_flushed, 1e-9)
-        prev = self._logger.step
-        target = prev + 1 if step is None else step
-        resumed = self._logger.resumed_after
-        if prev < 0 and step is not None and resumed is not None:
-            # The first flush of a resumed run: the steps run since the logger was built are
-            # those after the last one written, not the whole restored step.
-            prev = resumed
+        last = self._logger.step
+        target = last + 1 if step is None else step
+        # Counted from start()'s step, else from the previous flush's; before the first flush
+        # and without start() the steps run are unknown (-1 is no step), so none are counted.
+        prev = self._start_step if self._start_step is not None else last
         try:
-            advanced = operator.index(target) - prev
+            advanced = operator.index(target) - prev if prev >= 0 else 0
         except TypeError:  # a bad step: the flush itself raises on it
             advanced = 0
         values: dict[str, float] = {}
@@ -234,6 +248,7 @@ class SystemMetrics:
             values["mfu"] = self._flops_per_step / (values["step_time_s"] * self._peak_flops)
         self._t_last, self._cpu_last = now, cpu
         self._samples = self._tokens = self._wait = 0.0
+        self._start_step = None
         log = self._logger.log_scalar
         for key, value in values.items():
             log(PREFIX + key, value, spread=True)

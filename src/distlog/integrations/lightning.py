@@ -255,6 +255,8 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
     # ------------------------------------------------------------------ flushes
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._monitored = _monitored_keys(trainer)  # the schedulers exist by now
+        if self._logger is not None and self._logger.system is not None:
+            self._logger.system.start(trainer.global_step)  # a restored job's step included
 
     def _evaluating(self, trainer: pl.Trainer, loaders: Any, dataloader_idx: int) -> None:
         several = isinstance(loaders, list | tuple) and len(loaders) > 1

@@ -90,6 +90,8 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         logger = self._open()
+        if logger.system is not None:
+            logger.system.start(int(state.global_step))  # a restored job's step included
         if self._log_config and hasattr(args, "to_dict"):
             logger.log_config(args.to_dict())
 

@@ -132,3 +132,78 @@ def test_the_lightning_logger_reports_the_directory_it_writes(tmp_path):
     second.log_metrics({"a": 2.0}, step=0)
     second.finalize("success")
     assert rows(tmp_path / "run-2") == [{"step": 0, "a": 2.0}]
+
+
+class EpochModule(Module):
+    """Logs with Lightning's on_step/on_epoch combinations and in the epoch hooks."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("t/epoch", torch.tensor(float(batch_idx)), on_step=False, on_epoch=True)
+        self.log("t/both", float(batch_idx), on_epoch=True, batch_size=batch_idx + 1)
+        self.log("t/step", 1.0)  # training_step's default: on_step only
+        return self.net(batch[0]).pow(2).mean()
+
+    def on_train_epoch_start(self) -> None:
+        self.log("t/start", 5.0 + self.current_epoch)  # an epoch hook's default: on_epoch
+
+    def on_train_epoch_end(self) -> None:  # Lightning runs it after the callbacks' own
+        self.log("t/end", float(self.current_epoch), reduce_fx="sum")
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.log("val/both", 2.0 + batch_idx, on_step=True, on_epoch=True)
+        self.log("val/x", 1.0)
+
+
+def test_on_step_and_on_epoch_keep_lightnings_meaning_and_names(tmp_path):
+    """An on_epoch training value is one value per epoch, written at the epoch's last step with
+    what the module's own on_train_epoch_end logged; on_step and on_epoch together are
+    ``name_step`` and ``name_epoch``, as Lightning's loggers get them."""
+    run = trainer(
+        tmp_path, DistlogCallback(run_dir=tmp_path / "run"), max_epochs=2, max_steps=-1,
+        log_every_n_steps=3,
+    )  # fmt: skip
+    run.fit(EpochModule(), data())  # 4 steps an epoch, validation after each
+    both_epoch = (0 * 1 + 1 * 2 + 2 * 3 + 3 * 4) / (1 + 2 + 3 + 4)  # weighted by batch_size
+    epoch = {"t/epoch": 1.5, "t/both_epoch": both_epoch}
+    want = [
+        {"step": 3, "t/step": 1.0, "t/both_step": (0 + 2 + 6) / 6},
+        {"step": 4, "t/step": 1.0, "t/both_step": 3.0, "val/both_epoch": 2.5, "val/x": 1.0},
+        {"step": 4, **epoch, "t/start": 5.0, "t/end": 0.0},
+        {"step": 6, "t/step": 1.0, "t/both_step": 2 / 3},
+        {"step": 8, "t/step": 1.0, "t/both_step": 18 / 7, "val/both_epoch": 2.5, "val/x": 1.0},
+        {"step": 8, **epoch, "t/start": 6.0, "t/end": 1.0},
+    ]
+    got = rows(tmp_path / "run")
+    assert [sorted(r) for r in got] == [sorted(r) for r in want], got
+    for mine, ref in zip(got, want, strict=True):
+        assert mine == pytest.approx(ref)
+
+
+def test_a_call_lightning_would_refuse_is_refused(tmp_path):
+    class Useless(Module):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            self.log("x", 1.0, on_step=False, on_epoch=False)
+            return self.net(batch[0]).pow(2).mean()
+
+    with pytest.raises(distlog.LogValueError, match="on_step=False, on_epoch=False"):
+        trainer(tmp_path, DistlogCallback(run_dir=tmp_path / "run")).fit(Useless(), data())
+
+
+def test_an_epoch_value_folds_tensors_where_they_are():
+    """A device tensor's running value stays a tensor (no host sync until the flush); min and
+    max let a NaN win, as torch.minimum/maximum do."""
+    from distlog.integrations.lightning import _EpochValue
+
+    mean = _EpochValue("mean", spread=False)
+    for value, weight in ((torch.tensor(1.0), 1), (3.0, 3), (torch.tensor(2.0), 2)):
+        mean.add(value, weight)
+    value, weight = mean.result()
+    assert isinstance(value, torch.Tensor) and float(value) == pytest.approx(14 / 6) and weight == 6
+    low = _EpochValue("min", spread=False)
+    for value in (4.0, torch.tensor(-1.0), 2.0):
+        low.add(value, 1)
+    assert low.result() == (torch.tensor(-1.0), None)
+    high = _EpochValue("max", spread=False)
+    for value in (1.0, float("nan"), 2.0):
+        high.add(value, 1)
+    assert high.result()[0] != high.result()[0]

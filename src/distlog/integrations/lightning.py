@@ -4,10 +4,12 @@
 the callback builds a [Logger][distlog.Logger] at ``setup`` and wraps the module's ``log`` (so
 ``log_dict`` too): each value still goes to Lightning (progress bar, callback metrics,
 checkpoint monitors) and is also buffered by distlog with the reduction Lightning was given.
-At every ``log_every_n_steps`` optimizer step and at the end of each validation or test run the
-callback flushes: every key is reduced over the buffered calls and over the ranks that logged
-it, in one exchange, with no per-key collective and no barrier. Global rank 0 writes the row at
-``trainer.global_step``.
+At every ``log_every_n_steps`` optimizer step, at the end of each validation or test run and
+at the end of each training epoch the callback flushes: every key is reduced over the buffered
+calls and over the ranks that logged it, in one exchange, with no per-key collective and no
+barrier. Global rank 0 writes the row at ``trainer.global_step``. ``on_step``/``on_epoch`` keep
+Lightning's meaning: a training value logged with ``on_epoch=True`` is accumulated over the
+epoch and written once, in the epoch's row.
 
 [DistlogLightningLogger][distlog.integrations.lightning.DistlogLightningLogger] is the other
 way in: a Lightning ``Logger`` that writes what Lightning already reduced (rank 0's values, or
@@ -17,6 +19,7 @@ way in: a Lightning ``Logger`` that writes what Lightning already reduced (rank 
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import re
 import warnings
@@ -31,7 +34,9 @@ import torch.distributed as dist
 from distlog.errors import LogValueError
 from distlog.integrations.common import OwnLoggerPerProcess, SinksArg, make_logger
 from distlog.integrations.versions import require
+from distlog.keys import check_key
 from distlog.logger import Logger
+from distlog.values import as_float, plain_tensor
 from distlog.world import World
 
 require("lightning.pytorch", "lightning", "lightning", "2.4", "3")
@@ -48,6 +53,27 @@ __all__ = ["DistlogCallback", "DistlogLightningLogger", "reduction_of"]
 _LOG_POSITION = {
     name: i for i, name in enumerate(list(inspect.signature(pl.LightningModule.log).parameters)[3:])
 }
+
+
+def _lightning_default_levels() -> dict[str, tuple[bool, bool]]:
+    """Lightning's default ``(on_step, on_epoch)`` for each hook that may log, read from the
+    installed Lightning (empty if it keeps them elsewhere: ``_levels`` then uses its rule)."""
+    try:
+        from lightning.pytorch.trainer.connectors.logger_connector.fx_validator import (
+            _FxValidator,
+        )
+
+        return {
+            fx: (bool(options["default_on_step"]), bool(options["default_on_epoch"]))
+            for fx, options in _FxValidator.functions.items()
+            if options
+        }
+    except (ImportError, AttributeError, KeyError, TypeError):  # pragma: no cover
+        return {}
+
+
+_DEFAULT_LEVELS = _lightning_default_levels()
+_RUN_START_HOOKS = ("on_train_start", "on_validation_start", "on_test_start")
 
 _BY_NAME = {"mean": "mean", "avg": "mean", "sum": "sum", "min": "min", "max": "max"}
 _BY_FUNCTION: dict[Any, str] = {
@@ -115,8 +141,12 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
     nothing is recorded (Lightning discards those values too). A ``mean`` is weighted by the
     ``batch_size=`` given to ``self.log`` when one is given, else every call counts once.
     Values logged in the module's own ``on_train_batch_end`` (which Lightning runs after the
-    callbacks') land in the next row. The module reaches the Logger as ``self.distlog``, the
-    callback as ``callback.logger``.
+    callbacks') land in the next row. ``on_step``/``on_epoch`` (and their defaults for the hook
+    that logs) mean what they mean to Lightning: a training value with ``on_epoch=True`` is kept
+    per rank over the epoch and written once, reduced over every call of every rank, in a row at
+    the epoch's last step that also holds what the module logs in its ``on_train_epoch_end``;
+    with both, the keys are ``name_step`` and ``name_epoch``. The module reaches the Logger as
+    ``self.distlog``, the callback as ``callback.logger``.
     """
 
     def __init__(
@@ -157,6 +187,10 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         # "/dataloader_idx_N" while an evaluation loop with several dataloaders runs one, as
         # Lightning names such keys itself (two validation sets are never averaged together).
         self._dataloader_suffix = ""
+        # This rank's running value of each training key logged with on_epoch=True, and the
+        # step the epoch that still has to write them ended on.
+        self._epoch: dict[str, _EpochValue] = {}
+        self._epoch_end_step: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a spawned process (ddp_spawn): the module and Trainer stay behind too.
@@ -180,6 +214,8 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
             )
             self._stage = stage
             self._last_flushed = -1
+            self._epoch = {}
+            self._epoch_end_step = None
         self._monitored = None  # callbacks and schedulers may differ between stages
         self._wrap(trainer, pl_module)
 
@@ -200,15 +236,25 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
             reduce = reduction_of(name, _arg(args, kwargs, "reduce_fx", "mean"))
             trainer = callback._trainer
             if callback._dataloader_suffix and _arg(args, kwargs, "add_dataloader_idx", True):
-                key = name + callback._dataloader_suffix
+                suffix = callback._dataloader_suffix
             else:
-                key = name
+                suffix = ""
             ours = isinstance(value, torch.Tensor | numbers.Number)
-            if not ours or callback._forward(trainer, key, _arg(args, kwargs, "prog_bar", False)):
+            prog_bar = _arg(args, kwargs, "prog_bar", False)
+            if not ours or callback._forward(trainer, name + suffix, prog_bar):
                 original(name, value, *args, **kwargs)
             if trainer.sanity_checking or _arg(args, kwargs, "logger", None) is False:
                 return
-            callback._record(key, value, reduce, _arg(args, kwargs, "batch_size", None))
+            on_step, on_epoch = _levels(
+                getattr(module, "_current_fx_name", None),
+                bool(trainer.training),
+                _arg(args, kwargs, "on_step", None),
+                _arg(args, kwargs, "on_epoch", None),
+            )
+            callback._record(
+                name, suffix, value, reduce, _arg(args, kwargs, "batch_size", None),
+                on_step=on_step, on_epoch=on_epoch, training=bool(trainer.training),
+            )  # fmt: skip
 
         module.log = log  # type: ignore[method-assign]
 
@@ -233,24 +279,71 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
             self._monitored = _monitored_keys(trainer)
         return name in self._monitored
 
-    def _record(self, name: str, value: Any, reduce: str, batch_size: Any) -> None:
+    def _record(
+        self, name: str, suffix: str, value: Any, reduce: str, batch_size: Any, *,
+        on_step: bool, on_epoch: bool, training: bool,
+    ) -> None:  # fmt: skip
+        """Buffer one ``self.log`` call under the key(s) Lightning's loggers would get.
+
+        In training, ``on_step`` values go to the Logger (the next log step's row) and
+        ``on_epoch`` values to this rank's running value for the epoch, handed to the Logger
+        at the epoch's end; with both, the keys are ``name_step`` and ``name_epoch`` as
+        Lightning names them. In validation and test every value is reduced over the run,
+        Lightning's epoch value (``name_epoch`` when ``on_step`` is also given).
+        """
         if not isinstance(value, torch.Tensor | numbers.Number):
-            if name in self._warned:
+            if name + suffix in self._warned:
                 return
-            self._warned.add(name)
+            self._warned.add(name + suffix)
             warnings.warn(
-                f"distlog: self.log({name!r}, <{type(value).__name__}>) is left to Lightning "
-                "(distlog reduces numbers and tensors); log a torchmetrics Metric with "
-                "self.distlog.log_metrics(...)",
+                f"distlog: self.log({name + suffix!r}, <{type(value).__name__}>) is left to "
+                "Lightning (distlog reduces numbers and tensors); log a torchmetrics Metric "
+                "with self.distlog.log_metrics(...)",
                 stacklevel=3,
             )
+            return
+        if not (on_step or on_epoch):  # as Lightning says when it sees the call
+            raise LogValueError(f"self.log({name!r}, on_step=False, on_epoch=False) is not useful")
+        if self._logger is None or self._logger.closed:
             return
         if isinstance(value, torch.Tensor) and value.requires_grad:
             value = value.detach()  # as Lightning does: a buffered value must not hold the graph
         weight = batch_size if reduce == "mean" and isinstance(batch_size, int) else None
-        spread = self._spread_all or name in self._spread
-        if self._logger is not None and not self._logger.closed:
-            self._logger.log_scalar(name, value, reduce, weight=weight, spread=spread)
+        spread = self._spread_all or name in self._spread or name + suffix in self._spread
+        both = on_step and on_epoch
+        if training and on_epoch:
+            key = (name + "_epoch" if both else name) + suffix
+            self._epoch_value(key, value, reduce, weight, spread)
+        if training and not on_step:
+            return
+        key = (name + ("_step" if training else "_epoch") if both else name) + suffix
+        self._logger.log_scalar(
+            key, value, reduce, weight=weight, spread=spread or key in self._spread
+        )
+
+    def _epoch_value(
+        self, key: str, value: Any, reduce: str, weight: int | None, spread: bool
+    ) -> None:
+        """Fold one training call into this rank's value of ``key`` for the epoch (a tensor
+        stays on its device: no host sync), checked now as the Logger would check it."""
+        running = self._epoch.get(key)
+        if running is None:
+            check_key(key)
+            running = self._epoch[key] = _EpochValue(reduce, spread or key in self._spread)
+        elif running.reduce != reduce:
+            raise LogValueError(
+                f"self.log({key!r}, ..., reduce_fx={reduce!r}) after reduce_fx="
+                f"{running.reduce!r} in the same epoch: log a key with one reduction"
+            )
+        if isinstance(value, torch.Tensor):
+            value = plain_tensor(key, value).reshape(())
+            if value.device.type == "cpu":
+                value = float(value.item())  # no device to wait for
+            elif value.dtype != torch.float64:
+                value = value.float()
+        else:
+            value = as_float(key, value)
+        running.add(value, 1 if weight is None else weight)
 
     # ------------------------------------------------------------------ flushes
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -292,6 +385,37 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         if step > 0 and step % every == 0 and step != self._last_flushed:
             self._flush(step)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning runs this before the module's own on_train_epoch_end (whose values belong to
+        # this epoch's row too): the row is written at the next epoch's start or at on_train_end,
+        # at the step this epoch ended on.
+        self._epoch_end_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush_epoch(trainer)
+
+    def _flush_epoch(self, trainer: pl.Trainer) -> None:
+        """Write the epoch row that ended at ``_epoch_end_step``: every rank's value of each
+        ``on_epoch`` key, weighted so that the cross-rank reduction is the reduction over
+        every call of every rank. The ranks agree first whether any of them has one (a key
+        only some ranks log still gets its row; no epoch keys at all: no row, no flush)."""
+        step, self._epoch_end_step = self._epoch_end_step, None
+        if step is None:
+            return
+        epoch, self._epoch = self._epoch, {}
+        if not trainer.strategy.reduce_boolean_decision(bool(epoch), all=False):
+            return
+        if self._logger is None or self._logger.closed:
+            return
+        for key, running in epoch.items():
+            value, weight = running.result()
+            spread = running.spread
+            self._logger.log_scalar(key, value, running.reduce, weight=weight, spread=spread)
+        self._flush(step)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._flush(trainer.global_step)
@@ -318,6 +442,58 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         if self._logger is not None:
             self._logger.finish(exit_code=_exit_code(exception) or 1)
         self._unwrap()
+
+
+class _EpochValue:
+    """One rank's running value of a training key logged with ``on_epoch=True``: the weighted
+    sum and the weight (``mean``), the sum, or the extreme, as a float or a device tensor."""
+
+    __slots__ = ("reduce", "spread", "total", "weight")
+
+    def __init__(self, reduce: str, spread: bool) -> None:
+        self.reduce = reduce
+        self.spread = spread
+        self.total: Any = None
+        self.weight = 0
+
+    def add(self, value: Any, weight: int) -> None:
+        total = self.total
+        if self.reduce == "mean":
+            value = value * weight
+            self.weight += weight
+        if total is None:
+            self.total = value
+        elif self.reduce in ("mean", "sum"):
+            self.total = total + value
+        elif isinstance(total, torch.Tensor) or isinstance(value, torch.Tensor):
+            device = (total if isinstance(total, torch.Tensor) else value).device
+            pair = torch.as_tensor(total, device=device), torch.as_tensor(value, device=device)
+            self.total = torch.minimum(*pair) if self.reduce == "min" else torch.maximum(*pair)
+        elif math.isnan(total) or math.isnan(value):
+            self.total = math.nan  # as torch.minimum/maximum: a NaN wins
+        else:
+            self.total = min(total, value) if self.reduce == "min" else max(total, value)
+
+    def result(self) -> tuple[Any, int | None]:
+        """The value and weight to log: a mean over this rank's calls with their total weight
+        (the Logger's weighted mean over the ranks is then the mean over every call)."""
+        if self.reduce != "mean":
+            return self.total, None
+        return (self.total / self.weight if self.weight else self.total), self.weight
+
+
+def _levels(fx: str | None, training: bool, on_step: Any, on_epoch: Any) -> tuple[bool, bool]:
+    """``on_step``/``on_epoch`` as Lightning resolves them for the hook ``fx`` that logs: given
+    ones as they are, the others by the hook's defaults (``training_step`` and the batch hooks of
+    training: per step; epoch hooks, validation and test: per epoch)."""
+    default = _DEFAULT_LEVELS.get(fx or "")
+    if default is None:
+        epoch_hook = fx is not None and ("epoch" in fx or fx in _RUN_START_HOOKS)
+        default = (True, False) if training and not epoch_hook else (False, True)
+    return (
+        default[0] if on_step is None else bool(on_step),
+        default[1] if on_epoch is None else bool(on_epoch),
+    )
 
 
 def _monitored_keys(trainer: pl.Trainer) -> set[str]:

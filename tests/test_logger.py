@@ -90,6 +90,17 @@ def test_accepted_value_types(tmp_path, value):
         (lambda L: L.log_dict({"k": np.timedelta64(3, "s")}), distlog.LogTypeError, "'k'"),
         (lambda L: L.log_scalar("k", 1.0, weight=np.timedelta64(3)), distlog.LogTypeError, "'k'"),
         (lambda L: L.log_precomputed({"k": np.datetime64(3, "s")}), distlog.LogTypeError, "'k'"),
+        # Raw bits: torch's own NotImplementedError ("_local_scalar_dense_cpu") named no key.
+        (
+            lambda L: L.log_scalar("k", torch.zeros((), dtype=torch.bits8)),
+            distlog.LogTypeError,
+            "'k'",
+        ),
+        (
+            lambda L: L.log_dict({"k": torch.zeros(1, dtype=torch.bits16)}),
+            distlog.LogTypeError,
+            "'k'",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_keeps_what_was_buffered(tmp_path, call, error, names):

@@ -149,8 +149,10 @@ class Buffer:
             if i is not None:
                 lock = self.lock
                 lock.acquire()  # no `with`: nothing below can raise, and this is the hot path
-                # Checked under the lock: a flush's key exchange may change a slot's spec.
-                if self._red[i] == reduce and self._spr[i] is spread:
+                # Checked under the lock: a flush's key exchange may change a slot's spec, and
+                # finish() may have closed the buffer since the slot was looked up (a sample
+                # added after finish's last look at the buffer would be lost without a word).
+                if self._red[i] == reduce and self._spr[i] is spread and not self.closed:
                     if reduce == "mean" or reduce == "sum":  # an unweighted mean: weight 1
                         self._a[i] += value
                         self._n[i] += 1
@@ -167,7 +169,7 @@ class Buffer:
         """Buffer a dict of floats of known plain keys at once; False (nothing buffered) if an
         entry is anything else, for [add_many][distlog.buffer.Buffer.add_many] to handle."""
         with self.lock:  # the slots' specs are read under it: a key exchange may change them
-            fast = self._fast_slots(values, reduce)
+            fast = None if self.closed else self._fast_slots(values, reduce)
             if fast is None:
                 return False
             a, n = self._a, self._n
@@ -350,6 +352,8 @@ class Buffer:
         """Buffer a prepared sample. Call with the lock held; raises (buffering nothing) if
         another thread gave its key another spec since it was prepared."""
         spec, v, tensor, w, w_tensor = sample
+        if self.closed:  # closed since the sample was prepared (see add)
+            raise LoggerClosedError(f"key {spec.key!r}: {self.closed_because}")
         i = self._check_slot(spec)
         if i is None:
             i = self._register(spec)

@@ -932,8 +932,9 @@ class Logger:
         if keys:
             warnings.warn(
                 f"distlog: {why}; values logged since the last flush on rank "
-                f"{self.world.rank} were not written ({', '.join(keys[:5])}"
-                f"{', ...' if len(keys) > 5 else ''})",
+                f"{self.world.rank} were not written: {len(keys)} key"
+                f"{'s' if len(keys) > 1 else ''} ({', '.join(keys[:20])}"
+                f"{f', and {len(keys) - 20} more' if len(keys) > 20 else ''})",
                 stacklevel=3,
             )
 

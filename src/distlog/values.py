@@ -83,4 +83,17 @@ def plain_tensor(key: str, value: torch.Tensor, what: str = "value") -> torch.Te
         )
     if value.is_complex():
         raise LogTypeError(f"{what} for key {key!r} is a complex tensor; log a real number")
+    if value.dtype in _OPAQUE_DTYPES:
+        raise LogTypeError(
+            f"{what} for key {key!r} is a tensor of {value.dtype}, raw bits with no numeric "
+            "value; log it viewed as a number type (e.g. value.view(torch.uint8))"
+        )
     return value
+
+
+# Dtypes that hold bits, not numbers: torch cannot read them as a scalar (.item() raises).
+_OPAQUE_DTYPES = frozenset(
+    getattr(torch, name)
+    for name in ("bits1x8", "bits2x4", "bits4x2", "bits8", "bits16")
+    if hasattr(torch, name)
+)

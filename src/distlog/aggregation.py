@@ -25,7 +25,7 @@ import torch
 
 from distlog import groups
 from distlog.buffer import Buffer, Snapshot
-from distlog.errors import KeyConflictError, RankDivergenceError
+from distlog.errors import RankDivergenceError
 from distlog.exchange import Exchange, ExchangeOptions, PendingRow
 from distlog.layout import REDUCTIONS, KeySpec, Layout, spread_keys
 from distlog.world import World
@@ -51,6 +51,7 @@ class ExchangeWorker:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.busy = False
+        self.error: BaseException | None = None  # what escaped a job (jobs catch their own)
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="distlog-exchange", daemon=True)
@@ -63,6 +64,8 @@ class ExchangeWorker:
                 return
             try:
                 job()
+            except BaseException as exc:  # the thread serves on: a dead one hangs every wait
+                self.error = exc
             finally:
                 # Drop the job before waiting for the next: it holds the exchange and its gloo
                 # group, which must not outlive destroy_process_group() in this thread.
@@ -126,6 +129,9 @@ class Aggregator:
         )
         self._worker: ExchangeWorker | None = None
         self._async_error: BaseException | None = None
+        # Raised while handing a finished exchange's row on (a warning made an error by -W
+        # error): not a failure of the exchange, so raised once the next flush is on its way.
+        self._deliver_error: BaseException | None = None
         self._spent: Snapshot | None = None  # the last flush's snapshot, freed at the next
 
     # ------------------------------------------------------------------ facts
@@ -192,20 +198,21 @@ class Aggregator:
         undeliverable: Callable[[], None],
         *,
         final: bool = False,
-    ) -> KeyConflictError | None:
+    ) -> BaseException | None:
         """Swap now, exchange on the worker thread; ``deliver`` gets the writer's share there,
         and if the exchange fails, ``undeliverable`` is called there instead (the caller takes
         back what it meant to write with the row: media, values already global).
 
         Waits for the exchange still in flight first and raises its divergence error, if it
-        had one. Returns the key conflict it found, for the caller to raise once this flush is
-        on its way, as a blocking flush raises its own after its row: a conflict that one rank
+        had one. Returns the key conflict it found (or the error that handing the previous
+        row on raised), for the caller to raise once this flush is on its way, as a blocking flush raises its own after its row: a conflict that one rank
         alone saw (a key it first logged while the exchange ran) must not make that rank skip
         a flush the others make.
         """
         self.wait_async(conflicts=False)
         self.exchange.final = final  # no exchange is in flight now (see flush)
-        found = self.exchange.take_conflict()
+        late, self._deliver_error = self._deliver_error, None
+        found = late if late is not None else self.exchange.take_conflict()
         self.exchange.check_usable()
         snap = self.buffer.swap()
         ready = _record_stream(snap, self.world)
@@ -225,7 +232,10 @@ class Aggregator:
                 self._async_error = exc
                 undeliverable()
                 return
-            deliver(pending)
+            try:
+                deliver(pending)
+            except BaseException as exc:  # this thread must live on: the next flush waits for it
+                self._deliver_error = exc
 
         self._worker.submit(job)
         return found
@@ -239,9 +249,14 @@ class Aggregator:
         if worker is not None and not worker.wait(timeout, polling=polling):
             return False
         err, self._async_error = self._async_error, None
+        if err is None and worker is not None:
+            err, worker.error = worker.error, None
         if err is not None:
             raise err
         if worker is not None and conflicts:
+            late, self._deliver_error = self._deliver_error, None
+            if late is not None:
+                raise late
             self.exchange.raise_conflict()  # found by the exchange that just finished
         return True
 

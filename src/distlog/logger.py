@@ -30,6 +30,7 @@ from distlog.errors import (
     LogTypeError,
     LogUsageError,
     LogValueError,
+    RankDivergenceError,
     RunDirError,
 )
 from distlog.exchange import PendingRow
@@ -152,6 +153,7 @@ class Logger:
         # add to. Reentrant: a signal handler on the main thread writes what is queued.
         self._queued = threading.RLock()
         self._step = -1
+        self._step_before_exchange = -1  # the step before the asynchronous exchange in flight
         self._attempted_step = -1  # the last flush's step, even if its exchange failed
         self._inflight: WriteJob | None = None  # a blocking flush's job, while it exchanges
         self._resume_after = -1
@@ -313,7 +315,7 @@ class Logger:
             warnings.warn(
                 f"distlog: resuming run {self.run_id} in {self.run_dir}: steps up to {after} "
                 "are already written and will not be written again",
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------------ properties
@@ -758,7 +760,7 @@ class Logger:
     def _flush_async(self, step: int, block: bool, final: bool) -> dict[str, float] | None:
         # The previous exchange's divergence error, if any, is raised here; its key conflict
         # once this flush is on its way.
-        self._agg.wait_async(conflicts=False)
+        self._wait_exchange(conflicts=False)
         job = self._write_job(step, None) if self.world.is_global_zero else None
 
         def deliver(pending: PendingRow | None) -> None:  # on the exchange thread
@@ -771,13 +773,24 @@ class Logger:
                 self._requeue(job)
 
         conflict = self._agg.flush_async(step, deliver, undeliverable, final=final)
-        self._step = step
+        self._step_before_exchange, self._step = self._step, step
         if conflict is not None:  # the previous exchange's, raised once this flush is on its way
             raise conflict
         if not block:
             return None
-        self._agg.wait_async()
+        self._wait_exchange()
         return job.row() if job is not None else None
+
+    def _wait_exchange(self, *, conflicts: bool = True) -> None:
+        """Wait for the asynchronous exchange in flight and raise its error. One that diverged
+        was never made (its samples are back in the buffer): the step goes back to the one
+        before it, as after a blocking flush that raised, so the ranks' default steps
+        (``flush()`` with no step) meet again instead of staying apart for the rest of the run."""
+        try:
+            self._agg.wait_async(conflicts=conflicts)
+        except RankDivergenceError:
+            self._step = self._step_before_exchange
+            raise
 
     def _queue_row(self, job: WriteJob) -> None:
         if job.step > self._resume_after:
@@ -859,7 +872,7 @@ class Logger:
     def wait(self) -> None:
         """Block until the writer thread has written everything flushed so far (an
         asynchronous exchange in flight included; its error, if any, is raised here)."""
-        self._agg.wait_async()
+        self._wait_exchange()
         if self._writer is not None:
             self._writer.drain()
 

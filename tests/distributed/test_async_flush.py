@@ -159,3 +159,79 @@ def test_media_of_a_flush_whose_exchange_failed_are_written_at_its_step(tmp_path
         assert media == {"val/samples": 1, "weights": 1}, (mode, rows)
         assert [r["epoch"] for r in rows if "epoch" in r] == [3.0], (mode, rows)
         assert (tmp_path / mode / "media" / "val" / "samples" / "step00000001_0.png").is_file()
+
+
+def steps_apart_once(rank: int, run_dir: str, async_flush: bool) -> list:
+    logger = distlog.Logger(
+        run_dir=run_dir, timeout=10, async_flush=async_flush, handle_signals=False
+    )
+    seen: list = []
+    for i in range(8):
+        logger.log_scalar("x", 1.0, reduce="sum")
+        step = (2 if rank == 1 else 1) if i == 1 else None  # one flush at mismatched steps
+        try:
+            logger.flush(step)
+            seen.append(logger.step)
+        except distlog.RankDivergenceError:
+            seen.append("diverged")
+    logger.finish()
+    return seen
+
+
+@pytest.mark.parametrize("async_flush", [False, True], ids=["blocking", "async"])
+def test_one_flush_at_mismatched_steps_fails_once_and_the_default_steps_meet_again(
+    tmp_path, async_flush
+):
+    """The failed flush's step was kept with async_flush: rank 0 at 1, rank 1 at 2, so every
+    later flush() with no step diverged again, finish() failed, and 2 of 16 samples were written
+    (found by a hostile-test pass). Now, as with a blocking flush, the step goes back."""
+    seen = run_ranks(steps_apart_once, 2, str(tmp_path), async_flush, timeout=120)
+    for s in seen:
+        assert s.count("diverged") == 1, seen
+    after = [s[s.index("diverged") + 1 :] for s in seen]
+    assert after[0] == after[1] == list(range(1, len(after[0]) + 1)), seen  # in step again
+    rows = distlog.read_metrics(tmp_path)
+    assert sum(r["x"] for r in rows) == 16.0  # 8 samples a rank, none lost
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
+
+
+def first_run(rank: int, run_dir: str) -> None:
+    logger = distlog.Logger(run_dir=run_dir, timeout=10, handle_signals=False)
+    for step in range(6):
+        logger.log_scalar("x", float(step))
+        logger.flush(step)
+    logger.finish()
+
+
+def resumed_under_warnings_as_errors(rank: int, run_dir: str) -> list:
+    import time
+    import warnings
+
+    warnings.filterwarnings("error", message="distlog: step")  # as -W error makes it
+    logger = distlog.Logger(
+        run_dir=run_dir, timeout=10, async_flush=True, resume=True, handle_signals=False
+    )
+    seen: list = []
+    for step in (3, 6, 7):  # 3 was written by the first run: its row is skipped with a warning
+        logger.log_scalar("x", float(step))
+        start = time.monotonic()
+        try:
+            logger.flush(step)
+            seen.append("returned")
+        except UserWarning as exc:
+            seen.append(f"warning: {exc}")
+        assert time.monotonic() - start < 8
+    logger.finish()
+    return seen
+
+
+def test_an_error_handing_on_an_async_row_is_raised_at_the_next_flush_not_a_hang(tmp_path):
+    """The row hand-off ran on the exchange thread outside its error handling: an exception
+    there (a resumed run's 'step is at or below' warning under -W error) ended the thread, and
+    rank 0's next flush() waited for it forever, whatever the timeout (6 of 6 runs)."""
+    run_ranks(first_run, 2, str(tmp_path), timeout=120)
+    seen = run_ranks(resumed_under_warnings_as_errors, 2, str(tmp_path), timeout=120)
+    assert seen[1] == ["returned"] * 3  # only the writer hands rows on
+    assert seen[0][0] == "returned" and seen[0][2] == "returned", seen
+    assert seen[0][1].startswith("warning: distlog: step 3 is at or below step 5"), seen
+    assert [r["step"] for r in distlog.read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5, 6, 7]

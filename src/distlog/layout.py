@@ -500,10 +500,15 @@ def _spread_std_from_table(layout: Layout, table: np.ndarray, row: dict[str, flo
     values = body[:, layout.slots(SPREAD_SUMS, Slots.SPREAD_SUM, places)]
     logged = body[:, layout.slots(SPREAD_SUMS, Slots.SPREAD_RANKS, places)] > 0
     ranks = np.maximum(logged.sum(axis=0), 1)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         mean = np.where(logged, values, 0.0).sum(axis=0) / ranks
         deviations = np.where(logged, values - mean, 0.0)
-        std = np.sqrt((deviations * deviations).sum(axis=0) / ranks)
+        # Scaled by the largest deviation, so squares of values past 1.3e154 do not overflow
+        # (1e200 and 1.0 gave inf for 5e199).
+        scale = np.abs(deviations).max(axis=0)
+        scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        scaled = deviations / scale
+        std = scale * np.sqrt((scaled * scaled).sum(axis=0) / ranks)
     for key, value in zip(keys, std.tolist(), strict=True):
         row[f"{key}/rank_std"] = value
 

@@ -284,7 +284,8 @@ def add_spread_host(
 
     number = ~np.isnan(v)
     body[sums(S.SPREAD_SUM)] = v
-    body[sums(S.SPREAD_SQUARES)] = v * v
+    with np.errstate(over="ignore", invalid="ignore"):  # past 1.3e154 the square is inf
+        body[sums(S.SPREAD_SQUARES)] = v * v  # (numpy's warning, as an error, failed the flush)
     body[sums(S.SPREAD_RANKS)] = 1.0
     body[sums(S.SPREAD_NUMBERS)] = number
     maxes[extremes(S.SPREAD_MAX)] = np.where(number, v, -np.inf)

@@ -282,6 +282,28 @@ def test_the_rank_std_of_large_values_is_exact_on_the_gather(pool3, tmp_path):
     assert row["t"] == 1.7e9 + 1
 
 
+def huge_spread_values(rank: int, tmp: str):
+    import warnings
+
+    warnings.simplefilter("error")  # numpy's overflow warning, as an error, failed the flush
+    logger = distlog.Logger(run_dir=tmp, async_write=False)
+    logger.log_scalar("big", [1e200, 1.0, -3e200][rank], spread=True)
+    row = logger.flush(0, block=True)
+    logger.finish()
+    return row
+
+
+def test_the_rank_std_of_values_whose_squares_overflow_is_right(pool3, tmp_path):
+    """Past 1.3e154 a square is inf: numpy warned while building the payload (under -W error
+    rank 0's flush raised before its collective, the others got RankDivergenceError and no row
+    was written), and the two-pass std gave inf for values whose std is 2e200."""
+    row = pool3.run(huge_spread_values, str(tmp_path), timeout=120)[0]
+    values = [1e200, 1.0, -3e200]
+    want = 1e200 * float(np.std([v / 1e200 for v in values]))
+    assert row["big/rank_std"] == pytest.approx(want)
+    assert row["big/rank_max"] == 1e200 and row["big/rank_argmax"] == 0
+
+
 def bad_input_on_one_rank(rank: int, tmp: str):
     logger = distlog.Logger(run_dir=tmp, async_write=False)
     logger.log_scalar("ok", float(rank))

@@ -195,14 +195,6 @@ def test_one_flush_at_mismatched_steps_fails_once_and_the_default_steps_meet_aga
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})
 
 
-def first_run(rank: int, run_dir: str) -> None:
-    logger = distlog.Logger(run_dir=run_dir, timeout=10, handle_signals=False)
-    for step in range(6):
-        logger.log_scalar("x", float(step))
-        logger.flush(step)
-    logger.finish()
-
-
 def resumed_under_warnings_as_errors(rank: int, run_dir: str) -> list:
     import time
     import warnings
@@ -229,7 +221,11 @@ def test_an_error_handing_on_an_async_row_is_raised_at_the_next_flush_not_a_hang
     """The row hand-off ran on the exchange thread outside its error handling: an exception
     there (a resumed run's 'step is at or below' warning under -W error) ended the thread, and
     rank 0's next flush() waited for it forever, whatever the timeout (6 of 6 runs)."""
-    run_ranks(first_run, 2, str(tmp_path), timeout=120)
+    first = distlog.Logger(run_dir=tmp_path, async_write=False, handle_signals=False)
+    for step in range(6):  # the run a restarted job resumes: steps 0-5 written
+        first.log_scalar("x", float(step))
+        first.flush(step)
+    first.finish()
     seen = run_ranks(resumed_under_warnings_as_errors, 2, str(tmp_path), timeout=120)
     assert seen[1] == ["returned"] * 3  # only the writer hands rows on
     assert seen[0][0] == "returned" and seen[0][2] == "returned", seen

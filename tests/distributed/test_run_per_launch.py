@@ -75,7 +75,10 @@ def test_a_run_directory_the_writer_cannot_open_is_an_error_on_every_rank(tmp_pa
     construction, naming it. Before, only rank 0 raised (an unwrapped FileNotFoundError) and
     rank 1 trained on, waiting for rank 0 at its first flush until the timeout."""
     run_dir = tmp_path / "exp"
-    run_ranks(_launch, 2, str(run_dir), 1.0)
+    logger = distlog.Logger(run_dir=run_dir, async_write=False, handle_signals=False)
+    logger.log_scalar("x", 1.0)
+    logger.flush(step=1)
+    logger.finish()
     metrics = run_dir / "metrics.jsonl"
     metrics.unlink()
     metrics.symlink_to(tmp_path / "unmounted" / "metrics.jsonl")

@@ -349,3 +349,25 @@ def test_a_run_directory_lock_held_elsewhere_is_a_named_error_not_an_endless_wai
     logger = distlog.Logger(run_dir=run_dir, resume=True, async_write=False)
     logger.finish()
     assert distlog.read_run_info(run_dir)["exit_code"] == 0
+
+
+def test_a_run_json_written_while_it_is_checked_is_not_another_tools(tmp_path, monkeypatch):
+    """Two launches at the same instant: one read no run.json, the other recorded its start
+    before the first checked that the file exists, and the first refused the directory as
+    another tool's ('is not a distlog run file'); found by the two-launch race test on a busy
+    host. Here the other launch's start lands between the read and the check, every time."""
+    run = tmp_path / "r"
+    run.mkdir()
+    read = runlog.read_run_info
+    raced: list[bool] = []
+
+    def read_then_the_other_launch_starts(path):
+        got = read(path)
+        if not raced:
+            raced.append(True)
+            runlog.start_run(path, world_size=1)
+        return got
+
+    monkeypatch.setattr(runlog, "read_run_info", read_then_the_other_launch_starts)
+    assert runlog.holds_run(run) is True
+    assert raced == [True]

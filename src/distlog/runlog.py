@@ -457,6 +457,11 @@ def holds_run(run_dir: str | Path) -> bool:
         raise RunDirError(f"run_dir {root} is a file, not a directory")
     info = read_run_info(root)
     if info is None and run_file.exists():
+        # Another launch may have recorded its start between the read and this check (files
+        # are replaced whole, so a second read sees all of it): two launches at the same
+        # instant read as "another tool's directory" in 1 of ~10 suite runs on a busy host.
+        info = read_run_info(root)
+    if info is None and run_file.exists():
         raise RunDirError(
             f"{run_file} is not a distlog run file ({_why_not_run_info(run_file)}): this "
             "directory belongs to another tool; choose another run_dir"

@@ -4,10 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export WANDB_SILENT=true WANDB_MODE=offline
-# Two workers, each test file on one of them (a module's process pool stays in its worker):
-# most tests wait on process start-up and collectives rather than compute, so on a 2-core host
-# the suite takes about 6 minutes instead of 11. DISTLOG_TEST_WORKERS=0 runs it in one process.
-WORKERS=${DISTLOG_TEST_WORKERS:-2}
+# One process by default. DISTLOG_TEST_WORKERS=2 runs two pytest workers, each test file on one
+# of them: about 6 minutes instead of 10-11 on a 2-core host (most tests wait on process start-up
+# and collectives), but tests that pick a free port for their own launches can then race for it
+# (1 timeout in 2 runs on a loaded host), so CI runs in one process.
+WORKERS=${DISTLOG_TEST_WORKERS:-0}
 if [ "$WORKERS" = "0" ]; then
   exec .venv/bin/python -m pytest -q "$@"
 fi

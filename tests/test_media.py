@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import distlog
 from distlog import LogTypeError, LogValueError, World
 from distlog.media import (
     Histogram,
@@ -741,3 +742,18 @@ def test_log_media_accepts_what_the_converters_make(tmp_path: Path) -> None:
         logger.flush(step=0)
     media = {k: v for row in iter_rows(tmp_path) if "media" in row for k, v in row["media"].items()}
     assert sorted(media) == ["h", "i", "t", "v"]
+
+
+def test_a_media_call_with_its_arguments_swapped_names_the_mistake(tmp_path) -> None:
+    """log_histogram("weights", values), the key first as in log_scalar, raised numpy's
+    'truth value of an array is ambiguous' (found by a hostile-test pass)."""
+    logger = distlog.Logger(run_dir=tmp_path, async_write=False, handle_signals=False)
+    logger.log_scalar("kept", 1.0)
+    for call in (
+        lambda: logger.log_histogram("weights", np.arange(10.0)),
+        lambda: logger.log_table(["a"], [[1]], desc=np.array([1, 2])),
+    ):
+        with pytest.raises(LogTypeError, match="ndarray.*values come first"):
+            call()
+    assert logger.flush(0, block=True) == {"kept": 1.0}
+    logger.finish()

@@ -484,6 +484,11 @@ class Logger:
             kwargs["max_bytes"] = media.DEFAULT_MAX_BYTES
         if kwargs.get("max_rows", 0) is None:
             kwargs["max_rows"] = media.DEFAULT_MAX_ROWS
+        if desc is not None and not isinstance(desc, str):  # `desc or ...` raised numpy's error
+            raise LogTypeError(
+                f"media keys must be strings, got {type(desc).__name__} as the key (desc) of a "
+                f"{default_key}: the values come first, then the key"
+            )
         key = desc or default_key
         from distlog.media.gather import is_gathering
         from distlog.media.histograms import is_dtensor

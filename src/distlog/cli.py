@@ -494,6 +494,21 @@ def _media_index(summary: RunSummary) -> list[str]:
     return lines
 
 
+MAX_PANELS = 60
+"""Most panels ``distlog plot`` draws in one picture: 800 keys took 378 s, 1.4 GB and an
+82,000-pixel-high image, 3000 never finished; more is a clear error asking for ``--keys``."""
+
+
+def _suggested_patterns(keys: Sequence[str]) -> str:
+    """A few ``--keys`` patterns by the keys' first path part, most keys first."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        head = key.split("/", 1)[0]
+        groups[head] = groups.get(head, 0) + 1
+    top = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return " ".join(f"'{head}/*'" if count > 1 else f"'{head}'" for head, count in top)
+
+
 def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = None) -> list[str]:
     """Draw the run into ``output``; returns the keys drawn.
 
@@ -517,6 +532,12 @@ def plot_run(summary: RunSummary, output: Path, keys: Sequence[str] | None = Non
         panels.append(("media index", partial(_draw_text, title="media", lines=index)))
     if not panels:
         raise CliError(f"{summary.run_dir}: no scalar keys or media to plot")
+    if len(panels) > MAX_PANELS:
+        raise CliError(
+            f"{summary.run_dir}: {len(panels)} panels to draw, more than one picture can hold "
+            f"({MAX_PANELS}); choose keys with --keys, e.g. --keys "
+            f"{_suggested_patterns(curves + histograms)}"
+        )
     try:
         import matplotlib
     except ImportError:

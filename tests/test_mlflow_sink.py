@@ -319,3 +319,58 @@ def test_two_media_items_of_one_key_at_one_step_are_both_kept(tmp_path, monkeypa
         for p in hists
     )
     assert len(set(means)) == 2  # the zeros and the ones, not one of them twice
+
+
+def test_a_key_keeps_its_mlflow_name_across_flushes_and_restarts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri)
+    with pytest.warns(UserWarning) as rec:
+        sink.log_scalars(1, {"acc@1": 0.5, "val/a/b": 1.0})  # sent as acc_1; val/a/b is valid
+        sink.log_scalars(2, {"acc_1": 99.0, "val//a/b": 2.0})  # a later key of those names
+        sink.log_scalars(3, {"acc@1": 0.7, "acc_1": 98.0})
+    messages = [str(w.message) for w in rec]
+    assert len(messages) == 3  # once per renamed key
+    assert any("'acc_1' is already used by 'acc@1'" in m for m in messages)
+    sink.close()
+    client = MlflowClient(tracking_uri=uri)
+    names = set(client.get_run(sink.run_id).data.metrics)
+    assert len(names) == 4  # four keys, four names
+    assert history(client, sink.run_id, "acc_1") == [(1, 0.5), (3, 0.7)]
+    assert history(client, sink.run_id, "val/a/b") == [(1, 1.0)]
+    [acc] = [n for n in names if n.startswith("acc_1-")]
+    assert history(client, sink.run_id, acc) == [(2, 99.0), (3, 98.0)]
+    [val] = [n for n in names if n.startswith("val/a/b-")]
+    assert history(client, sink.run_id, val) == [(2, 2.0)]
+
+    # a restarted job continues the run in a new process: every key keeps its name
+    again = distlog.MlflowSink(tracking_uri=uri, run_id=sink.run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is renamed anew
+        again.log_scalars(4, {"acc_1": 97.0, "acc@1": 0.8, "val//a/b": 3.0, "val/a/b": 4.0})
+    again.close()
+    assert history(client, sink.run_id, "acc_1") == [(1, 0.5), (3, 0.7), (4, 0.8)]
+    assert history(client, sink.run_id, acc) == [(2, 99.0), (3, 98.0), (4, 97.0)]
+    assert history(client, sink.run_id, val) == [(2, 2.0), (4, 3.0)]
+    assert history(client, sink.run_id, "val/a/b") == [(1, 1.0), (4, 4.0)]
+
+
+def test_a_second_log_config_adds_its_new_params(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri)
+    sink.log_config({"lr": 0.1, "model": {"width": 8}})
+    with pytest.warns(UserWarning, match="MLflow cannot change a param") as rec:
+        sink.log_config({"lr": 0.2, "epochs": 3, "data": {"path": "/x"}, "model": {"width": 8}})
+    assert len(rec) == 1 and "'lr'" in str(rec[0].message) and "'0.2'" in str(rec[0].message)
+    sink.close()
+    client = MlflowClient(tracking_uri=uri)
+    expected = {"lr": "0.1", "model.width": "8", "epochs": "3", "data.path": "/x"}
+    assert client.get_run(sink.run_id).data.params == expected
+
+    again = distlog.MlflowSink(tracking_uri=uri, run_id=sink.run_id)  # a resumed run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same values again: nothing to say
+        again.log_config({"lr": 0.1, "epochs": 3, "seed": 7})
+    again.close()
+    assert client.get_run(sink.run_id).data.params == {**expected, "seed": "7"}

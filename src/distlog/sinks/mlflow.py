@@ -11,12 +11,16 @@ run log.
 
 MLflow refuses a whole ``log_batch`` for one name it does not accept, so metric and param names
 are checked with MLflow's own rule first; a refused name is sent under a sanitised one (with a
-warning naming both, once per key) instead of losing the rest of the row.
+warning naming both, once per key) instead of losing the rest of the row. Each key keeps its
+MLflow name for the whole run and no two keys share one: a key whose name another key already
+uses (in any earlier flush, or before a restart) gets a hashed name. Renames are recorded as
+run tags (``distlog.key.<hash>``) so that a resumed run maps every key as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import posixpath
 import re
@@ -46,8 +50,14 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 MAX_NAME_LENGTH = 250
+MAX_TAG_VALUE_LENGTH = 5000
 """MLflow's limits for one ``log_batch``, for one param value (longer ones are cut) and for a
-metric or param name (longer ones are shortened by `mlflow_name`)."""
+metric or param name (longer ones are shortened by `mlflow_name`), and for the value of the
+tag that records a rename (a longer one is not recorded)."""
+
+RENAME_TAG_PREFIX = "distlog.key."
+"""Run tags ``distlog.key.<hash of the MLflow name>`` = ``[MLflow name, distlog key]``: which key
+a renamed (or hashed) MLflow name stands for, read back when a run is resumed."""
 
 _DOCUMENTED_NAME = re.compile(r"^[/\w.\- :]*$")
 """MLflow's documented rule, used when ``mlflow.utils.validation`` is not importable."""
@@ -194,11 +204,13 @@ class MlflowSink:
         if init_timeout <= 0:
             raise ValueError(f"MlflowSink(init_timeout={init_timeout!r}) must be positive")
         mlflow = import_mlflow()
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
 
-        self._metric, self._param = Metric, Param
+        self._metric, self._param, self._tag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
         self.client: Any = None
+        self._known: Any = None
+        """The resumed run as the store had it (its metric, param and tag names)."""
         where = f"the MLflow store {tracking_uri or _default_uri(mlflow)}"
 
         def connect() -> str:
@@ -211,9 +223,15 @@ class MlflowSink:
         self.resumed = run_id is not None
         self._closed = False
         self._names: dict[str, str] = {}
-        """Each refused name seen so far and the name it is sent under."""
-        self._sent: dict[str, str] = {}
-        """Each sanitised name in use and the original it stands for (to keep them apart)."""
+        """Each key seen so far (metric or param) and the MLflow name it is sent under."""
+        self._taken: dict[str, str] = {}
+        """Each MLflow name in use and the key it stands for (two keys never share one)."""
+        self._params: dict[str, str] = {}
+        """The params the run has (MLflow name -> value): params are write-once in MLflow."""
+        self._param_warned: set[tuple[str, str]] = set()
+        if self._known is not None:
+            self._learn(self._known)
+            self._known = None
         self._media_names: dict[str, tuple[int, set[str]]] = {}
         """Per key folder, the last step with media and the files sent for it: a second item
         of that key at that step gets a new name instead of overwriting the first."""
@@ -222,7 +240,7 @@ class MlflowSink:
         self, experiment: str | None, run_name: str | None, run_id: str | None, tags: dict
     ) -> str:
         if run_id is not None:
-            self.client.get_run(run_id)  # raises when the store has no such run
+            self._known = self.client.get_run(run_id)  # raises when the store has no such run
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         if experiment is None:
@@ -238,46 +256,107 @@ class MlflowSink:
         return str(run.info.run_id)
 
     # ------------------------------------------------------------------------ the protocol
-    def _name(self, key: str, others: Mapping[str, Any]) -> str:
-        """The name ``key`` is sent under: itself when MLflow accepts it, else a sanitised name
-        that no other key of ``others`` or earlier refused key uses (warned about once)."""
+    def _learn(self, run: Any) -> None:
+        """What a resumed run already holds: the renames recorded in its tags, then every other
+        metric and param name as taken by the key of that name, and its params' values."""
+        for tag, value in run.data.tags.items():
+            if not tag.startswith(RENAME_TAG_PREFIX):
+                continue
+            try:
+                name, key = json.loads(value)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(name, str) and isinstance(key, str):
+                self._names.setdefault(key, name)
+                self._taken.setdefault(name, key)
+        for name in (*run.data.metrics, *run.data.params):
+            self._taken.setdefault(name, name)
+            if self._taken[name] == name:
+                self._names.setdefault(name, name)
+        self._params.update(run.data.params)
+
+    def _names_for(self, keys: Iterable[str]) -> tuple[dict[str, str], list[Any]]:
+        """The MLflow name of each key, and the tags that record the new renames. Keys MLflow
+        accepts are resolved first, so that within one flush a valid key keeps its own name."""
+        out: dict[str, str] = {}
+        new: list[str] = []
+        for key in keys:
+            name = self._names.get(key)
+            if name is None:
+                new.append(key)
+            else:
+                out[key] = name
+        tags: list[Any] = []
+        for key in sorted(dict.fromkeys(new), key=lambda k: not valid_mlflow_name(k)):
+            out[key] = self._resolve(key, tags)
+        return out, tags
+
+    def _resolve(self, key: str, tags: list[Any]) -> str:
+        """The name ``key`` is sent under for the whole run: itself when MLflow accepts it and
+        no other key uses it, else a sanitised (and, when that is taken, hashed) name that no
+        other key uses (warned about once)."""
         name = self._names.get(key)
         if name is not None:
             return name
-        if valid_mlflow_name(key):
-            return key
+        valid = valid_mlflow_name(key)
         name = mlflow_name(key)
-        if name in others or self._sent.get(name, key) != key:
+        if self._taken.get(name, key) != key:
             name = mlflow_name(key, hashed=True)
+            n = 1
+            while self._taken.get(name, key) != key:  # a key that is that hashed name
+                n += 1
+                name = f"{mlflow_name(key, hashed=True)[: MAX_NAME_LENGTH - 1 - len(str(n))]}-{n}"
         self._names[key] = name
-        self._sent[name] = key
-        warnings.warn(
-            f"MLflow does not accept the name {key!r} (only alphanumerics, _ - . / : and spaces, "
-            f"at most {MAX_NAME_LENGTH} characters); it is logged to MLflow as {name!r}",
-            UserWarning,
-            stacklevel=3,
+        self._taken[name] = key
+        if name == key:
+            return name
+        record = json.dumps([name, key])
+        if len(record) <= MAX_TAG_VALUE_LENGTH:
+            tags.append(self._tag(f"{RENAME_TAG_PREFIX}{_short_hash(name)}", record))
+        why = (
+            f"the MLflow name {key!r} is already used by {self._taken[key]!r}"
+            if valid
+            else f"MLflow does not accept the name {key!r} (only alphanumerics, _ - . / : and "
+            f"spaces, at most {MAX_NAME_LENGTH} characters)"
         )
+        warnings.warn(f"{why}; it is logged to MLflow as {name!r}", UserWarning, stacklevel=4)
         return name
 
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        metrics = [
-            self._metric(self._name(key, values), float(v), now, int(step))
-            for key, v in values.items()
-        ]
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH]
-            )
+        names, tags = self._names_for(values)
+        metrics = [self._metric(names[key], float(v), now, int(step)) for key, v in values.items()]
+        for start in range(0, max(len(metrics), 1), MAX_METRICS_PER_BATCH):
+            chunk = metrics[start : start + MAX_METRICS_PER_BATCH]
+            if chunk or tags:
+                self.client.log_batch(self.run_id, metrics=chunk, tags=tags)
+            tags = []
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         flat = flatten_params(config)
-        flat = {self._name(k, flat): v for k, v in flat.items()}
-        known = self.client.get_run(self.run_id).data.params if self.resumed else {}
-        # params are write-once in MLflow: a resumed run re-logs only the ones it lacks
-        params = [self._param(k, v) for k, v in flat.items() if k not in known]
-        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+        names, tags = self._names_for(flat)
+        # params are write-once in MLflow (a batch with one changed value is refused whole):
+        # send only the ones the run lacks, and say which changed values MLflow keeps as before
+        params = []
+        for key, value in flat.items():
+            name = names[key]
+            old = self._params.get(name)
+            if old is None:
+                params.append(self._param(name, value))
+            elif old != value and (name, value) not in self._param_warned:
+                self._param_warned.add((name, value))
+                warnings.warn(
+                    f"MLflow cannot change a param: {name!r} stays {old!r} in the MLflow run; "
+                    f"the new value {value!r} is kept in the local run log",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        for start in range(0, max(len(params), 1), MAX_PARAMS_PER_BATCH):
+            chunk = params[start : start + MAX_PARAMS_PER_BATCH]
+            if chunk or tags:
+                self.client.log_batch(self.run_id, params=chunk, tags=tags)
+                self._params.update((p.key, p.value) for p in chunk)
+            tags = []
 
     def log_media(self, step: int, key: str, item: MediaItem) -> None:
         from distlog.media.files import safe_relative_key, save_media

@@ -5,6 +5,7 @@ continues it); an unreachable store warns and leaves the local run log going."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -126,6 +127,27 @@ def test_sink_against_a_sqlite_store(tmp_path, monkeypatch):
     run = client.get_run(sink.run_id)
     assert run.info.run_name == "first"
     assert client.get_experiment(run.info.experiment_id).name == "exp"
+
+
+def test_non_finite_values_read_back_as_documented(tmp_path, monkeypatch):
+    """docs/mlflow.md: NaN stays NaN; MLflow's store records +-inf as +-the largest float,
+    while the local run log keeps the infinities."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sink = distlog.MlflowSink(tracking_uri=uri, experiment="nonfinite")
+    logger = distlog.Logger(
+        run_dir=tmp_path / "run", sinks=[sink], async_write=False, nonfinite="ignore"
+    )
+    for key, value in {"up": math.inf, "down": -math.inf, "nan": math.nan, "one": 1.0}.items():
+        logger.log_scalar(key, value)
+    logger.flush(0)
+    logger.finish()
+    client = MlflowClient(tracking_uri=uri)
+    got = {k: client.get_metric_history(sink.run_id, k)[0].value for k in ("up", "down", "nan")}
+    assert got["up"] == sys.float_info.max and got["down"] == -sys.float_info.max
+    assert math.isnan(got["nan"])
+    [row] = distlog.read_metrics(tmp_path / "run")
+    assert row["up"] == math.inf and row["down"] == -math.inf and math.isnan(row["nan"])
 
 
 # ------------------------------------------------------------------ the mixin

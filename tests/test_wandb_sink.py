@@ -301,6 +301,25 @@ def test_keys_of_wandbs_own_columns_are_renamed_not_lost(env):
     assert got["trainer/global_step"] == 10 and got["_step"] == 0
 
 
+def test_a_renamed_key_never_takes_the_column_of_a_genuine_key(env):
+    """``_step`` is sent as ``user/_step``; a key genuinely named ``user/_step`` (in the same row
+    or a later one, before or after it) must keep its own column, not be overwritten."""
+    sink = WandbSink(project="rename-collide")
+    with pytest.warns(UserWarning) as rec:
+        sink.log_scalars(0, {"_step": 1.0, "user/_step": 2.0})
+        sink.log_scalars(1, {"user/_runtime": 3.0})
+        sink.log_scalars(2, {"_runtime": 4.0, "user/_runtime": 5.0})
+    said = " ".join(str(w.message) for w in rec)
+    assert "would share wandb's column 'user/_step' with the key '_step'" in said
+    assert "would share wandb's column 'user/_runtime' with the key 'user/_runtime'" in said
+    run_dir = sink.run_dir
+    sink.close()
+    rows = read_run(run_dir).rows_by_step()
+    assert rows[0]["user/_step"] == 1.0 and rows[0]["user/_step_2"] == 2.0
+    assert rows[1]["user/_runtime"] == 3.0
+    assert rows[2]["user/_runtime"] == 5.0 and rows[2]["user/_runtime_2"] == 4.0
+
+
 def test_a_media_key_with_a_long_component_is_shortened_not_lost(env):
     key = "val/" + "sample_" * 40  # a 280-byte component
     sink = WandbSink(project="long")

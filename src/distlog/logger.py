@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -40,10 +41,11 @@ from distlog.lifecycle import exit_code_of as _exit_code_of
 from distlog.sinks.base import Sink
 from distlog.sinks.console import ConsoleSink
 from distlog.sinks.jsonl import JsonlSink
+from distlog.sinkset import SINK_TIMEOUT_S, SinkSet
 from distlog.system import SystemMetrics
 from distlog.values import as_float, plain_tensor
 from distlog.world import World
-from distlog.writer import NonFinitePolicy, SinkSet, WriteJob, WriterThread
+from distlog.writer import NonFinitePolicy, WriteJob, WriterThread
 
 __all__ = ["Logger"]
 
@@ -61,7 +63,9 @@ class Logger:
             the data-parallel one, so tensor-parallel replicas are not counted twice.
         mesh_dim: that dimension of ``mesh``, by name or index.
         console: also print a compact line per flush on rank 0.
-        async_write: run sink calls on a writer thread (default). Off, they run inline.
+        async_write: decode rows on a writer thread and run each sink's calls on a thread
+            of its own (default), so a sink that hangs holds up neither training nor the
+            other sinks (see `sink_timeout`). Off, they run inline.
         async_flush: [flush][distlog.logger.Logger.flush] swaps the buffer and returns at once on
             every rank; the exchange runs on a background thread (at most one in flight: the
             next flush waits for it). Its errors are raised at the next flush or at
@@ -74,6 +78,12 @@ class Logger:
             [RankDivergenceError][distlog.errors.RankDivergenceError] instead of hanging.
         nonfinite: what the writer does with NaN and infinities: ``"warn"`` (write them, with
             one warning per key), ``"ignore"`` (write them silently) or ``"drop"``.
+        queue_size: rows that may wait for the writer, and for each sink, before a flush
+            waits for room (sinks slower than training hold training back, losing nothing).
+        sink_timeout: seconds one sink call may run before that sink counts as hung: its
+            later calls are skipped while it hangs (counted, and named in one warning) instead
+            of holding training back, and finishing stops waiting for it. None waits for ever.
+            The default, 300 s, leaves a tracker's ``finish`` time to upload.
         handle_signals: on the writer, finish the logger when SIGTERM or SIGINT arrives (exit
             code ``128 + signum``), then let the signal do what it did before (see
             `distlog.lifecycle`). True (the default), False, or the signals to handle,
@@ -110,6 +120,7 @@ class Logger:
         timeout: float = 300.0,
         nonfinite: str = "warn",
         queue_size: int = 1024,
+        sink_timeout: float | None = SINK_TIMEOUT_S,
         handle_signals: bool | Iterable[int] = True,
         resume: bool | str = "auto",
         system_metrics: bool = False,
@@ -125,6 +136,10 @@ class Logger:
             )
         if not (timeout > 0):
             raise LogValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if sink_timeout is not None and not (
+            isinstance(sink_timeout, (int, float)) and sink_timeout > 0
+        ):
+            raise LogValueError(f"sink_timeout must be > 0 seconds or None, got {sink_timeout!r}")
         self.world = (
             world if world is not None else World.current(group, mesh=mesh, mesh_dim=mesh_dim)
         )
@@ -174,7 +189,8 @@ class Logger:
                 given.append(ConsoleSink())
             self.sinks[:] = given
             if async_write:
-                self._writer = WriterThread(queue_size)
+                self._writer = WriterThread(queue_size, after_batch=self._sinks.wake)
+                self._sinks.use_lanes(queue_size, sink_timeout)
         signals: Iterable[int] = ()
         if self.world.is_global_zero and handle_signals is not False:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
@@ -880,6 +896,7 @@ class Logger:
         self._wait_exchange()
         if self._writer is not None:
             self._writer.drain()
+            self._sinks.drain()
 
     # ------------------------------------------------------------------------ finish
     def finish(self, exit_code: int = 0, *, step: int | None = None) -> None:
@@ -987,15 +1004,22 @@ class Logger:
             # repeat steps).
             step = max(self._attempted_step, self._resume_after + 1, 0)
             self._submit(self._write_job(step, None), wait_for_room=False)
-        self._submit(lambda: self._close_sinks(exit_code), wait_for_room=False)
+        self._submit(
+            lambda: self._sinks.each("close", lambda s: s.close(exit_code)), wait_for_room=False
+        )
         if self._writer is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
             if not self._writer.drain(timeout):
                 why = "the writer thread stopped" if timeout is None else f"not within {timeout}s"
                 warnings.warn(
                     f"distlog: the sinks did not finish writing ({why}); giving up on them",
                     stacklevel=2,
                 )
+            else:  # each sink on its lane: one that hangs is named and left behind
+                self._sinks.drain(None if deadline is None else deadline - time.monotonic())
+            self._sinks.stop()
             self._writer.stop(timeout=0.1 if timeout is not None else 60.0)
+        self._end_run(exit_code)
 
     def _wait_for_exchange(self, timeout: float | None) -> None:
         """Let an asynchronous exchange in flight finish, so a row whose flush returned is
@@ -1012,8 +1036,8 @@ class Logger:
                 stacklevel=3,
             )
 
-    def _close_sinks(self, exit_code: int) -> None:
-        self._sinks.each("close", lambda s: s.close(exit_code))
+    def _end_run(self, exit_code: int) -> None:
+        """Record the run's end in ``run.json``, once the sinks are closed or given up on."""
         if self.run_dir is not None and self.run_id is not None:
             last = self._sinks.last_written_step
             try:

@@ -1,4 +1,5 @@
-"""Global rank 0's side of a flush: decode the row, apply the non-finite policy, call the sinks.
+"""Global rank 0's side of a flush: decode the row, apply the non-finite policy, hand it to the
+sinks (each on its lane, see `distlog.sinkset`).
 
 Everything here runs on one background thread (the *writer*), so a slow backend never delays the
 collective the other ranks wait in, and rank 0's training thread never decodes a row.
@@ -24,8 +25,9 @@ from typing import Any
 from distlog.errors import LogValueError
 from distlog.exchange import PendingRow
 from distlog.sinks.base import Sink
+from distlog.sinkset import SinkSet
 
-__all__ = ["NONFINITE_POLICIES", "NonFinitePolicy", "SinkSet", "WriteJob", "WriterThread"]
+__all__ = ["NONFINITE_POLICIES", "NonFinitePolicy", "WriteJob", "WriterThread"]
 
 NONFINITE_POLICIES = ("warn", "ignore", "drop")
 
@@ -56,31 +58,6 @@ class NonFinitePolicy:
                     stacklevel=2,
                 )
         return row
-
-
-class SinkSet:
-    """The writer's sinks. One broken backend must not take the others down: a failing call
-    becomes a warning naming the sink."""
-
-    def __init__(self, sinks: list[Sink]) -> None:
-        self.sinks = sinks
-        self.last_written_step: int | None = None
-
-    def each(self, what: str, call: Callable[[Sink], None]) -> None:
-        for sink in list(self.sinks):
-            try:
-                call(sink)
-            except Exception as exc:
-                warnings.warn(
-                    f"distlog: {type(sink).__name__}.{what} failed: {type(exc).__name__}: {exc}",
-                    stacklevel=2,
-                )
-
-    def wrote(self, step: int) -> None:
-        """Note a row (scalars or media) written at ``step``: ``run.json``'s ``last_step`` is
-        the largest, which a resume must not write again."""
-        if self.last_written_step is None or step > self.last_written_step:
-            self.last_written_step = step
 
 
 class WriteJob:
@@ -126,16 +103,13 @@ class WriteJob:
         self._ran = True
         step, row = self.step, self.row()
         if row:
-            self.sinks.each("log_scalars", lambda s: s.log_scalars(step, row))
-            self.sinks.wrote(step)
-        for key, item in self.media:
+            self.sinks.each("log_scalars", lambda s: s.log_scalars(step, row), step=step)
+        for key, item in self.media:  # a media-only row is a written step too
 
             def write(sink: Sink, key: str = key, item: Any = item) -> None:
                 sink.log_media(step, key, item)
 
-            self.sinks.each("log_media", write)
-        if self.media:
-            self.sinks.wrote(step)  # a media-only row is written too
+            self.sinks.each("log_media", write, step=step)
 
 
 WRITE_INTERVAL_S = 0.05
@@ -152,7 +126,12 @@ class WriterThread:
     several rows back to back on a warm cache instead of one row per wake-up.
     """
 
-    def __init__(self, maxsize: int, interval: float = WRITE_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        interval: float = WRITE_INTERVAL_S,
+        after_batch: Callable[[], None] | None = None,
+    ) -> None:
         self._jobs: collections.deque[Callable[[], None]] = collections.deque()
         # Wake-ups only (a token per request); put() is reentrant, so a signal handler may wake
         # the thread wherever the main thread was.
@@ -160,6 +139,7 @@ class WriterThread:
         self._maxsize = maxsize
         self._wake_at = max(1, maxsize // 2)
         self._interval = interval
+        self._after_batch = after_batch  # e.g. wake the sinks' lanes for what the batch queued
         self.errors: list[BaseException] = []
         # A plain flag, not Thread.is_alive(): a flush asks on every row, and is_alive() takes
         # the thread's state lock (5-7 us right after a collective's wait, on this host).
@@ -180,11 +160,15 @@ class WriterThread:
                 wake.get(timeout=interval)
             except queue.Empty:
                 pass
+            ran = False
             while jobs:
                 job = jobs.popleft()
                 if job is _STOP:
                     return
                 self._run_one(job)
+                ran = True
+            if ran and self._after_batch is not None:
+                self._run_one(self._after_batch)
 
     def _run_one(self, job: Callable[[], None]) -> None:
         try:

@@ -44,10 +44,35 @@ def wait_for_file(path: str | Path, seconds: float) -> None:
         time.sleep(0.05)
 
 
+# Ports for the tests' own rendezvous come from a block below the kernel's ephemeral range
+# (32768-60999 on Linux), one block per pytest-xdist worker, handed out in turn: a port asked of
+# the kernel (bind to port 0) can be handed to the other worker, or taken by one of gloo's
+# own connections, between the pick and the rendezvous's bind.
+_PORT_LOW, _PORT_BLOCKS, _PORT_BLOCK = 12000, 8, 2500
+_next_port: list[int] = []
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0, gw1, ... under xdist
+    digits = "".join(ch for ch in worker if ch.isdigit())
+    return int(digits or 0) % _PORT_BLOCKS
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 nothing listens on, from this test worker's own block."""
+    start = _PORT_LOW + _port_block() * _PORT_BLOCK
+    if not _next_port:  # two test runs at once (rare) start at different places in the block
+        _next_port.append(os.getpid() % _PORT_BLOCK)
+    for _ in range(_PORT_BLOCK):
+        port = start + _next_port[0]
+        _next_port[0] = (_next_port[0] + 1) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {start}-{start + _PORT_BLOCK - 1}")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

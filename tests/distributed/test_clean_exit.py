@@ -6,12 +6,11 @@ launches had a rank abort without the exit hook, none of 15 with it."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
 import pytest
-from dist_harness import subprocess_env
+from dist_harness import free_port, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +26,6 @@ for _ in range(30):  # the training's own collectives
     dist.all_gather(rows, x)
 # no dist.destroy_process_group(): many training scripts end like this
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The pattern of the PyTorch DDP tutorials: the training function finishes its logger and
@@ -60,7 +53,7 @@ dist.destroy_process_group()
 
 
 def _launch(job: str = JOB) -> list[tuple[int, str]]:
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", job],

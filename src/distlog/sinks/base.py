@@ -1,7 +1,8 @@
 """The one protocol every backend implements.
 
 Only the writer (global rank 0) ever calls a sink, and it does so from a single thread at a time
-(the logger's writer thread when ``async_write`` is on), so sinks need no locking of their own.
+(the sink's own thread when ``async_write`` is on, see `distlog.sinkset`), so sinks need no
+locking of their own.
 Values reach a sink already aggregated over steps and ranks; media arrive already converted to
 uint8 arrays (see `distlog.media`), so a sink only encodes and writes.
 """

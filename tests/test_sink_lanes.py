@@ -1,0 +1,190 @@
+"""A sink that hangs (a tracker's dead service, a stuck network disk) holds up only itself.
+
+Before each sink had a lane of its own, one hung sink stopped them all: ``metrics.jsonl`` got no
+more rows, training blocked once the queue filled, and ``finish()`` never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dist_harness import subprocess_env
+
+import distlog
+
+
+class StuckSink:
+    """A user's sink whose backend stops answering after ``good`` rows, until ``release``."""
+
+    def __init__(self, good: int = 0) -> None:
+        self.good = good
+        self.release = threading.Event()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.closed_with: int | None = None
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if len(self.rows) >= self.good:
+            self.release.wait()
+        self.rows.append((step, dict(values)))
+
+    def log_media(self, step: int, key: str, item: Any) -> None:
+        pass
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self, exit_code: int = 0) -> None:
+        self.closed_with = exit_code
+
+
+class SlowSink(StuckSink):
+    """Answers every call, slowly."""
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        time.sleep(0.02)
+        self.rows.append((step, dict(values)))
+
+
+def _train(logger: distlog.Logger, steps: int) -> None:
+    for step in range(steps):
+        logger.log_scalar("loss", float(step))
+        logger.flush(step)
+
+
+def _in_thread(fn: Any, seconds: float) -> bool:
+    """Run ``fn`` on a thread; True if it returned within ``seconds`` (a hang is a failure,
+    not a stuck test)."""
+    done = threading.Event()
+
+    def run() -> None:
+        fn()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_a_hung_sink_neither_stops_the_others_nor_blocks_training(tmp_path: Path) -> None:
+    stuck = StuckSink(good=3)
+    logger = distlog.Logger(run_dir=tmp_path, sinks=[stuck], queue_size=4, sink_timeout=1.0)
+    assert len(logger.sinks) == 2  # the run directory's JSONL sink beside it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _in_thread(lambda: _train(logger, 40), 60), "training blocked on the hung sink"
+        assert _in_thread(logger.finish, 60), "finish() waited for ever on the hung sink"
+    try:
+        rows = distlog.read_metrics(tmp_path)
+        assert [r["loss"] for r in rows] == [float(s) for s in range(40)]  # every row
+        info = distlog.read_run_info(tmp_path)
+        assert info is not None and info["exit_code"] == 0 and info["last_step"] == 39
+        said = [str(w.message) for w in caught]
+        hung = [m for m in said if "StuckSink.log_scalars" in m and "has not returned" in m]
+        assert hung, said  # named: which sink, which call
+        assert any("giving up on it" in m and "skipped while it hung" in m for m in hung), said
+        assert [s for s, _ in stuck.rows] == [0, 1, 2]
+        assert stuck.closed_with is None  # never reached: the sink is still stuck
+    finally:
+        stuck.release.set()
+
+
+def test_a_sink_that_comes_back_gets_the_rows_queued_after_it_hung(tmp_path: Path) -> None:
+    stuck = StuckSink(good=1)
+    logger = distlog.Logger(run_dir=tmp_path, sinks=[stuck], queue_size=4, sink_timeout=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _in_thread(lambda: _train(logger, 20), 60)
+        stuck.release.set()  # the service answers again
+        deadline = time.monotonic() + 30
+        while len(stuck.rows) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for step in range(20, 25):
+            logger.log_scalar("loss", float(step))
+            logger.flush(step)
+        assert _in_thread(logger.finish, 60)
+    written = [s for s, _ in stuck.rows]
+    assert written[0] == 0 and written == sorted(written) and written[-5:] == [20, 21, 22, 23, 24]
+    assert len(written) < 25  # rows that came while it hung and its lane was full are skipped
+    assert stuck.closed_with == 0
+    assert [r["loss"] for r in distlog.read_metrics(tmp_path)] == [float(s) for s in range(25)]
+    assert any("StuckSink.log_scalars" in str(w.message) for w in caught)
+
+
+def test_a_slow_sink_holds_training_back_and_loses_nothing(tmp_path: Path) -> None:
+    slow = SlowSink()
+    logger = distlog.Logger(run_dir=tmp_path, sinks=[slow], queue_size=2, sink_timeout=30.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all: nothing is skipped
+        _train(logger, 30)
+        logger.finish()
+    assert [s for s, _ in slow.rows] == list(range(30))
+    assert [r["loss"] for r in distlog.read_metrics(tmp_path)] == [float(s) for s in range(30)]
+    assert slow.closed_with == 0
+
+
+def test_wait_returns_and_names_a_hung_sink(tmp_path: Path) -> None:
+    stuck = StuckSink(good=0)
+    logger = distlog.Logger(run_dir=tmp_path, sinks=[stuck], sink_timeout=0.5)
+    try:
+        logger.log_scalar("loss", 1.0)
+        logger.flush(0)
+        with pytest.warns(UserWarning, match=r"StuckSink\.log_scalars for \d+ s has not returned"):
+            assert _in_thread(logger.wait, 30), "wait() waited for ever on the hung sink"
+        assert [r["loss"] for r in distlog.read_metrics(tmp_path)] == [1.0]
+    finally:
+        stuck.release.set()
+        logger.finish()
+
+
+def test_sink_timeout_is_checked(tmp_path: Path) -> None:
+    for bad in (0, -1.0, "60", float("nan")):
+        with pytest.raises(distlog.LogValueError, match="sink_timeout"):
+            distlog.Logger(run_dir=tmp_path / "x", sink_timeout=bad)  # type: ignore[arg-type]
+
+
+# A real SIGTERM, in a real process: the handler writes every row to metrics.jsonl and records
+# the exit code in run.json although a sink hangs (before, rows were lost and exit_code null).
+JOB = """
+import os, signal, threading
+import distlog
+from test_sink_lanes import StuckSink
+
+logger = distlog.Logger(run_dir={run_dir!r}, sinks=[StuckSink(good=2)], sink_timeout=1.0)
+for step in range(10):
+    logger.log_scalar("loss", float(step))
+    logger.flush(step)
+print("trained", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+threading.Event().wait(60)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_hung_sink_still_writes_every_row_and_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    job = textwrap.dedent(JOB).format(run_dir=str(run_dir))
+    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
+    env = subprocess_env(PYTHONPATH=os.pathsep.join(paths))
+    proc = subprocess.run(
+        [sys.executable, "-c", job], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert "trained" in proc.stdout
+    assert [r["loss"] for r in distlog.read_metrics(run_dir)] == [float(s) for s in range(10)]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["exit_code"] == 128 + signal.SIGTERM and info["last_step"] == 9, info
+    assert "StuckSink" in proc.stderr and "giving up on it" in proc.stderr, proc.stderr

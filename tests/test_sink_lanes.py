@@ -188,3 +188,47 @@ def test_sigterm_with_a_hung_sink_still_writes_every_row_and_the_exit_code(
     info = json.loads((run_dir / "run.json").read_text())
     assert info["exit_code"] == 128 + signal.SIGTERM and info["last_step"] == 9, info
     assert "StuckSink" in proc.stderr and "giving up on it" in proc.stderr, proc.stderr
+
+
+# The hung sink does not count as hung yet (the default sink_timeout, 300 s) and its lane is full:
+# training waits, but the JSONL sink has every row whose flush returned, and a SIGTERM then
+# writes the exit code at once. Before, the writer itself waited for room behind the hung sink,
+# and the rows queued behind it never reached metrics.jsonl.
+JOB_NOT_YET_HUNG = """
+import os, signal, threading
+import distlog
+from test_sink_lanes import StuckSink
+
+logger = distlog.Logger(run_dir={run_dir!r}, sinks=[StuckSink(good=1)], queue_size=2)
+threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+for step in range(1000):
+    logger.log_scalar("loss", float(step))
+    logger.flush(step)
+    print("flushed", step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
+    job = textwrap.dedent(JOB_NOT_YET_HUNG).format(run_dir=str(run_dir))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", job],
+        env=subprocess_env(PYTHONPATH=os.pathsep.join(paths)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert time.monotonic() - t0 < 60  # the handler waited at most its 20 s for the hung sink
+    flushed = [int(line.split()[1]) for line in proc.stdout.splitlines()]
+    assert 2 < len(flushed) < 1000  # training was held back by the full lane
+    rows = distlog.read_metrics(run_dir)
+    assert [r["loss"] for r in rows][: len(flushed)] == [float(s) for s in flushed]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["exit_code"] == 128 + signal.SIGTERM, info
+    assert "StuckSink did not finish in time" in proc.stderr, proc.stderr
+    assert "JsonlSink" not in proc.stderr, proc.stderr  # it finished: nothing to say about it

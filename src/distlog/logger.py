@@ -886,6 +886,8 @@ class Logger:
     def _submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
         if self._writer is not None:
             if self._writer.alive:
+                if wait_for_room:
+                    self._sinks.wait_for_room()  # a slow sink holds training back, not a hung one
                 self._writer.submit(job, wait_for_room=wait_for_room)
         else:
             job()

@@ -4,10 +4,11 @@ A sink is an outside system (a tracker's service, an HTTP server, a network disk
 With every sink on one thread, one that hung held up the others: the run's own ``metrics.jsonl``
 stopped, training blocked once the queue filled, and a SIGTERM left rows unwritten and
 ``run.json`` without its end. So every sink has a *lane*: a thread that makes its calls in order.
-A sink that is slow holds back training (the queues fill, as before); a sink whose call has run
-longer than ``sink_timeout`` is *stalled*: its later calls are dropped, counted and named in a
-warning, while the others go on, and ``finish()`` stops waiting for it. If the call returns, the
-sink gets the calls queued after that again.
+The writer never waits for a lane, so no sink waits behind another. A sink that is slow holds
+back training (its lane fills and the next flush waits for room, as before); a sink whose call
+has run longer than ``sink_timeout`` is *stalled*: its later calls are dropped, counted and named
+in a warning, while the others go on, and ``finish()`` stops waiting for it. If the call
+returns, the sink gets the calls queued after that again.
 
 Like the writer thread, nothing here takes a lock a signal handler could find held: calls go
 into a ``deque``, wake-ups through a ``SimpleQueue``, waiting polls flags.
@@ -65,18 +66,19 @@ class SinkLane:
         return f"{busy[0]} for {ran:.0f} s" if ran > limit else None
 
     def put(self, what: str, call: SinkCall, step: int | None, limit: float | None) -> None:
-        """Queue a call; wait while the lane is full, unless its sink is stalled (then the call
-        is dropped and counted)."""
+        """Queue a call, never waiting (the writer must not wait behind one sink: the others
+        would wait with it). A full lane whose sink is hung drops the call and counts it."""
         calls = self._calls
         if len(calls) >= self._maxsize:
-            self._wake.put(True)
-            while len(calls) >= self._maxsize:
-                stalled = self.stalled_for(limit)
-                if stalled is not None:
-                    self._drop(stalled)
-                    return
-                time.sleep(0.001)
+            stalled = self.stalled_for(limit)
+            if stalled is not None:
+                self._drop(stalled)
+                return
         calls.append((what, call, step))  # woken by wake(), after the writer's whole batch
+
+    def full(self, limit: float | None) -> bool:
+        """Full and still answering: a slow sink, which training waits for."""
+        return len(self._calls) >= self._maxsize and self.stalled_for(limit) is None
 
     def wake(self) -> None:
         if self._calls:
@@ -91,12 +93,17 @@ class SinkLane:
                 "hangs (its rows are dropped and counted; the other sinks keep writing)"
             )
 
-    def drain(self, deadline: float | None, limit: float | None) -> str | None:
-        """Wait until every call queued so far has run. Returns None when done, else why not
-        (the sink is stalled, or ``deadline`` passed)."""
+    def mark(self) -> _Marker:
+        """Queue a marker that the lane flags when it reaches it: every call queued before it
+        has then been made."""
         marker = _Marker()
         self._calls.append(marker)
         self._wake.put(True)
+        return marker
+
+    def wait(self, marker: _Marker, deadline: float | None, limit: float | None) -> str | None:
+        """Wait until the lane reaches ``marker``. Returns None when it did, else why not (the
+        sink is hung, or ``deadline`` passed)."""
         delay = 0.0005
         while not marker.done:
             stalled = self.stalled_for(limit)
@@ -202,8 +209,10 @@ class SinkSet:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
-        for lane in list(self._lanes.values()):
-            why = lane.drain(deadline, self.timeout)
+        lanes = list(self._lanes.values())
+        markers = [lane.mark() for lane in lanes]  # all at once: each lane works while we wait
+        for lane, marker in zip(lanes, markers, strict=True):
+            why = lane.wait(marker, deadline, self.timeout)
             if why is not None:
                 done = False
                 _warn(
@@ -212,6 +221,17 @@ class SinkSet:
                     "wrote everything"
                 )
         return done
+
+    def wait_for_room(self) -> None:
+        """Wait while a sink that still answers has a full lane: training is held back by a
+        slow sink, losing nothing, but not by a hung one. Called by the training thread before
+        it queues a row; the writer itself never waits for a sink."""
+        lanes = self._lanes
+        if not lanes:
+            return
+        while any(lane.full(self.timeout) for lane in list(lanes.values())):
+            self.wake()
+            time.sleep(0.001)
 
     def wake(self) -> None:
         """Start the lanes on what was queued (the writer calls this after each batch: a lane

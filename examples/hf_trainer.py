@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--raw", action="store_true")
     parser.add_argument("--wandb", action="store_true", help="also write a wandb run (rank 0)")
+    parser.add_argument("--system-metrics", action="store_true")
+    parser.add_argument(
+        "--slow-rank", type=int, default=-1, help="make this rank's forward 30 ms slower"
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     config = GPT2Config(
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
+    if args.slow_rank == int(os.environ.get("RANK", "0")):  # a slow GPU, inside the forward
+        model.get_input_embeddings().register_forward_pre_hook(lambda *_: time.sleep(0.03))
     training_args = TrainingArguments(
         output_dir=str(run_dir.parent / "hf-output"),
         use_cpu=True,
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         return [WandbSink(project="distlog-hf", dir=run_dir.parent, id=logger.run_id)]
 
     sinks = sinks if args.wandb else None
-    dl = DistlogCallback(run_dir=run_dir, sinks=sinks)
+    dl = DistlogCallback(run_dir=run_dir, sinks=sinks, system_metrics=args.system_metrics)
     trainer = RankValuesTrainer(
         model=model,
         args=training_args,

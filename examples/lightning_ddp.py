@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class TinyRegressor(pl.LightningModule):
         self.save_hyperparameters()
         self.net = nn.Linear(width, 1)
         self.raw: list[dict] = []  # what this rank logged, for the test's reference
+        self.slow_rank = -1  # --slow-rank: a rank whose training_step is slower
         self.collectives: list[int] = []
 
     def _log(self, name: str, value: torch.Tensor | float, **kwargs) -> None:
@@ -52,6 +54,8 @@ class TinyRegressor(pl.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
+        if self.global_rank == self.slow_rank:
+            time.sleep(0.03)  # a slow GPU: system/forward_s/rank_argmax names this rank
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         rank = self.global_rank
@@ -104,9 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=3)
     parser.add_argument("--raw", action="store_true", help="write each rank's raw values")
     parser.add_argument("--system-metrics", action="store_true")
+    parser.add_argument(
+        "--slow-rank", type=int, default=-1, help="make this rank's training_step 30 ms slower"
+    )
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     model = TinyRegressor()
+    model.slow_rank = args.slow_rank
     if args.raw:
         model._raw_path = str(run_dir.parent)
     callback = DistlogCallback(run_dir=run_dir, system_metrics=args.system_metrics)

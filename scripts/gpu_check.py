@@ -162,6 +162,28 @@ def section_sync_debug(device: str) -> dict[str, Any]:
     out["writer held during the check"] = hold.held
     logger.wait()
     logger.finish()
+
+    # system/forward_s: CUDA events on the current stream, read only once completed
+    from distlog.system import ForwardTimer
+
+    timer = ForwardTimer(torch.device(device))
+    taken: list[float | None] = []
+    x = torch.randn(2048, 2048, device=device)
+
+    def timed_forwards() -> None:
+        for _ in range(3):
+            timer.begin()
+            x @ x
+            timer.end()
+        taken.append(timer.take())  # what has completed so far, not waiting for the rest
+
+    with SyncDebug(device):
+        out["forward timer: begin/end x3 and take (no sync)"] = attempt(timed_forwards)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    taken.append(timer.take())
+    out["forward timer: mean forward in the mode, then once completed (s)"] = taken
+    assert any(t is not None and t > 0 for t in taken), taken
     return out
 
 

@@ -209,3 +209,84 @@ def test_a_bad_step_takes_nothing_from_the_next_step_time(tmp_path):
     row = logger.flush(step=1, block=True)
     logger.finish()
     assert row is not None and row["system/step_time_s"] >= 0.02
+
+
+# ----------------------------------------------------------------------------- forward_s
+class _SlowOnRank(torch.nn.Module):
+    """A layer whose forward takes ``delay`` seconds longer on one rank: a slow GPU."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 1)
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.linear(x)
+
+
+def _ddp_job(rank: int, run_dir: str) -> list[dict]:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    model = DDP(_SlowOnRank(0.05 if rank == 1 else 0.0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    logger = distlog.Logger(run_dir=run_dir, system_metrics=True, async_write=False)
+    assert logger.system is not None
+    hooks = logger.system.time_forward(model)
+    logger.system.start(0)
+    x = torch.randn(4, 8)
+    for step in range(1, 7):
+        loss = model(x).square().mean()
+        loss.backward()  # DDP's all-reduce: rank 0 waits here for rank 1
+        opt.step()
+        opt.zero_grad()
+        logger.log_scalar("loss", loss.detach())
+        if step % 2 == 0:
+            logger.flush(step)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # eval forwards are not counted
+    logger.log_scalar("loss", 0.0)
+    logger.flush(7)
+    hooks.remove()
+    logger.finish()
+    return [logger.system.last]
+
+
+@pytest.mark.slow
+def test_forward_time_names_the_slow_rank_that_ddp_step_times_hide(tmp_path):
+    """Under DDP every rank's step time is the slowest rank's (the gradient all-reduce waits
+    for it), so step_time_s/rank_argmax names a rank at random; forward_s names rank 1."""
+    lasts = run_ranks(_ddp_job, 2, str(tmp_path), timeout=180)
+    rows = [r for r in distlog.read_metrics(tmp_path) if "system/forward_s" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6]  # step 7 ran only eval forwards
+    for row in rows:
+        assert row["system/forward_s/rank_argmax"] == 1.0
+        assert row["system/forward_s/rank_max"] >= 0.05 > row["system/forward_s/rank_min"]
+        # the step times are within a few ms of each other: DDP evened them out
+        spread = row["system/step_time_s/rank_max"] - row["system/step_time_s/rank_min"]
+        assert spread < 0.5 * (row["system/forward_s/rank_max"] - row["system/forward_s/rank_min"])
+    assert all("forward_s" not in last for [last] in lasts)  # nothing completed after step 6
+
+
+def test_forward_timer_counts_training_forwards_and_stops_when_removed(tmp_path):
+    logger = distlog.Logger(run_dir=tmp_path, system_metrics=True, async_write=False)
+    assert logger.system is not None
+    model = _SlowOnRank(0.01)
+    hooks = logger.system.time_forward(model)
+    for _ in range(3):
+        model(torch.zeros(1, 8))
+    model.eval()
+    model(torch.zeros(1, 8))  # not counted, and not timed as 0 either
+    row = logger.flush(0, block=True)
+    assert row is not None and 0.01 <= row["system/forward_s"] < 1.0
+    model.train()
+    hooks.remove()
+    model(torch.zeros(1, 8))
+    row = logger.flush(1, block=True)
+    assert row is not None and "system/forward_s" not in row
+    with pytest.raises(distlog.LogTypeError, match="time_forward"):
+        logger.system.time_forward("model")  # type: ignore[arg-type]
+    logger.finish()

@@ -21,10 +21,17 @@ Keys (all under ``system/``; each also gets ``/rank_min``, ``/rank_max``, ``/ran
 | ``cuda_allocated_mib``, ``cuda_reserved_mib``, ``cuda_max_allocated_mib`` | CUDA allocator | mean |
 | ``gpu_util_pct`` | NVML utilisation of the rank's GPU | mean |
 | ``mfu`` | model FLOPs utilisation, after ``set_flops()`` | mean |
+| ``forward_s`` | mean time of one training forward, after ``time_forward(model)`` (the Lightning and Hugging Face callbacks set it up) | mean |
+
+Under DDP the gradient all-reduce makes every rank wait for the slowest, so every rank's
+``step_time_s`` is about the same and its ``rank_argmax`` names a rank at random. A forward has
+no such collective: ``forward_s/rank_argmax`` names the slow rank there. It is measured on the
+rank's own device (CUDA events read once they completed, never waited for) or its host clock.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import operator
@@ -39,7 +46,7 @@ import torch
 
 from distlog.errors import LogTypeError, LogValueError
 
-__all__ = ["PREFIX", "SystemMetrics", "mfu"]
+__all__ = ["PREFIX", "ForwardTimer", "SystemMetrics", "mfu"]
 
 PREFIX = "system/"
 _MIB = 1024.0 * 1024.0
@@ -101,6 +108,94 @@ def _rss_bytes() -> float:
         return float(peak if sys.platform == "darwin" else peak * 1024)
 
 
+class ForwardTimer:
+    """Times training forwards on this rank: spans marked by [begin][distlog.system.ForwardTimer.begin]
+    and [end][distlog.system.ForwardTimer.end] (or a module's forward hooks), on the device's
+    current CUDA stream with events, or with the host clock on a CPU. A CUDA span is read at a
+    later flush, once its events have completed: reading never waits for the device."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self._device = device
+        self._open: Any = None  # the start of the span in progress: a perf_counter or an event
+        self._pending: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._total = 0.0
+        self._count = 0
+
+    def _cuda(self) -> bool:
+        dev = self._device
+        return dev is not None and dev.type == "cuda" and torch.cuda.is_initialized()
+
+    def begin(self) -> None:
+        """A forward starts (a span begun and never ended is dropped)."""
+        if self._cuda():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self._device))
+            self._open = event
+        else:
+            self._open = time.perf_counter()
+
+    def end(self) -> None:
+        """The forward begun last has ended; without one, nothing happens."""
+        start, self._open = self._open, None
+        if start is None:
+            return
+        if isinstance(start, float):
+            self._total += time.perf_counter() - start
+            self._count += 1
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self._device))
+        self._pending.append((start, event))
+
+    def take(self) -> float | None:
+        """The mean time of the spans completed since the last call, or None if none did."""
+        pending = self._pending
+        while pending and pending[0][1].query():  # completed: reading it does not wait
+            start, end = pending.popleft()
+            self._total += start.elapsed_time(end) / 1000.0
+            self._count += 1
+        if self._count == 0:
+            return None
+        mean = self._total / self._count
+        self._total, self._count = 0.0, 0
+        return mean
+
+    def reset(self) -> None:
+        self._open = None
+        self._pending.clear()
+        self._total, self._count = 0.0, 0
+
+    def hook(self, module: torch.nn.Module) -> _Hooks:
+        """Time every training-mode forward of ``module`` (of the module inside a DDP wrapper:
+        DDP's own synchronisation before the forward is left out)."""
+        inner = getattr(module, "module", module)
+        if not isinstance(inner, torch.nn.Module):
+            raise LogTypeError(f"time_forward takes a torch.nn.Module, got {type(module).__name__}")
+
+        def before(mod: torch.nn.Module, args: Any) -> None:
+            if mod.training:
+                self.begin()
+
+        def after(mod: torch.nn.Module, args: Any, out: Any) -> None:
+            if mod.training:
+                self.end()
+
+        return _Hooks([inner.register_forward_pre_hook(before), inner.register_forward_hook(after)])
+
+
+class _Hooks:
+    """The forward hooks of [time_forward][distlog.system.SystemMetrics.time_forward];
+    ``remove()`` takes them off the module."""
+
+    def __init__(self, handles: list[Any]) -> None:
+        self._handles = handles
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 class SystemMetrics:
     """Per-rank system metrics, logged through the logger at the start of each flush.
 
@@ -131,6 +226,8 @@ class SystemMetrics:
         self._flops_per_step: float | None = None
         self._peak_flops: float | None = None
         self._nvml = importlib.util.find_spec("pynvml") is not None
+        self.forward = ForwardTimer(self._device)
+        """Times training forwards (``system/forward_s``): see [time_forward][distlog.system.SystemMetrics.time_forward]."""
         self.last: dict[str, float] = {}
         """This rank's values at the last flush (before the cross-rank reduction)."""
 
@@ -191,6 +288,19 @@ class SystemMetrics:
         self._flops_per_step = float(flops_per_step)
         self._peak_flops = float(peak_flops)
 
+    def time_forward(self, module: torch.nn.Module) -> _Hooks:
+        """Log ``system/forward_s``: the mean time of one training forward of ``module`` on
+        this rank, so that ``system/forward_s/rank_argmax`` names the slow rank where the
+        training's collectives make every rank's step time the same (DDP).
+
+        Hooks the module (inside a DDP wrapper, the wrapped module); forwards in eval mode are
+        not counted. Returns a handle whose ``remove()`` takes the hooks off. Under FSDP a
+        forward holds the parameter all-gathers, which even it out too. Frameworks with hooks
+        of their own call ``logger.system.forward.begin()`` / ``.end()`` instead (the
+        Lightning callback does, around ``training_step``).
+        """
+        return self.forward.hook(module)
+
     def start(self, step: int) -> None:
         """Mark the start of the loop at ``step``: the next flush's ``step_time_s`` (and
         ``data_wait_s``, ``mfu``, the rates) count from here and from this step.
@@ -208,6 +318,7 @@ class SystemMetrics:
         self._cpu_last = time.process_time()
         self._samples = self._tokens = self._wait = 0.0
         self._start_step = step
+        self.forward.reset()
 
     # ------------------------------------------------------------------ at each flush
     def sample(self, step: Any = None) -> dict[str, float]:
@@ -244,6 +355,9 @@ class SystemMetrics:
         if self._counting_tokens:
             rates["tokens_per_s"] = self._tokens / wall
         values.update(self._cuda())
+        forward = self.forward.take()
+        if forward is not None:
+            values["forward_s"] = forward
         if self._flops_per_step is not None and self._peak_flops is not None and advanced > 0:
             values["mfu"] = self._flops_per_step / (values["step_time_s"] * self._peak_flops)
         self._t_last, self._cpu_last = now, cpu

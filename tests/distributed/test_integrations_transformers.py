@@ -28,6 +28,7 @@ def test_hf_trainer_under_torchrun_writes_trainer_logs_and_reduced_rank_values(t
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(EXAMPLE), "--run-dir", str(run_dir), "--raw", "--max-steps", "6", "--wandb",
+        "--system-metrics", "--slow-rank", "1",
     ]  # fmt: skip
     env = subprocess_env(**wandb_env(tmp_path))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -47,6 +48,11 @@ def test_hf_trainer_under_torchrun_writes_trainer_logs_and_reduced_rank_values(t
         mine = {k: v for k, v in row.items() if k.startswith("train/")}
         assert_rows_close(mine, ref)
     assert rows[0]["train/only_rank1"] == 0.0 and rows[0]["train/rank_id_max"] == 101.0
+    # system metrics: rank 1's forward is 30 ms slower, which DDP's even step times hide
+    for row in (r for r in rows if "system/forward_s" in r):
+        assert row["system/forward_s/rank_argmax"] == 1.0
+        assert row["system/forward_s/rank_max"] >= 0.03 > row["system/forward_s/rank_min"]
+    assert all("system/forward_s" in rows[i] for i in (0, 2))  # the train logs at 2 and 4
     # The Trainer's own loss is averaged over the processes too: it matches distlog's mean.
     assert math.isclose(rows[0]["loss"], rows[0]["train/rank_loss"], rel_tol=1e-6)
     for raw in raws:

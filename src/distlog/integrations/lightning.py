@@ -374,6 +374,18 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._dataloader_suffix = ""
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._logger is not None and self._logger.system is not None:
+            self._logger.system.forward.begin()  # training_step up to its backward
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
+    ) -> None:
+        if self._logger is not None and self._logger.system is not None:
+            self._logger.system.forward.end()  # system/forward_s names the slow rank under DDP
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,

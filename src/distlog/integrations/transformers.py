@@ -217,6 +217,7 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         self._logger_kwargs = logger_kwargs
         self._logger: Logger | None = None
         self._between: BetweenRuns | None = None  # from on_train_end until the next run opens
+        self._forward_hooks: Any = None  # system/forward_s's hooks on the model while it trains
 
     @property
     def logger(self) -> Logger | BetweenRuns:
@@ -255,7 +256,7 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         return self._logger
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "_between": None}
+        return {**super().__getstate__(), "_between": None, "_forward_hooks": None}
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._open()  # every rank builds its logger while they run in step
@@ -264,6 +265,10 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         logger = self._open()
         if logger.system is not None:
             logger.system.start(int(state.global_step))  # a restored job's step included
+            model = kwargs.get("model")
+            if isinstance(model, torch.nn.Module) and self._forward_hooks is None:
+                # system/forward_s: the slow rank, which DDP's even step times hide
+                self._forward_hooks = logger.system.time_forward(model)
         if self._log_config and hasattr(args, "to_dict"):
             logger.log_config(args.to_dict())
 
@@ -282,6 +287,9 @@ class DistlogCallback(OwnLoggerPerProcess, TrainerCallback):
         logger.flush(step=int(state.global_step))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._forward_hooks is not None:
+            self._forward_hooks.remove()
+            self._forward_hooks = None
         logger = self._logger
         if logger is None:
             return

@@ -371,3 +371,34 @@ def test_a_run_json_written_while_it_is_checked_is_not_another_tools(tmp_path, m
     monkeypatch.setattr(runlog, "read_run_info", read_then_the_other_launch_starts)
     assert runlog.holds_run(run) is True
     assert raced == [True]
+
+
+def test_run_dir_dot_gets_its_next_version_beside_it_not_inside(tmp_path, monkeypatch):
+    """``run_dir="."``: the second launch is ``../<name>-2`` (the documented rule), not a
+    directory named ``-2`` inside the first run."""
+    work = tmp_path / "exp"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "holds a run from an earlier launch"
+        first = distlog.Logger(run_dir=".")
+        first.log_scalar("a", 1.0)
+        first.finish()
+        second = distlog.Logger(run_dir=".")
+        second.finish()
+    assert first.run_dir == work
+    assert second.run_dir == tmp_path / "exp-2"
+    assert not (work / "-2").exists()
+    assert [r["a"] for r in distlog.read_metrics(work)] == [1.0]
+
+
+def test_a_run_dir_under_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fresh directory: no "earlier launch" warning
+        logger = distlog.Logger(run_dir="~/runs/a")
+    logger.finish()
+    assert logger.run_dir == tmp_path / "home" / "runs" / "a"
+    assert (tmp_path / "home" / "runs" / "a" / runlog.RUN_FILE).is_file()
+    assert not (tmp_path / "~").exists()

@@ -61,12 +61,13 @@ def test_rank_zero_writes_aggregated_tensorboard_events(tmp_path):
     results = run_ranks(_train, 2, str(tmp_path), timeout=180)
     assert [r["has_sink"] for r in results] == [True, False]
     assert results[0]["writer"] == "SummaryWriter" and results[1]["writer"] is None
-    assert results[0]["dir"] == str(Path("runs") / "tb")
+    tb_dir = Path("runs") / "tb" / "tb"  # runs/{experiment}/<the run directory's name>
+    assert results[0]["dir"] == str(tb_dir)
 
     event_files = list(tmp_path.glob("**/events.out.tfevents.*"))
-    assert [p.parent for p in event_files] == [tmp_path / "runs" / "tb"]  # one writer only
+    assert [p.parent for p in event_files] == [tmp_path / tb_dir]  # one writer only
     acc = EventAccumulator(
-        str(tmp_path / "runs" / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+        str(tmp_path / tb_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
     )
     acc.Reload()
     flushes = list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
@@ -134,3 +135,54 @@ def test_writer_is_none_once_finished_in_one_process(tmp_path, monkeypatch):
     assert type(trainer.writer).__name__ == "SummaryWriter"
     trainer.finish()
     assert trainer.writer is None
+
+
+def _launch(steps: int) -> Path:
+    config = LoggerConfigMixin(project="p", experiment="e")
+    trainer = Trainer(config)
+    for step in range(1, steps + 1):
+        trainer.log_scalar("train/loss", float(step))
+        trainer.global_step = step
+        trainer.flush_logs(step)
+    trainer.finish()
+    return trainer.tensorboard_dir
+
+
+def test_each_launch_is_its_own_tensorboard_run(tmp_path, monkeypatch):
+    """TensorBoard merges the event files of one folder into one run: with every launch in
+    runs/{experiment}, a second launch's curve went back over the first's (2..4, then 2..3)."""
+    monkeypatch.chdir(tmp_path)
+    first, second = _launch(4), _launch(3)
+    assert first != second and first.parent == second.parent == Path("runs") / "e"
+    for folder, steps in ((first, [1, 2, 3, 4]), (second, [1, 2, 3])):
+        acc = EventAccumulator(str(tmp_path / folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("train/loss")] == steps
+
+
+def test_a_resumed_run_hides_what_the_interrupted_attempt_wrote_past_its_run_log(
+    tmp_path, monkeypatch
+):
+    """The interrupted attempt's TensorBoard sink wrote step 5, which never reached
+    metrics.jsonl: the resumed run writes step 5 again, and TensorBoard must show its value
+    once, not both (purge_step)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.chdir(tmp_path)
+    folder = _launch(4)
+    with SummaryWriter(str(folder)) as writer:  # the attempt's last row, lost from the run log
+        writer.add_scalar("train/loss", 99.0, 5)
+    config = LoggerConfigMixin(
+        project="p", experiment="e", logging_parameters=LoggingParameters(resume_from="latest")
+    )
+    trainer = Trainer(config)
+    assert trainer.tensorboard_dir == folder
+    for step in (5, 6):
+        trainer.log_scalar("train/loss", float(step))
+        trainer.global_step = step
+        trainer.flush_logs(step)
+    trainer.finish()
+    acc = EventAccumulator(str(tmp_path / folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert got == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 6.0)]

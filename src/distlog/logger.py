@@ -264,7 +264,11 @@ class Logger:
         if choice[0] is None:
             return None, False
         path = Path(choice[0])
-        if self.world.is_global_zero and run_dir is not None and path != Path(run_dir):
+        if (
+            self.world.is_global_zero
+            and run_dir is not None
+            and path != runlog.run_dir_path(run_dir)
+        ):
             warnings.warn(
                 f"distlog: {run_dir} holds a run from an earlier launch; this launch is a new "
                 f"run in {path} (resume=True continues the old one)",

@@ -365,7 +365,7 @@ class LoggerMixin(AbstractTrainer):
         if params.run_dir is not None:
             resume: bool | str = True if params.resume_from is not None else "auto"
             path, resuming = runlog.claim_run_dir(params.run_dir, resume=resume, restart=restart)
-            if path != Path(params.run_dir):
+            if path != runlog.run_dir_path(params.run_dir):
                 warnings.warn(
                     f"distlog: {params.run_dir} holds a run from an earlier launch; this launch "
                     f"is a new run in {path} (logging_parameters.resume_from continues the old "

@@ -608,6 +608,14 @@ def _claim_new(root: Path) -> Path:
             return path
 
 
+def run_dir_path(run_dir: str | Path) -> Path:
+    """The one rule for a run directory's path: ``~`` expanded (a config file's ``~/runs`` made
+    a directory named ``~``), and a path without a name of its own (``.``, ``..``) resolved, so
+    that its next version is ``<name>-2`` beside it, not a directory named ``-2`` inside it."""
+    root = Path(run_dir).expanduser()
+    return root.resolve() if root.name in ("", ".", "..") else root
+
+
 def claim_run_dir(run_dir: str | Path, *, resume: bool | str, restart: int) -> tuple[Path, bool]:
     """Where this launch writes, and whether it continues the run there.
 
@@ -618,7 +626,7 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool | str, restart: int) -> t
     ``<run_dir>-2``, ``<run_dir>-3``... A new run's directory is created and claimed
     atomically, so two launches choosing at the same moment get two directories.
     """
-    root = Path(run_dir)
+    root = run_dir_path(run_dir)
     if resume is True:
         holds_run(root)  # refuse another tool's files
         return root, True

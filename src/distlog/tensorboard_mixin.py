@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from distlog import runlog
 from distlog.mixins import LoggerMixin
 from distlog.sinks.tensorboard import TensorBoardSink, require_tensorboard
 
@@ -52,8 +53,15 @@ class TensorBoardLoggerMixin(LoggerMixin):
 
     @property
     def tensorboard_dir(self) -> Path:
-        """Where rank 0 writes event files: ``runs/{experiment}``."""
-        return Path("runs") / str(self.experiment)
+        """Where rank 0 writes event files: ``runs/{experiment}/<run name>``.
+
+        The seed writes to ``runs/{experiment}``; TensorBoard merges every event file of one
+        folder into one run, so each launch wrote over the previous one's curves (steps 2..8,
+        then 2..8 again). One folder per distlog run under it (the run directory's name):
+        ``tensorboard --logdir runs/{experiment}`` shows each launch as its own run, and a
+        resumed run continues its own folder.
+        """
+        return Path("runs") / str(self.experiment) / self.run_dir.name
 
     @property
     def writer(self) -> Any:
@@ -79,5 +87,9 @@ class TensorBoardLoggerMixin(LoggerMixin):
         """The base class's sinks plus TensorBoard (called on global rank 0 only)."""
         base = getattr(super(), "make_sinks", None)
         sinks = list(base()) if base is not None else []
-        self.tensorboard_sink = TensorBoardSink(self.tensorboard_dir)
+        # A resumed run: hide what the interrupted attempt wrote after its last row in the
+        # local run log (TensorBoard's own rows may have gone further before it died).
+        last = runlog.last_step(self.run_dir)
+        purge = last + 1 if last is not None else None
+        self.tensorboard_sink = TensorBoardSink(self.tensorboard_dir, purge_step=purge)
         return [*sinks, self.tensorboard_sink]

@@ -107,6 +107,20 @@ def test_show_as_a_command(tmp_path):
     assert "train/loss" in done.stdout and done.stderr == ""
 
 
+@pytest.mark.slow  # starts a process
+def test_python_dash_m_distlog_is_the_command(tmp_path):
+    write_run(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "distlog", "show", str(tmp_path)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "train/loss" in done.stdout
+
+
 def bad_dirs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[Path, str]] = {}
     cases["missing"] = (tmp_path / "nope", "no such directory")

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -251,3 +252,17 @@ def test_missing_tensorboard_names_the_extra(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "IMPORT-ERROR:" in out.stdout and "distlog[tensorboard]" in out.stdout
+
+
+def test_a_histogram_of_huge_values_is_written_without_a_warning(tmp_path):
+    """Values past 1e154: their sum of squares is past float64 (inf, which TensorBoard keeps);
+    numpy's overflow warning would fail the sink call under -W error."""
+    counts, edges = np.array([1, 1]), np.array([-1e300, 0.0, 1e300])
+    sink = TensorBoardSink(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sink.log_media(1, "huge", Histogram(counts, edges))
+    sink.close()
+    (event,) = read_back(tmp_path).Histograms("huge")
+    assert event.histogram_value.sum_squares == math.inf
+    assert event.histogram_value.num == 2

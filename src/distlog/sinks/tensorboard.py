@@ -139,12 +139,15 @@ def histogram_stats(hist: Histogram) -> dict[str, Any]:
         low, high = float(edges[filled[0]]), float(edges[filled[-1] + 1])
     else:
         low, high = float(edges[0]), float(edges[-1])
+    with np.errstate(over="ignore", invalid="ignore"):  # |values| past 1e154: inf, no warning
+        total = float((counts * centres).sum())
+        squares = float((counts * centres * centres).sum())
     return {
         "min": low,
         "max": high,
         "num": float(counts.sum()),
-        "sum": float((counts * centres).sum()),
-        "sum_squares": float((counts * centres * centres).sum()),
+        "sum": total,
+        "sum_squares": squares,
         "bucket_limits": edges[1:].tolist(),
         "bucket_counts": counts.tolist(),
     }

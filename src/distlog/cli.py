@@ -306,7 +306,7 @@ def format_summary(summary: RunSummary) -> str:
     if summary.media:
         out.append("")
         out.extend(
-            _table(["media key", "items"], [[k, str(n)] for k, n in sorted(summary.media.items())])
+            _table(["media key", "steps"], [[k, str(n)] for k, n in sorted(summary.media.items())])
         )
     return "\n".join(out)
 

@@ -72,6 +72,30 @@ def test_logger_mixin_in_a_hand_written_loop(env, tmp_path):
     loop.finish()  # idempotent
 
 
+class StuckTrackerLoop(LoggerMixin):
+    """A subclass adding a tracker (make_sinks, as the seed's custom logger) that hangs."""
+
+    def make_sinks(self) -> list:
+        from test_sink_lanes import StuckSink
+
+        self.stuck = StuckSink(good=1)
+        return [*super().make_sinks(), self.stuck]
+
+
+def test_logging_parameters_sink_timeout_reaches_the_logger(env, tmp_path):
+    params = LoggingParameters(sink_timeout=0.5)
+    loop = StuckTrackerLoop(LoopConfig(experiment="stuck", logging_parameters=params))
+    try:
+        for step in range(1, 4):
+            loop.log_scalar("loss", float(step))
+            loop.flush_logs(step)
+        with pytest.warns(UserWarning, match=r"StuckSink\.log_scalars for \d+ s has not returned"):
+            loop.finish()  # gives up on the hung tracker after 0.5 s, not 300
+        assert sorted(rows_by_step(loop.run_dir)) == [1, 2, 3]
+    finally:
+        loop.stuck.release.set()
+
+
 def test_disabled_logging_is_a_no_op(env, tmp_path):
     loop = Loop(LoopConfig(experiment="off", logging_parameters=LoggingParameters(enabled=False)))
     loop.log_scalar("loss", 1.0)
@@ -581,6 +605,8 @@ def test_each_launch_is_a_run_of_its_own_and_resume_is_explicit(env, tmp_path):
         (lambda: LoggingParameters(timeout=-1), ValueError, r"\.timeout must be .* > 0, got -1"),
         (lambda: LoggingParameters(timeout=float("nan")), ValueError, r"\.timeout"),
         (lambda: LoggingParameters(nonfinite="bogus"), ValueError, r"\.nonfinite .*'bogus'"),
+        (lambda: LoggingParameters(sink_timeout=0), ValueError, r"\.sink_timeout must be"),
+        (lambda: LoggingParameters(sink_timeout="1"), TypeError, r"\.sink_timeout must be a"),
         (lambda: LoggingParameters(run_dir=123), TypeError, r"\.run_dir must be a path"),
         (lambda: LoggingParameters(console=1), TypeError, r"\.console must be True or False"),
         (lambda: LoggingParameters(resume_from=3), TypeError, r"\.resume_from must be a string"),

@@ -26,6 +26,7 @@ from typing import Any
 from distlog import runlog
 from distlog.errors import LoggerClosedError, LogTypeError, LogValueError, RunDirError
 from distlog.logger import Logger
+from distlog.sinkset import SINK_TIMEOUT_S
 from distlog.world import World, init_distributed
 from distlog.writer import NONFINITE_POLICIES
 
@@ -152,6 +153,7 @@ class LoggingParameters:
     async_write: bool = True
     timeout: float = 300.0
     nonfinite: str = "warn"
+    sink_timeout: float | None = SINK_TIMEOUT_S
 
     def __post_init__(self) -> None:
         owner = "logging_parameters"
@@ -162,6 +164,8 @@ class LoggingParameters:
         check_bool(owner, "console", self.console)
         check_bool(owner, "async_write", self.async_write)
         check_seconds(owner, "timeout", self.timeout)
+        if self.sink_timeout is not None:
+            check_seconds(owner, "sink_timeout", self.sink_timeout)
         if self.nonfinite not in NONFINITE_POLICIES:
             raise LogValueError(
                 f"{owner}.nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
@@ -411,6 +415,7 @@ class LoggerMixin(AbstractTrainer):
                         async_write=params.async_write,
                         timeout=params.timeout,
                         nonfinite=params.nonfinite,
+                        sink_timeout=params.sink_timeout,
                         resume=resume,
                     )
                 except BaseException:

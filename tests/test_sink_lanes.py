@@ -199,7 +199,9 @@ import os, signal, threading
 import distlog
 from test_sink_lanes import StuckSink
 
-logger = distlog.Logger(run_dir={run_dir!r}, sinks=[StuckSink(good=1)], queue_size=2)
+logger = distlog.Logger(
+    run_dir={run_dir!r}, sinks=[StuckSink(good=1)], queue_size=2, async_flush={async_flush}
+)
 threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
 for step in range(1000):
     logger.log_scalar("loss", float(step))
@@ -209,11 +211,17 @@ for step in range(1000):
 
 
 @pytest.mark.slow
-def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_flush", [False, True])
+def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(
+    tmp_path: Path, async_flush: bool
+) -> None:
+    """With async_flush the exchange thread, handing a row over, waited for room behind the
+    hung sink too: the signal handler spent its 20 s on that, then 20 s more on the sinks (past
+    SLURM's 30 s), and a row whose flush had returned was lost."""
     run_dir = tmp_path / "run"
     tests = str(Path(__file__).parent)
     paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
-    job = textwrap.dedent(JOB_NOT_YET_HUNG).format(run_dir=str(run_dir))
+    job = textwrap.dedent(JOB_NOT_YET_HUNG).format(run_dir=str(run_dir), async_flush=async_flush)
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", job],
@@ -223,7 +231,7 @@ def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(tmp_pat
         timeout=120,
     )
     assert proc.returncode == -signal.SIGTERM, proc.stderr
-    assert time.monotonic() - t0 < 60  # the handler waited at most its 20 s for the hung sink
+    assert time.monotonic() - t0 < 29  # the handler's 20 s in all, within SLURM's KillWait
     flushed = [int(line.split()[1]) for line in proc.stdout.splitlines()]
     assert 2 < len(flushed) < 1000  # training was held back by the full lane
     rows = distlog.read_metrics(run_dir)
@@ -232,3 +240,155 @@ def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(tmp_pat
     assert info["exit_code"] == 128 + signal.SIGTERM, info
     assert "StuckSink did not finish in time" in proc.stderr, proc.stderr
     assert "JsonlSink" not in proc.stderr, proc.stderr  # it finished: nothing to say about it
+
+
+class HangingClose(StuckSink):
+    """A tracker whose finish (an upload) takes for ever."""
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        self.rows.append((step, dict(values)))
+
+    def close(self, exit_code: int = 0) -> None:
+        self.release.wait()
+
+
+JOB_SIGNAL_IN_FINISH = """
+import os, signal, threading
+import distlog
+from test_sink_lanes import HangingClose
+
+logger = distlog.Logger(run_dir={run_dir!r}, sinks=[HangingClose()])
+for step in range(5):
+    logger.log_scalar("loss", float(step))
+    logger.flush(step)
+threading.Timer(2.0, os.kill, (os.getpid(), signal.{signal})).start()
+print("finishing", flush=True)
+logger.finish()  # waits for the upload: up to sink_timeout (300 s)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_finish_waits_for_a_sink_records_the_exit_code(
+    tmp_path: Path, name: str
+) -> None:
+    """finish() had taken its signal handlers off before waiting for the sinks: SIGTERM killed
+    the process and Ctrl-C escaped the wait, with run.json's exit code never written."""
+    run_dir = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
+    job = textwrap.dedent(JOB_SIGNAL_IN_FINISH).format(run_dir=str(run_dir), signal=name)
+    proc = subprocess.run(
+        [sys.executable, "-c", job],
+        env=subprocess_env(PYTHONPATH=os.pathsep.join(paths)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    signum = getattr(signal, name)
+    assert proc.returncode in (-signum, 1), proc.stderr  # SIGINT: KeyboardInterrupt, or the signal
+    assert [r["loss"] for r in distlog.read_metrics(run_dir)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["exit_code"] == 128 + signum and info["last_step"] == 4, info
+
+
+class SlowThenHung(StuckSink):
+    """Answers slowly (its lane fills), then stops answering."""
+
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        time.sleep(0.05)
+        super().log_scalars(step, values)
+
+
+def _two_ranks_with_a_hung_sink_on_rank_0(rank: int, run_dir: str) -> str | None:
+    sinks = [SlowThenHung(good=10)] if rank == 0 else []
+    logger = distlog.Logger(
+        run_dir=run_dir, sinks=sinks, timeout=6.0, sink_timeout=8.0, queue_size=4
+    )
+    try:
+        for step in range(60):
+            logger.log_scalar("loss", float(step + rank))
+            logger.flush(step)
+        logger.finish()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        for sink in sinks:
+            sink.release.set()
+    return None
+
+
+@pytest.mark.slow
+def test_a_hung_sink_on_rank_0_never_times_the_other_ranks_out(tmp_path: Path) -> None:
+    """Rank 0 waited for room behind the hung sink until sink_timeout (8 s) while rank 1 waited
+    for it in the next flush's collective for its timeout (6 s): RankDivergenceError. Rank 0
+    now waits at most half the collective's timeout."""
+    from dist_harness import run_ranks
+
+    errors = run_ranks(_two_ranks_with_a_hung_sink_on_rank_0, 2, str(tmp_path), timeout=180)
+    assert errors == [None, None]
+    assert [r["loss"] for r in distlog.read_metrics(tmp_path)] == [s + 0.5 for s in range(60)]
+
+
+def test_the_run_log_decides_last_step_not_a_sink_ahead_of_it(tmp_path: Path) -> None:
+    """run.json's last_step was the largest step any sink wrote: with the run log on a stuck
+    disk and another sink ahead of it, a resumed run skipped rows the run log never had."""
+    from distlog.sinks.jsonl import JsonlSink
+
+    release = threading.Event()
+
+    class StuckDiskJsonl(JsonlSink):
+        def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+            if step >= 5:
+                release.wait()  # the disk stops answering
+            super().log_scalars(step, values)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hung run log, named
+        logger = distlog.Logger(
+            run_dir=tmp_path, sinks=[StuckDiskJsonl(tmp_path), SlowSink()], sink_timeout=0.5
+        )
+        _train(logger, 10)
+        logger.finish()
+        info = distlog.read_run_info(tmp_path)
+        assert info is not None and info["last_step"] == 4  # what metrics.jsonl holds
+        release.set()
+        time.sleep(0.5)  # the disk comes back; the stuck call writes its row 5 and returns
+        resumed = distlog.Logger(run_dir=tmp_path, resume=True)
+        for step in range(5, 12):
+            resumed.log_scalar("loss", float(step))
+            resumed.flush(step)
+        resumed.finish()
+    steps = [r["step"] for r in distlog.read_metrics(tmp_path)]
+    assert sorted(set(steps)) == list(range(12))  # nothing skipped for good
+
+
+class BadMessage(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class RaisesOddly(StuckSink):
+    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        raise BadMessage
+
+
+def test_a_sink_error_whose_message_fails_does_not_end_its_lane(tmp_path: Path) -> None:
+    """Formatting the warning raised again, outside the lane's guard: the lane's thread ended
+    and training waited for it for ever once its queue was full."""
+    logger = distlog.Logger(run_dir=tmp_path, sinks=[RaisesOddly()], queue_size=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _in_thread(lambda: _train(logger, 30), 60), "training hung on the dead lane"
+        assert _in_thread(logger.finish, 60)
+    assert len(distlog.read_metrics(tmp_path)) == 30
+    assert any("RaisesOddly.log_scalars failed: BadMessage" in str(w.message) for w in caught)
+
+
+def test_wait_after_finish_says_nothing(tmp_path: Path) -> None:
+    logger = distlog.Logger(run_dir=tmp_path)
+    _train(logger, 2)
+    logger.finish()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logger.wait()  # it warned that the run log's thread had ended

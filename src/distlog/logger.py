@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 import warnings
@@ -156,6 +157,7 @@ class Logger:
         self.log_scalar = self._buffer.add  # type: ignore[method-assign]
         self._media_group = groups.control_group(self.world, timeout)  # never pairs with a flush
         self._closed = False
+        self._ended = False  # run.json records the end once
         self._closed_because = FINISHED
         self._owner_pid = os.getpid()
         self._finishing = False
@@ -191,6 +193,9 @@ class Logger:
             if async_write:
                 self._writer = WriterThread(queue_size, after_batch=self._sinks.wake)
                 self._sinks.use_lanes(queue_size, sink_timeout)
+        # How long rank 0 waits for room behind a sink whose call does not return: never as
+        # long as the others wait for it in the next collective (they would time out).
+        self._room_limit = min(sink_timeout if sink_timeout is not None else timeout, timeout / 2)
         signals: Iterable[int] = ()
         if self.world.is_global_zero and handle_signals is not False:
             signals = lifecycle.default_signals() if handle_signals is True else handle_signals
@@ -286,6 +291,10 @@ class Logger:
         try:
             if not any(isinstance(s, JsonlSink) for s in given):
                 opened.append(JsonlSink(self.run_dir))
+            # run.json's last_step is what the run log wrote (a resume skips up to it)
+            self._sinks.run_log = next(
+                (s for s in [*opened, *given] if isinstance(s, JsonlSink)), None
+            )
             self._start_run(resume)
         except DistlogError as exc:
             error = str(exc)
@@ -890,8 +899,8 @@ class Logger:
     def _submit(self, job: Callable[[], None], *, wait_for_room: bool = True) -> None:
         if self._writer is not None:
             if self._writer.alive:
-                if wait_for_room:
-                    self._sinks.wait_for_room()  # a slow sink holds training back, not a hung one
+                if wait_for_room:  # a slow sink holds training back; a hung one, not for long
+                    self._sinks.wait_for_room(self._room_limit)
                 self._writer.submit(job, wait_for_room=wait_for_room)
         else:
             job()
@@ -899,6 +908,8 @@ class Logger:
     def wait(self) -> None:
         """Block until the writer thread has written everything flushed so far (an
         asynchronous exchange in flight included; its error, if any, is raised here)."""
+        if self._closed:
+            return  # finish() wrote everything it could; the threads are gone
         self._wait_exchange()
         if self._writer is not None:
             self._writer.drain()
@@ -985,20 +996,36 @@ class Logger:
         The path for crashes, signals and interpreter exit, when other ranks may be gone. On
         the writer: the row of a flush that was interrupted after its exchange, precomputed
         values and media still queued go to the sinks, then every sink is closed with
-        ``exit_code`` and ``run.json`` records it. Waits at most ``timeout`` for the sinks.
+        ``exit_code`` and ``run.json`` records it, whatever happens on the way (a warning
+        turned into an error, a second signal: see [close_locally][distlog.logger.Logger.close_locally]).
+        Waits at most ``timeout`` in all.
         """
         if self._closed:
             return
         self._closed = True
         self._buffer.close()
-        lifecycle.unregister(self)
-        self._wait_for_exchange(timeout)
+        self._sinks.hurry()  # no thread waits for room in a slow sink's queue any more
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._write_what_is_left(exit_code, deadline)
+        finally:
+            if self.world.is_global_zero:
+                self._end_run(exit_code)
+            lifecycle.unregister(self)  # only now: a signal meanwhile still records its end
+
+    def _write_what_is_left(self, exit_code: int, deadline: float | None) -> None:
+        """[_finish_local][distlog.logger.Logger._finish_local]'s writes, within ``deadline``."""
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self._wait_for_exchange(left())
         self._agg.close()
         if not self.world.is_global_zero:
             return
         inflight = self._inflight
         if inflight is None:
-            salvaged = self._agg.salvage(timeout)  # a signal during or right after a gather
+            salvaged = self._agg.salvage(left())  # a signal during or right after a gather
             if salvaged is not None:
                 inflight = self._write_job(salvaged.step, salvaged)
         if inflight is not None and inflight.step > self._resume_after:
@@ -1014,18 +1041,15 @@ class Logger:
             lambda: self._sinks.each("close", lambda s: s.close(exit_code)), wait_for_room=False
         )
         if self._writer is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if not self._writer.drain(timeout):
-                why = "the writer thread stopped" if timeout is None else f"not within {timeout}s"
-                warnings.warn(
-                    f"distlog: the sinks did not finish writing ({why}); giving up on them",
-                    stacklevel=2,
+            if not self._writer.drain(left()):
+                why = "the writer thread stopped" if deadline is None else "not in time"
+                _warn_safely(
+                    f"distlog: the sinks did not finish writing ({why}); giving up on them"
                 )
             else:  # each sink on its lane: one that hangs is named and left behind
-                self._sinks.drain(None if deadline is None else deadline - time.monotonic())
+                self._sinks.drain(left())
             self._sinks.stop()
-            self._writer.stop(timeout=0.1 if timeout is not None else 60.0)
-        self._end_run(exit_code)
+            self._writer.stop(timeout=0.1 if deadline is not None else 60.0)
 
     def _wait_for_exchange(self, timeout: float | None) -> None:
         """Let an asynchronous exchange in flight finish, so a row whose flush returned is
@@ -1034,22 +1058,24 @@ class Logger:
             done = self._agg.wait_async(timeout if timeout is not None else self._agg.timeout,
                                         polling=True)  # fmt: skip
         except Exception as exc:
-            warnings.warn(f"distlog: the last flush failed: {exc}", stacklevel=3)
+            _warn_safely(f"distlog: the last flush failed: {exc}")
             return
         if not done:
-            warnings.warn(
-                "distlog: the exchange in flight did not finish in time; its row is not written",
-                stacklevel=3,
+            _warn_safely(
+                "distlog: the exchange in flight did not finish in time; its row is not written"
             )
 
     def _end_run(self, exit_code: int) -> None:
-        """Record the run's end in ``run.json``, once the sinks are closed or given up on."""
-        if self.run_dir is not None and self.run_id is not None:
-            last = self._sinks.last_written_step
-            try:
-                runlog.end_run(self.run_dir, exit_code=exit_code, last_step=last)
-            except (OSError, RunDirError) as exc:  # RunDirError: its lock stayed held
-                warnings.warn(f"distlog: could not update {runlog.RUN_FILE}: {exc}", stacklevel=2)
+        """Record the run's end in ``run.json`` (once), when the sinks are closed or given up
+        on, or when a signal cuts that wait short."""
+        if self._ended or self.run_dir is None or self.run_id is None:
+            return
+        self._ended = True  # before writing: a signal now must not take the file's lock again
+        last = self._sinks.last_written_step
+        try:
+            runlog.end_run(self.run_dir, exit_code=exit_code, last_step=last)
+        except (OSError, RunDirError) as exc:  # RunDirError: its lock stayed held
+            _warn_safely(f"distlog: could not update {runlog.RUN_FILE}: {exc}")
 
     def _raise_closed(self) -> None:
         raise LoggerClosedError(self._closed_because)
@@ -1110,8 +1136,15 @@ class Logger:
         """Write what reached this rank and close the sinks with ``exit_code``; no collective.
 
         What signal handlers, uncaught exceptions and ``with`` blocks left on an exception do
-        (see `distlog.lifecycle`); waits at most ``timeout`` seconds for the sinks.
+        (see `distlog.lifecycle`); waits at most ``timeout`` seconds for the sinks. Called
+        while the logger is already finishing (a SIGTERM while ``finish()`` waits for a slow
+        tracker), it records the end in ``run.json`` at once, with this exit code: the process
+        is about to die.
         """
+        if self._closed:
+            if self.world.is_global_zero:
+                self._end_run(exit_code)
+            return
         self._finish_local(exit_code, timeout=timeout)
 
     def finish_at_exit(self, exit_code: int) -> None:
@@ -1127,3 +1160,12 @@ class Logger:
                 pass
         self._warn_dropped_tail("the logger was not finished before the interpreter exited")
         self._finish_local(exit_code)
+
+
+def _warn_safely(message: str) -> None:
+    """A warning that cannot stop a finish half way (``-W error`` turns it into an exception,
+    and ``run.json`` would never record the end): printed instead, then."""
+    try:
+        warnings.warn(message, stacklevel=3)
+    except Exception:
+        print(message, file=sys.stderr)

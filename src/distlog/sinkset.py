@@ -38,7 +38,7 @@ SinkCall = Callable[[Sink], None]
 class SinkLane:
     """One sink's calls, in order, on a thread of its own."""
 
-    def __init__(self, sink: Sink, maxsize: int, on_written: Callable[[int], None]) -> None:
+    def __init__(self, sink: Sink, maxsize: int, on_written: Callable[[int, Sink], None]) -> None:
         self.sink = sink
         self.name = type(sink).__name__
         self._calls: collections.deque[tuple[str, SinkCall, int | None] | _Marker] = (
@@ -72,25 +72,32 @@ class SinkLane:
         if len(calls) >= self._maxsize:
             stalled = self.stalled_for(limit)
             if stalled is not None:
-                self._drop(stalled)
+                self._drop(f"{self.name}.{stalled} has not returned")
+                return
+            if not self._thread.is_alive():  # it should not end: nothing would make the call
+                self._drop(f"{self.name}'s thread ended")
                 return
         calls.append((what, call, step))  # woken by wake(), after the writer's whole batch
 
     def full(self, limit: float | None) -> bool:
         """Full and still answering: a slow sink, which training waits for."""
-        return len(self._calls) >= self._maxsize and self.stalled_for(limit) is None
+        return (
+            len(self._calls) >= self._maxsize
+            and self.stalled_for(limit) is None
+            and self._thread.is_alive()
+        )
 
     def wake(self) -> None:
-        if self._calls:
+        if self._calls and self._wake.empty():  # one token is enough: no pile-up while it hangs
             self._wake.put(True)
 
-    def _drop(self, stalled: str) -> None:
+    def _drop(self, why: str) -> None:
         self.dropped += 1
         if not self._warned_stall:
             self._warned_stall = True
             _warn(
-                f"distlog: {self.name}.{stalled} has not returned; it is skipped while it "
-                "hangs (its rows are dropped and counted; the other sinks keep writing)"
+                f"distlog: {why}; it is skipped while it hangs (its rows are dropped and "
+                "counted; the other sinks keep writing)"
             )
 
     def mark(self) -> _Marker:
@@ -142,11 +149,10 @@ class SinkLane:
                 self.busy = (what, time.monotonic())
                 try:
                     call(self.sink)
-                except BaseException as exc:  # a broken backend must not end its lane
-                    _warn(f"distlog: {self.name}.{what} failed: {type(exc).__name__}: {exc}")
-                else:
                     if step is not None:
-                        self._on_written(step)
+                        self._on_written(step, self.sink)
+                except BaseException as exc:  # a broken backend must not end its lane
+                    _warn(f"distlog: {self.name}.{what} failed: {_describe(exc)}")
                 finally:
                     self.busy = None
 
@@ -158,7 +164,11 @@ class SinkSet:
 
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks  # the logger's list: add_sink appends to it
+        self.run_log: Sink | None = None
+        """The run directory's own log: ``last_written_step`` is the last step it wrote (what
+        a resume skips up to), not another sink's, which may run ahead of it."""
         self.last_written_step: int | None = None
+        self._hurry = False
         self.timeout: float | None = SINK_TIMEOUT_S
         self._lanes: dict[int, SinkLane] | None = None
         self._maxsize = 0
@@ -183,7 +193,7 @@ class SinkSet:
                     )
                 else:
                     if step is not None:
-                        self.wrote(step)
+                        self.wrote(step, sink)
             else:
                 self._lane(sink).put(what, call, step, self.timeout)
 
@@ -194,9 +204,11 @@ class SinkSet:
             lane = self._lanes[id(sink)] = SinkLane(sink, self._maxsize, self.wrote)
         return lane
 
-    def wrote(self, step: int) -> None:
-        """Note a row (scalars or media) written at ``step``: ``run.json``'s ``last_step`` is
-        the largest, which a resume must not write again."""
+    def wrote(self, step: int, sink: Sink | None = None) -> None:
+        """Note a row (scalars or media) that ``sink`` wrote at ``step``: ``run.json``'s
+        ``last_step`` is the largest the run log wrote, which a resume must not write again."""
+        if self.run_log is not None and sink is not self.run_log:
+            return
         with self._step_lock:
             if self.last_written_step is None or step > self.last_written_step:
                 self.last_written_step = step
@@ -222,16 +234,26 @@ class SinkSet:
                 )
         return done
 
-    def wait_for_room(self) -> None:
+    def wait_for_room(self, limit: float | None = None) -> None:
         """Wait while a sink that still answers has a full lane: training is held back by a
-        slow sink, losing nothing, but not by a hung one. Called by the training thread before
-        it queues a row; the writer itself never waits for a sink."""
+        slow sink, losing nothing, but not by a hung one (a call running longer than ``limit``,
+        or ``sink_timeout``, whichever is less), nor once the logger is finishing. Called
+        before a row is queued; the writer itself never waits for a sink."""
         lanes = self._lanes
         if not lanes:
             return
-        while any(lane.full(self.timeout) for lane in list(lanes.values())):
-            self.wake()
+        limit = _least(limit, self.timeout)
+        woken = False
+        while not self._hurry and any(lane.full(limit) for lane in list(lanes.values())):
+            if not woken:
+                self.wake()
+                woken = True
             time.sleep(0.001)
+
+    def hurry(self) -> None:
+        """The logger is finishing: nobody waits for room any more (a thread that did, e.g.
+        the exchange thread handing over a row, goes on at once)."""
+        self._hurry = True
 
     def wake(self) -> None:
         """Start the lanes on what was queued (the writer calls this after each batch: a lane
@@ -253,6 +275,18 @@ class _Marker:
     def __init__(self, stop: bool = False) -> None:
         self.done = False
         self.stop = stop
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, even for an exception whose ``str()`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return type(exc).__name__
 
 
 def _calls(n: int) -> str:

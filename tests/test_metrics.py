@@ -11,6 +11,7 @@ import torch
 tm = pytest.importorskip("torchmetrics")
 from dist_harness import run_ranks  # noqa: E402
 from torchmetrics.classification import (  # noqa: E402
+    BinaryAccuracy,
     BinaryAUROC,
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -173,6 +174,77 @@ def test_nan_result_passes_through():
         warnings.simplefilter("ignore")
         (value,) = metric_values(metric).values()
     assert math.isnan(value)
+
+
+def test_wrapper_metrics_are_logged():
+    """Wrappers do not count their own updates: they were skipped as never updated."""
+    from copy import deepcopy
+
+    from torchmetrics.wrappers import (
+        BootStrapper,
+        MinMaxMetric,
+        MultioutputWrapper,
+        MultitaskWrapper,
+        Running,
+    )
+
+    preds, target = batch(6)
+    binary = (preds[:, 0], (target == 0).long())
+    metrics = {
+        "minmax": MinMaxMetric(BinaryAUROC()),
+        "boot": BootStrapper(BinaryAUROC(), num_bootstraps=3, sampling_strategy="multinomial"),
+        "running": Running(tm.SumMetric(), window=2),
+        "outputs": MultioutputWrapper(tm.MeanMetric(), num_outputs=2),
+        "tasks": MultitaskWrapper({"auroc": BinaryAUROC(), "acc": BinaryAccuracy()}),
+    }
+    metrics["minmax"].update(*binary)
+    metrics["boot"].update(*binary)
+    for x in (1.0, 2.0, 4.0):
+        metrics["running"].update(torch.tensor(x))
+    metrics["outputs"].update(preds[:, :2])
+    metrics["tasks"].update(
+        dict.fromkeys(("auroc", "acc"), binary[0]), dict.fromkeys(("auroc", "acc"), binary[1])
+    )
+    for name, metric in metrics.items():
+        value = deepcopy(metric).compute()
+        value = value if isinstance(value, dict) else {"": value}
+        want = {}
+        for key, item in value.items():
+            shown = f"val/{name}" + (f"/{key}" if key else "")
+            if item.numel() == 1:
+                want[shown] = float(item)
+            else:
+                want.update({f"{shown}/{i}": float(v) for i, v in enumerate(item)})
+        assert metric_values(metric, prefix="val/", name=name) == pytest.approx(want), name
+    assert metric_values(metrics["running"], name="r") == {"r": 6.0}  # the last two updates
+
+    collection = tm.MetricCollection({"mm": MinMaxMetric(BinaryAUROC()), "acc": BinaryAccuracy()})
+    collection.update(*binary)
+    auroc = float(reference(BinaryAUROC, [binary]))
+    assert metric_values(collection) == pytest.approx(
+        {
+            "raw": auroc,
+            "max": auroc,
+            "min": auroc,
+            "acc": float(reference(BinaryAccuracy, [binary])),
+        }
+    )
+
+
+def test_wrapper_not_updated_is_skipped():
+    from torchmetrics.wrappers import ClasswiseWrapper, MinMaxMetric, Running
+
+    minmax = MinMaxMetric(BinaryAUROC())
+    minmax.update(torch.tensor([0.2, 0.8]), torch.tensor([0, 1]))
+    minmax.reset()
+    for metric in (
+        minmax,
+        Running(tm.SumMetric()),
+        # says it was updated once before any update
+        ClasswiseWrapper(MulticlassAccuracy(num_classes=NUM_CLASSES, average=None)),
+    ):
+        with pytest.warns(UserWarning, match="no rank updated"):
+            assert metric_values(metric, name="w") == {}
 
 
 # ---------------------------------------------------------------- real gloo groups

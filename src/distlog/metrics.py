@@ -28,9 +28,15 @@ Before computing, ranks swap one small description of their metrics (JSON, in tw
   so (tensors of mixed dtypes or dimensions, items that are not tensors, another reduction)
   raises the same ``LogValueError`` on every rank, before any gather.
 
-Ranks that disagree about what they are computing (different collection members or classes,
-states of different dtypes or trailing shapes) get the same [LogValueError][distlog.errors.LogValueError] on every
-rank, naming the metric, before any gather. A ``compute()`` that fails is re-raised as a
+Wrappers (``MinMaxMetric``, ``BootStrapper``, ``MultitaskWrapper``...) do not count their own
+updates and keep their states in the metrics they wrap: a metric counts as updated when it or a
+metric inside it was, and the states of every metric inside it get the treatment above.
+
+Ranks that disagree about what they are computing (different collection members, classes or
+states, tensor states of different dtypes or shapes, which gloo aborts on, concatenated states
+of different dtypes or trailing shapes) get the same
+[LogValueError][distlog.errors.LogValueError] on every rank, naming the metric and the state,
+before any gather. A ``compute()`` that fails is re-raised as a
 ``LogValueError`` naming the metric; the gathered states are the same on every rank, so every
 rank fails alike and none is left waiting.
 
@@ -107,44 +113,100 @@ def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
+def _wrapper_class() -> tuple[type, ...]:
+    """torchmetrics' wrapper base class: its subclasses do not count their own updates."""
+    try:
+        from torchmetrics.wrappers.abstract import WrapperMetric
+    except ImportError:  # pragma: no cover - torchmetrics before 1.1: wrappers count updates
+        return ()
+    return (WrapperMetric,)
+
+
+def _inside(metric: Any) -> list[tuple[str, Any]]:
+    """(submodule path, metric) for ``metric`` and every ``Metric`` inside it (the metrics a
+    wrapper such as ``MinMaxMetric`` or ``BootStrapper`` wraps), ``metric`` itself first."""
+    from torchmetrics import Metric
+
+    return [(path, m) for path, m in metric.named_modules() if isinstance(m, Metric)]
+
+
+def _owner(metric: Any, key: str) -> tuple[Any, str]:
+    """The metric that holds state ``key`` ("attr", or "path.attr" in a wrapped metric)."""
+    path, _, attr = key.rpartition(".")
+    return metric.get_submodule(path), attr
+
+
+def _states(metric: Any) -> Iterator[tuple[str, Any, str]]:
+    """(key, owner, attr) for every state of ``metric`` and of the metrics inside it. A state
+    belongs to the metric whose attribute holds it (``ClasswiseWrapper`` only forwards)."""
+    for path, owner in _inside(metric):
+        for attr in owner._defaults:
+            if attr in vars(owner):
+                yield (f"{path}.{attr}" if path else attr), owner, attr
+
+
+def _updates(metric: Any) -> int:
+    """Updates since the last reset() of ``metric`` and the metrics inside it. Wrappers do not
+    count their own (``ClasswiseWrapper`` says 1 even before any); ``Running`` counts in
+    ``_num_vals_seen`` and resets the metric it wraps after each update."""
+    wrapper = _wrapper_class()
+    return sum(
+        int(getattr(m, "_num_vals_seen", 0))
+        if isinstance(m, wrapper)
+        else int(getattr(m, "_update_count", 0))
+        for _, m in _inside(metric)
+    )
+
+
 def _describe(metric: Any) -> dict[str, Any]:
     """What other ranks need to know about this rank's copy of ``metric``.
 
+    States are keyed by name, or by submodule path and name for the metrics a wrapper holds.
     ``states``: each ``dim_zero_cat`` list state's (dtype, trailing shape), None when empty.
+    ``tensors``: each tensor state's (dtype, shape): torchmetrics gathers them with a collective
+    that aborts the job when they differ across ranks.
     ``lists``: every other list state (``dist_reduce_fx=None`` in every ``Retrieval*`` metric,
     LPIPS, VIF, detection IoU...), which torchmetrics gathers element by element, so with one
     collective per element: [its tensors, its other items, dtypes, dims, bytes, reduction].
+    ``sync``: False when the metrics that hold data compute locally (``sync_on_compute=False``).
     """
     states: dict[str, tuple[str, tuple[int, ...]] | None] = {}
+    tensors: dict[str, tuple[str, list[int]]] = {}
     lists: dict[str, list[Any]] = {}
-    element_wise = _own_list_sync(metric)
-    for attr in metric._defaults:
-        value = getattr(metric, attr)
-        if not isinstance(value, list):
+    for key, owner, attr in _states(metric):
+        value = getattr(owner, attr)
+        element_wise = _own_list_sync(owner)
+        if isinstance(value, torch.Tensor):
+            if element_wise:
+                tensors[key] = (_dtype_name(value), list(value.shape))
+        elif not isinstance(value, list):
             continue
-        if _cat_reduction(metric, attr):
+        elif _cat_reduction(owner, attr):
             first = next((t for t in value if isinstance(t, torch.Tensor)), None)
             if first is None:
-                states[attr] = None
+                states[key] = None
             else:
                 trailing = tuple(first.shape[1:]) if first.dim() > 0 else ()
-                states[attr] = (_dtype_name(first), trailing)
+                states[key] = (_dtype_name(first), trailing)
         elif element_wise:
-            tensors = [t for t in value if isinstance(t, torch.Tensor)]
-            reduction = metric._reductions.get(attr)
-            lists[attr] = [
-                len(tensors),
-                len(value) - len(tensors),
-                sorted({_dtype_name(t) for t in tensors}),
-                sorted({t.dim() for t in tensors}),
-                sum(t.numel() * t.element_size() for t in tensors),
+            items = [t for t in value if isinstance(t, torch.Tensor)]
+            reduction = owner._reductions.get(attr)
+            lists[key] = [
+                len(items),
+                len(value) - len(items),
+                sorted({_dtype_name(t) for t in items}),
+                sorted({t.dim() for t in items}),
+                sum(t.numel() * t.element_size() for t in items),
                 None if reduction is None else getattr(reduction, "__name__", repr(reduction)),
             ]
+    wrapper = _wrapper_class()
+    holders = [m for _, m in _inside(metric) if not isinstance(m, wrapper)] or [metric]
     return {
         "type": type(metric).__name__,
-        "updates": int(getattr(metric, "_update_count", 0)),
-        "sync": bool(getattr(metric, "_to_sync", True)),
+        "updates": _updates(metric),
+        "sync": any(bool(getattr(m, "_to_sync", True)) for m in holders),
         "states": states,
+        "tensors": tensors,
         "lists": lists,
     }
 
@@ -169,18 +231,7 @@ def _gather_descriptions(members: list[Member], group: Any) -> list[dict[str, An
     if size == 1:
         return None
     mine = {key: _describe(metric) for key, _, metric in members}
-    gathered = all_gather_json(mine, group)
-    for descriptions in gathered:  # JSON turned the (dtype, shape) tuples into lists
-        for description in descriptions.values():
-            description["states"] = {
-                attr: (layout[0], tuple(layout[1])) if layout else None
-                for attr, layout in description["states"].items()
-            }
-    return gathered
-
-
-def _updates(metric: Any) -> int:
-    return int(getattr(metric, "_update_count", 0))
+    return all_gather_json(mine, group)
 
 
 class _Regather(NamedTuple):
@@ -209,7 +260,7 @@ class _Plan(NamedTuple):
     """``sync_on_compute=False`` members this rank did not update: the ranks that did."""
 
 
-def _list_layouts(label: str, shown: str, per_rank: list[dict[str, Any]]) -> dict[str, _Regather]:
+def _list_layouts(who: str, per_rank: list[dict[str, Any]]) -> dict[str, _Regather]:
     """The list states of one metric that ranks hold different numbers of tensors of.
 
     torchmetrics gathers such a state one element at a time: ranks holding different numbers
@@ -224,7 +275,7 @@ def _list_layouts(label: str, shown: str, per_rank: list[dict[str, Any]]) -> dic
         if len(set(lengths)) == 1:
             continue  # torchmetrics issues the same collectives on every rank
         counts = ", ".join(str(n) for n in lengths)
-        where = f"{label}: metric {shown!r} has list state {attr!r}"
+        where = f"{who} has list state {attr!r}"
         if any(i[1] for i in info):
             raise LogValueError(
                 f"{where} holding items that are not tensors, and ranks hold different numbers "
@@ -250,6 +301,36 @@ def _list_layouts(label: str, shown: str, per_rank: list[dict[str, Any]]) -> dic
     return out
 
 
+def _check_layouts(who: str, per_rank: list[dict[str, Any]]) -> Fills:
+    """The same states on every rank, of one dtype and shape; the layout of each empty
+    ``dim_zero_cat`` list state that some rank holds data in (for the ranks to fill in)."""
+    kinds = ("states", "tensors", "lists")
+    held = [{kind: sorted(d[kind]) for kind in kinds} for d in per_rank]
+    for rank, states in enumerate(held):
+        if states != held[0]:
+            raise LogValueError(
+                f"{who} holds different states on different ranks (rank 0: {held[0]}, rank "
+                f"{rank}: {states}); every rank must log the same metric objects"
+            )
+    layouts_by_state = {
+        attr: {r: d[kind][attr] for r, d in enumerate(per_rank) if d[kind][attr]}
+        for kind in ("states", "tensors")
+        for attr in per_rank[0][kind]
+    }
+    fills: Fills = {}
+    for attr, seen in layouts_by_state.items():  # JSON made the (dtype, shape) pairs lists
+        layouts = {(dt, tuple(shape)) for dt, shape in seen.values()}
+        if len(layouts) > 1:
+            detail = ", ".join(f"rank {r}: {dt} {list(shape)}" for r, (dt, shape) in seen.items())
+            raise LogValueError(
+                f"{who} has state {attr!r} of different dtypes or shapes across ranks "
+                f"({detail}); it cannot be gathered"
+            )
+        if layouts and attr in per_rank[0]["states"]:
+            fills[attr] = layouts.pop()
+    return fills
+
+
 def _plan(label: str, members: list[Member], gathered: list[dict[str, Any]] | None) -> _Plan:
     """Which members to compute, and which states to fill in or gather on this rank.
 
@@ -272,11 +353,13 @@ def _plan(label: str, members: list[Member], gathered: list[dict[str, Any]] | No
     plan = _Plan([], {}, {}, [], {})
     for key in reference:
         per_rank = [descriptions[key] for descriptions in gathered]
+        who = f"metric {names[key]!r}"
+        who = who if label == who else f"{label}: {who}"
         types = [d["type"] for d in per_rank]
         if len(set(types)) > 1:
             raise LogValueError(
-                f"{label}: metric {names[key]!r} is a different class on different ranks "
-                f"({types}); every rank must log the same metric objects"
+                f"{who} is a different class on different ranks ({types}); every rank must "
+                "log the same metric objects"
             )
         if not all(d["sync"] for d in per_rank):
             # computed locally (sync_on_compute=False), no gather: each rank decides alone
@@ -292,20 +375,10 @@ def _plan(label: str, members: list[Member], gathered: list[dict[str, Any]] | No
             plan.skipped.append(names[key])
             continue
         plan.to_compute.append(key)
-        for attr in per_rank[0]["states"]:
-            seen = {r: d["states"][attr] for r, d in enumerate(per_rank) if d["states"][attr]}
-            layouts = set(seen.values())
-            if len(layouts) > 1:
-                detail = ", ".join(
-                    f"rank {r}: {dt} {list(shape)}" for r, (dt, shape) in seen.items()
-                )
-                raise LogValueError(
-                    f"{label}: metric {names[key]!r} has state {attr!r} of different dtypes or "
-                    f"shapes across ranks ({detail})"
-                )
-            if layouts:
-                plan.fills.setdefault(key, {})[attr] = layouts.pop()
-        regathers = _list_layouts(label, names[key], per_rank)
+        fills = _check_layouts(who, per_rank)
+        if fills:
+            plan.fills[key] = fills
+        regathers = _list_layouts(who, per_rank)
         if regathers:
             plan.regathers[key] = regathers
     return plan
@@ -389,6 +462,20 @@ def _regather(metric: Any, attr: str, spec: _Regather, group: Any) -> list[torch
     return out
 
 
+def _sync_with(known: dict[int, list[torch.Tensor]], fallback: Any) -> Any:
+    """A ``dist_sync_fn`` that hands back the tensors distlog gathered for a placeholder."""
+    if fallback is None:
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        fallback = gather_all_tensors
+
+    def gather(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        found = known.get(id(tensor))
+        return list(found) if found is not None else fallback(tensor, *args, **kwargs)
+
+    return gather
+
+
 def _compute(
     shown: str,
     metric: Any,
@@ -397,40 +484,35 @@ def _compute(
     group: Any = None,
 ) -> Any:
     """``metric.compute()`` with this rank's empty states filled in, uneven list states
-    gathered by distlog, and no cached result."""
-    restore: dict[str, Any] = {}
-    for attr, (dtype, trailing) in fills.items():
-        current = getattr(metric, attr)
+    gathered by distlog, and no cached result, in ``metric`` and the metrics inside it."""
+    restore: list[tuple[Any, str, Any]] = []
+    for key, (dtype, trailing) in fills.items():
+        owner, attr = _owner(metric, key)
+        current = getattr(owner, attr)
         if isinstance(current, list) and not current:
-            empty = torch.empty((0, *trailing), dtype=getattr(torch, dtype), device=metric.device)
-            setattr(metric, attr, [empty])
-            restore[attr] = current
+            empty = torch.empty((0, *trailing), dtype=getattr(torch, dtype), device=owner.device)
+            setattr(owner, attr, [empty])
+            restore.append((owner, attr, current))
     # A state that ranks hold different numbers of tensors of becomes one placeholder on every
     # rank (so torchmetrics makes one call for it on each), for which the sync function below
     # hands back every rank's tensors, gathered here in one go. compute() sees the tensors of
     # rank 0, then rank 1, ...: what one process would hold after all ranks' updates.
     gathered: dict[int, list[torch.Tensor]] = {}
-    placeholders: list[torch.Tensor] = []
-    sync_fn = getattr(metric, "dist_sync_fn", None)
-    for attr, spec in (regathers or {}).items():
-        everything = _regather(metric, attr, spec, group)
-        placeholder = torch.empty(0, device=metric.device)
+    placeholders: list[torch.Tensor] = []  # alive until the end, so that no id is reused
+    for key, spec in (regathers or {}).items():
+        owner, attr = _owner(metric, key)
+        everything = _regather(owner, attr, spec, group)
+        placeholder = torch.empty(0, device=owner.device)
         placeholders.append(placeholder)
         gathered[id(placeholder)] = everything
-        restore[attr] = getattr(metric, attr)
-        setattr(metric, attr, [placeholder])
-    if gathered:
-        from torchmetrics.utilities.distributed import gather_all_tensors
-
-        fallback = sync_fn if sync_fn is not None else gather_all_tensors
-
-        def gather(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
-            known = gathered.get(id(tensor))
-            return list(known) if known is not None else fallback(tensor, *args, **kwargs)
-
-        metric.dist_sync_fn = gather
-    if hasattr(metric, "_computed"):
-        metric._computed = None  # every rank must join the gather; none may answer from a cache
+        restore.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, [placeholder])
+    inside = [m for _, m in _inside(metric)]
+    sync_fns = [m.dist_sync_fn for m in inside]
+    for m in inside:
+        if gathered:  # set on every metric: a wrapper's state may be synced by the one it wraps
+            m.dist_sync_fn = _sync_with(gathered, m.dist_sync_fn)
+        m._computed = None  # every rank must join the gather; none may answer from a cache
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=f".*{_NOT_UPDATED}")
@@ -441,10 +523,10 @@ def _compute(
             f"{type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        if gathered:
-            metric.dist_sync_fn = sync_fn
-        for attr, original in restore.items():
-            setattr(metric, attr, original)
+        for m, sync_fn in zip(inside, sync_fns, strict=True):
+            m.dist_sync_fn = sync_fn
+        for owner, attr, original in reversed(restore):
+            setattr(owner, attr, original)
 
 
 def _group_ranks(group: Any) -> list[int] | None:

@@ -10,7 +10,10 @@ Failure modes (each test failed on the code before its fix):
 - a metric whose process group leaves out global rank 0 (the writer) was computed on its ranks
   but never written, without a word;
 - a ``sync_on_compute=False`` metric that rank 0 alone did not update was reported as updated by
-  no rank.
+  no rank;
+- wrapper metrics (``MinMaxMetric``, ``BootStrapper``, ``Running``, ``MultioutputWrapper``,
+  ``MultitaskWrapper``) were skipped as never updated, alone or in a collection;
+- tensor states of different dtypes across ranks aborted the job in gloo.
 """
 
 from __future__ import annotations
@@ -311,3 +314,183 @@ def test_local_metric_not_updated_on_rank0_warns_truthfully():
     assert "no rank updated" not in message
     assert "sync_on_compute=False" in message and "'local'" in message
     assert "rank 0" in message and "ranks [1] did" in message
+
+
+# ---------------------------------------------------------------- wrapper metrics
+
+# Wrappers do not count their own updates, and their states live in the metrics they wrap: the
+# empty ranks must be filled in, and uneven lists gathered, in the wrapped metrics.
+
+WRAPPER_COUNTS = {"rank0_empty": [0, 2], "uneven": [3, 1]}
+WINDOW = 2
+
+
+def binary_batch(rank: int, i: int, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float scores and int64 targets: an empty rank's torchmetrics placeholder (float) would
+    not match the target state, so the empty ranks must be filled in the wrapped metric."""
+    g = torch.Generator().manual_seed(300 + 100 * rank + i)
+    target = torch.randint(0, 2, (n,), generator=g)
+    target[:2] = torch.tensor([0, 1])
+    return torch.rand(n, generator=g), target
+
+
+def _wrapper(name: str) -> Any:
+    from torchmetrics.classification import (
+        BinaryAccuracy,
+        BinaryAUROC,
+        BinaryAveragePrecision,
+    )
+    from torchmetrics.retrieval import RetrievalMRR
+    from torchmetrics.wrappers import (
+        BootStrapper,
+        MinMaxMetric,
+        MultioutputWrapper,
+        MultitaskWrapper,
+        Running,
+    )
+
+    return {
+        "minmax": lambda: MinMaxMetric(BinaryAUROC()),
+        "retrieval": lambda: MinMaxMetric(RetrievalMRR()),  # an uneven list in the wrapped one
+        "multitask": lambda: MultitaskWrapper(
+            {"auroc": BinaryAUROC(), "ap": BinaryAveragePrecision()}
+        ),
+        "multioutput": lambda: MultioutputWrapper(BinaryAUROC(), num_outputs=2),
+        # Running keeps list states only by reference to lists its reset() clears (torchmetrics
+        # computes nothing from them even in one process): a metric with tensor states
+        "running": lambda: Running(BinaryAccuracy(), window=WINDOW),
+        "bootstrap": lambda: BootStrapper(
+            BinaryAUROC(), num_bootstraps=3, sampling_strategy="multinomial", raw=True
+        ),
+        "collection": lambda: tm.MetricCollection(
+            {"mm": MinMaxMetric(BinaryAUROC()), "acc": BinaryAccuracy()}
+        ),
+    }[name]()
+
+
+WRAPPERS = ["minmax", "retrieval", "multitask", "multioutput", "running", "bootstrap", "collection"]
+
+
+def _update_wrapper(name: str, metric: Any, rank: int, i: int) -> None:
+    preds, target = binary_batch(rank, i)
+    if name == "retrieval":
+        metric.update(*retrieval_batch(rank, i))
+    elif name == "multitask":
+        metric.update({"auroc": preds, "ap": preds}, {"auroc": target, "ap": target})
+    elif name == "multioutput":
+        other, other_target = binary_batch(rank, i + 50)
+        metric.update(torch.stack([preds, other], 1), torch.stack([target, other_target], 1))
+    else:
+        metric.update(preds, target)
+
+
+def _seed(case: str, rank: int) -> None:
+    """BootStrapper samples with the global generator: the reference replays each rank."""
+    torch.manual_seed(1000 * list(WRAPPER_COUNTS).index(case) + rank)
+
+
+def _updated_wrapper(name: str, case: str, rank: int) -> Any:
+    _seed(case, rank)
+    metric = _wrapper(name)
+    for i in range(WRAPPER_COUNTS[case][rank]):
+        _update_wrapper(name, metric, rank, i)
+    return metric
+
+
+def _wrappers(rank: int) -> dict[str, Any]:
+    from distlog.metrics import metric_values
+
+    out: dict[str, Any] = {}
+    for case in WRAPPER_COUNTS:
+        for name in WRAPPERS:
+            metric = _updated_wrapper(name, case, rank)
+            out[f"{name}/{case}"] = metric_values(metric, prefix="val/", name=name)
+    return out
+
+
+def _wrapper_reference(name: str, case: str) -> dict[str, float]:
+    """The wrapper computed in one process over every rank's data (Running: over each rank's
+    last WINDOW updates, as torchmetrics' Running does over DDP)."""
+    counts = WRAPPER_COUNTS[case]
+    metric = _wrapper(name)
+    if name == "bootstrap":  # each copy over every rank's resampled data
+        for rank in range(len(counts)):
+            replayed = _updated_wrapper(name, case, rank)
+            for mine, theirs in zip(metric.metrics, replayed.metrics, strict=True):
+                mine.merge_state(theirs)
+    else:
+        if name == "running":  # the metric it wraps, over every rank's window
+            metric = metric.base_metric
+        for rank, n in enumerate(counts):
+            first = max(0, n - WINDOW) if name == "running" else 0
+            for i in range(first, n):
+                _update_wrapper(name, metric, rank, i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # merged states: "compute before update"
+        value = metric.compute()
+    if not isinstance(value, dict):
+        value = {"": value}
+    flat: dict[str, float] = {}
+    for key, item in value.items():
+        prefix = "val/" if name == "collection" else f"val/{name}" + (f"/{key}" if key else "")
+        if item.numel() == 1:
+            flat[prefix + (key if name == "collection" else "")] = float(item)
+        else:
+            flat.update({f"{prefix}/{j}": float(v) for j, v in enumerate(item)})
+    return flat
+
+
+def test_wrappers_updated_on_some_ranks_match_one_process():
+    results = run_ranks(_wrappers, 2, timeout=180)
+    for case in WRAPPER_COUNTS:
+        for name in WRAPPERS:
+            want = _wrapper_reference(name, case)
+            assert want, (name, case)
+            for rank, out in enumerate(results):
+                assert out[f"{name}/{case}"] == pytest.approx(want), (name, case, rank)
+    # the collection's wrapper member is written next to the plain one
+    assert set(results[0]["collection/uneven"]) == {"val/raw", "val/max", "val/min", "val/acc"}
+
+
+def _layout_errors(rank: int) -> dict[str, Any]:
+    from torchmetrics.classification import BinaryAUROC, MulticlassConfusionMatrix
+    from torchmetrics.wrappers import MinMaxMetric, MultitaskWrapper
+
+    from distlog.errors import LogValueError
+    from distlog.metrics import metric_values
+
+    mean = tm.MeanMetric()
+    wrapped = MinMaxMetric(tm.MeanMetric())
+    if rank == 1:
+        mean.set_dtype(torch.float64)
+        wrapped._base_metric.set_dtype(torch.float64)  # the wrapper's set_dtype leaves it
+    cm = MulticlassConfusionMatrix(num_classes=2 + rank)
+    tasks = {"a": BinaryAUROC()} if rank == 0 else {"a": BinaryAUROC(), "b": BinaryAUROC()}
+    multitask = MultitaskWrapper(tasks)
+    mean.update(torch.tensor([1.0, 2.0]))
+    wrapped.update(torch.tensor([1.0, 2.0]))
+    cm.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    preds, target = binary_batch(rank, 0)
+    multitask.update({k: preds for k in tasks}, {k: target for k in tasks})
+    out: dict[str, Any] = {}
+    for label, metric in (("mean", mean), ("wrapped", wrapped), ("cm", cm), ("tasks", multitask)):
+        try:
+            out[label] = metric_values(metric, prefix="val/", name=label)
+        except LogValueError as exc:
+            out[label] = str(exc)
+    after = tm.SumMetric()
+    after.update(torch.tensor(float(rank + 1)))
+    out["after"] = metric_values(after, name="sum")
+    return out
+
+
+def test_states_that_differ_across_ranks_raise_alike_before_any_gather():
+    results = run_ranks(_layout_errors, 2, timeout=120)
+    for out in results:
+        assert out["mean"].startswith("metric 'val/mean' has state 'mean_value' of different")
+        assert "rank 0: float32 [], rank 1: float64 []" in out["mean"]
+        assert "'val/wrapped'" in out["wrapped"] and "'_base_metric.mean_value'" in out["wrapped"]
+        assert "'confmat'" in out["cm"] and "[2, 2]" in out["cm"] and "[3, 3]" in out["cm"]
+        assert "'val/tasks' holds different states" in out["tasks"]
+        assert out["after"] == {"sum": 3.0}
+    assert results[0] == results[1]

@@ -17,7 +17,10 @@ protocol, so it does not import the logger module.
 - **Uncaught exceptions**: recorded (``sys.excepthook`` and ``sys.last_value``, so a replaced
   hook does not hide them); the at-exit finish then uses exit code 1 (130 for
   ``KeyboardInterrupt``).
-- **Interpreter exit** (``atexit``): loggers still open are finished without a collective.
+- **Interpreter exit** (``atexit``): loggers still open are finished without a collective. An
+  open logger is held here until it is finished, like an open file: one made in a function that
+  returned without ``finish()`` (a ``main()``, a ``torch.multiprocessing.spawn`` worker) is
+  finished at exit instead of being collected with its queued rows.
 - **Forked children** (``DataLoader`` workers, ``multiprocessing`` helpers started by fork)
   inherit copies of the open loggers, of distlog's signal handlers and of its exit hooks. None
   of it is theirs: in the child every open logger is disowned (each later call raises a
@@ -70,7 +73,11 @@ SIGNAL_FINISH_SECONDS = 20.0
 """How long a signal handler waits for the sinks to write and close before letting the process
 die anyway. SLURM sends SIGKILL 30 s (``KillWait``) after SIGTERM, torchrun 30 s after its own."""
 
-_live: weakref.WeakSet[Closable] = weakref.WeakSet()
+# Open loggers, held strongly: an open logger is a resource like an open file. Held weakly, a
+# logger made in a function that returned without finish() (a DDP tutorial's worker, a main())
+# was collected at once, and interpreter exit found nothing to finish: every row it had queued
+# was lost, and run.json never recorded an end.
+_live: dict[int, Closable] = {}
 _uncaught: list[BaseException] = []
 _previous_excepthook: Any = None  # set while distlog's hook is installed
 # signum -> the handler that was installed before ours (what we chain to and restore).
@@ -121,7 +128,7 @@ def register(logger: Closable, signals: Iterable[int] = ()) -> None:
     if not _fork_hook and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_disown_in_forked_child)
         _fork_hook.append(True)
-    _live.add(logger)
+    _live[id(logger)] = logger
     for signum in signals:
         if _install(signum):
             _signal_users.setdefault(signum, weakref.WeakSet()).add(logger)
@@ -129,7 +136,8 @@ def register(logger: Closable, signals: Iterable[int] = ()) -> None:
 
 def unregister(logger: Closable) -> None:
     """Forget a finished logger; restore previous handlers and hooks nobody needs any more."""
-    _live.discard(logger)
+    if _live.get(id(logger)) is logger:
+        del _live[id(logger)]
     for signum, users in list(_signal_users.items()):
         users.discard(logger)
         if not users:
@@ -200,7 +208,7 @@ def _on_signal(signum: int, frame: Any) -> None:
         _handling.add(signum)
         try:
             code = exit_code_for_signal(signum)
-            for logger in list(_live):
+            for logger in list(_live.values()):
                 try:
                     logger.close_locally(code, timeout=SIGNAL_FINISH_SECONDS)
                 except Exception as exc:  # the signal must still end the process
@@ -229,7 +237,7 @@ def _disown_in_forked_child() -> None:
     forever: nothing here takes one."""
     if not _live:
         return
-    copies = list(_live)
+    copies = list(_live.values())
     _live.clear()
     _signal_users.clear()
     _uncaught.clear()
@@ -266,7 +274,7 @@ def exit_code_at_exit() -> int:
 
 def _finish_open_loggers() -> None:
     code = exit_code_at_exit()
-    for logger in list(_live):
+    for logger in list(_live.values()):
         try:
             logger.finish_at_exit(code)
         except Exception as exc:  # at exit there is nobody left to raise to

@@ -289,8 +289,6 @@ class WandbSink:
         """The wandb keys scalars went to, which a media key must not take."""
         self._media_names: set[str] = set()
         """The wandb keys media went to."""
-        self._owners: dict[bool, dict[str, str]] = {False: {}, True: {}}
-        """(is media) -> wandb key -> the one key sent there: two keys never share a column."""
 
     # -- where things are ------------------------------------------------------------------
 
@@ -368,15 +366,25 @@ class WandbSink:
     def _key(self, key: str, media: bool = False) -> str:
         """The key sent to wandb: ``user/<key>`` for one of wandb's own columns or the step
         metric, media keys with over-long components shortened, ``<key>_media`` for a
-        media key that a scalar already uses, and ``<name>_2`` for a key whose name another
-        key already took (``_step`` and a genuine ``user/_step``); warned about once per key."""
+        media key that a scalar already uses, and one more ``user/`` for a genuine key of that
+        form (``user/_step`` -> ``user/user/_step``); warned about once per key."""
         known = self._keys.get((key, media))
         if known is not None:
             return known
         name, why = key, ""
-        if key in RESERVED_KEYS or key == self.step_metric:
+        bare = key
+        while bare.startswith(RENAMED_PREFIX):
+            bare = bare[len(RENAMED_PREFIX) :]
+        if bare in RESERVED_KEYS or bare == self.step_metric:
+            # One more prefix for every key of this family (``_step`` -> ``user/_step``, a
+            # genuine ``user/_step`` -> ``user/user/_step``): never two keys in one column,
+            # and the same name whatever order the keys come in (a resumed run agrees).
             name = RENAMED_PREFIX + key
-            why = "collides with a column wandb or this sink writes into every row"
+            why = (
+                "collides with a column wandb or this sink writes into every row"
+                if bare == key
+                else f"is the name {bare!r} is logged under"
+            )
         if media:
             short = "/".join(_short_component(part) for part in name.split("/"))
             if short != name:
@@ -404,14 +412,6 @@ class WandbSink:
                     UserWarning,
                     stacklevel=3,
                 )
-        owners = self._owners[media]
-        if owners.get(name, key) != key:  # ``_step`` -> user/_step, and a genuine user/_step
-            base, n = name, 2
-            while name in owners or name in RESERVED_KEYS or name == self.step_metric:
-                name, n = f"{base}_{n}", n + 1
-            why = f"would share wandb's column {base!r} with the key {owners[base]!r}"
-            (self._media_names if media else self._scalar_names).add(name)
-        owners[name] = key
         if name != key:
             warnings.warn(
                 f"wandb run {self.run_id}: the key {key!r} {why}; it is logged to wandb as "

@@ -402,3 +402,9 @@ def test_a_run_dir_under_home_is_expanded(tmp_path, monkeypatch):
     assert logger.run_dir == tmp_path / "home" / "runs" / "a"
     assert (tmp_path / "home" / "runs" / "a" / runlog.RUN_FILE).is_file()
     assert not (tmp_path / "~").exists()
+
+
+def test_a_run_dir_of_an_unknown_user_is_a_run_dir_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(distlog.RunDirError, match=r"run_dir ~nosuchuser_distlog/x: cannot expand"):
+        distlog.Logger(run_dir="~nosuchuser_distlog/x")

@@ -290,3 +290,80 @@ def test_forward_timer_counts_training_forwards_and_stops_when_removed(tmp_path)
     with pytest.raises(distlog.LogTypeError, match="time_forward"):
         logger.system.time_forward("model")  # type: ignore[arg-type]
     logger.finish()
+
+
+class _Recursive(torch.nn.Module):
+    """Calls itself ``depth`` times, each call 10 ms: one forward of 40 ms."""
+
+    def forward(self, x: torch.Tensor, depth: int = 4) -> torch.Tensor:
+        time.sleep(0.01)
+        return self(x, depth - 1) if depth > 1 else x
+
+
+class _HasModuleAttribute(torch.nn.Module):
+    """A user's model with an attribute named ``module`` (not a data-parallel wrapper)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.03)  # the real work is here, outside self.module
+        return self.module(x)
+
+
+def test_forward_spans_nest_and_only_the_outermost_counts():
+    from distlog.system import ForwardTimer
+
+    timer = ForwardTimer(None)
+    model = _Recursive()
+    hooks = timer.hook(model)
+    model(torch.zeros(1))
+    mean = timer.take()
+    assert mean is not None and 0.04 <= mean < 0.5  # one span: the whole call, not the last
+    hooks.remove()
+    user = _HasModuleAttribute()
+    hooks = timer.hook(user)  # the model itself, not its .module
+    user(torch.zeros(1))
+    mean = timer.take()
+    assert mean is not None and mean >= 0.03
+    hooks.remove()
+
+
+def test_forward_spans_of_two_threads_are_two_spans():
+    """nn.DataParallel runs a replica's forward per thread: each is a forward of its own."""
+    import threading
+
+    from distlog.system import ForwardTimer
+
+    timer = ForwardTimer(None)
+    model = _SlowOnRank(0.05)
+    hooks = timer.hook(torch.nn.DataParallel(model))  # unwrapped: the module inside
+    threads = [threading.Thread(target=model, args=(torch.zeros(1, 8),)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mean = timer.take()
+    assert mean is not None and 0.05 <= mean < 0.5
+    hooks.remove()
+
+
+def test_a_forward_that_raises_leaves_no_span_open():
+    from distlog.system import ForwardTimer
+
+    class Fails(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("bad batch")
+
+    timer = ForwardTimer(None)
+    bad, good = Fails(), _SlowOnRank(0.02)
+    hooks = [timer.hook(bad), timer.hook(good)]
+    with pytest.raises(ValueError):
+        bad(torch.zeros(1))
+    timer.take()
+    good(torch.zeros(1, 8))  # not nested inside the failed one
+    mean = timer.take()
+    assert mean is not None and mean >= 0.02
+    for h in hooks:
+        h.remove()

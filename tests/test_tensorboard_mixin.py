@@ -61,7 +61,7 @@ def test_rank_zero_writes_aggregated_tensorboard_events(tmp_path):
     results = run_ranks(_train, 2, str(tmp_path), timeout=180)
     assert [r["has_sink"] for r in results] == [True, False]
     assert results[0]["writer"] == "SummaryWriter" and results[1]["writer"] is None
-    tb_dir = Path("runs") / "tb" / "tb"  # runs/{experiment}/<the run directory's name>
+    tb_dir = Path("local") / "tb" / "tensorboard"  # inside the run directory
     assert results[0]["dir"] == str(tb_dir)
 
     event_files = list(tmp_path.glob("**/events.out.tfevents.*"))
@@ -150,10 +150,12 @@ def _launch(steps: int) -> Path:
 
 def test_each_launch_is_its_own_tensorboard_run(tmp_path, monkeypatch):
     """TensorBoard merges the event files of one folder into one run: with every launch in
-    runs/{experiment}, a second launch's curve went back over the first's (2..4, then 2..3)."""
+    runs/{experiment}, a second launch's curve went back over the first's (2..4, then 2..3).
+    (Named after the run directory only, runs with run directories of the same name shared a
+    folder again.)"""
     monkeypatch.chdir(tmp_path)
     first, second = _launch(4), _launch(3)
-    assert first != second and first.parent == second.parent == Path("runs") / "e"
+    assert first != second and first.parent.parent == second.parent.parent == Path("runs/p/e")
     for folder, steps in ((first, [1, 2, 3, 4]), (second, [1, 2, 3])):
         acc = EventAccumulator(str(tmp_path / folder), size_guidance={"scalars": 0})
         acc.Reload()
@@ -186,3 +188,20 @@ def test_a_resumed_run_hides_what_the_interrupted_attempt_wrote_past_its_run_log
     acc.Reload()
     got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert got == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 6.0)]
+
+
+def test_runs_whose_directories_share_a_name_keep_their_own_events(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dirs = []
+    for seed in (0, 1):
+        params = LoggingParameters(run_dir=f"seed{seed}/logs")
+        trainer = Trainer(LoggerConfigMixin(experiment="exp", logging_parameters=params))
+        trainer.log_scalar("train/loss", float(seed))
+        trainer.flush_logs(1)
+        trainer.finish()
+        dirs.append(trainer.tensorboard_dir)
+    assert dirs == [Path("seed0/logs/tensorboard"), Path("seed1/logs/tensorboard")]
+    for seed, folder in enumerate(dirs):
+        acc = EventAccumulator(str(tmp_path / folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, float(seed))]

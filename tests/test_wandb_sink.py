@@ -400,3 +400,21 @@ def test_logger_scalar_and_media_under_one_key_through_wandb(env, tmp_path):
     rows = list(distlog.runlog.iter_rows(tmp_path / "run"))
     assert [r["loss"] for r in rows if "loss" in r] == [0.25]
     assert [r["media"]["loss"]["counts"] for r in rows if "media" in r] == [counts.tolist()]
+
+
+def test_two_media_keys_never_share_a_column(env):
+    """Media 'loss' goes to loss_media (a scalar 'loss' exists); a genuine media key
+    'loss_media' went there too, and the column held two histograms at one step."""
+    counts, edges = np.array([1, 3]), np.array([0.0, 0.5, 1.0])
+    sink = WandbSink(project="media-collide")
+    sink.log_scalars(0, {"loss": 0.5})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sink.log_media(1, "loss", Histogram(counts, edges))
+        sink.log_media(1, "loss_media", Histogram(counts * 2, edges))
+    said = " ".join(str(w.message) for w in rec)
+    assert "would share wandb's column 'loss_media' with the media key 'loss'" in said
+    run_dir = sink.run_dir
+    sink.close()
+    row = read_run(run_dir).rows_by_step()[1]
+    assert {"loss_media", "loss_media_media"} <= set(row)

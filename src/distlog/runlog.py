@@ -612,7 +612,10 @@ def run_dir_path(run_dir: str | Path) -> Path:
     """The one rule for a run directory's path: ``~`` expanded (a config file's ``~/runs`` made
     a directory named ``~``), and a path without a name of its own (``.``, ``..``) resolved, so
     that its next version is ``<name>-2`` beside it, not a directory named ``-2`` inside it."""
-    root = Path(run_dir).expanduser()
+    try:
+        root = Path(run_dir).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser: a clear error, on every rank (a DistlogError)
+        raise RunDirError(f"run_dir {run_dir}: cannot expand '~' ({exc})") from None
     return root.resolve() if root.name in ("", ".", "..") else root
 
 

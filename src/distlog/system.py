@@ -38,6 +38,7 @@ import operator
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -112,11 +113,16 @@ class ForwardTimer:
     """Times training forwards on this rank: spans marked by [begin][distlog.system.ForwardTimer.begin]
     and [end][distlog.system.ForwardTimer.end] (or a module's forward hooks), on the device's
     current CUDA stream with events, or with the host clock on a CPU. A CUDA span is read at a
-    later flush, once its events have completed: reading never waits for the device."""
+    later flush, once its events have completed: reading never waits for the device.
+
+    Spans nest (a module that calls itself, a model and one of its parts both hooked): only the
+    outermost counts. Each thread has its own (``nn.DataParallel`` runs a replica per thread).
+    """
 
     def __init__(self, device: torch.device | None) -> None:
         self._device = device
-        self._open: Any = None  # the start of the span in progress: a perf_counter or an event
+        self._open = threading.local()  # .stack: this thread's open spans' starts
+        self._lock = threading.Lock()  # spans end on several threads
         self._pending: collections.deque[tuple[Any, Any]] = collections.deque()
         self._total = 0.0
         self._count = 0
@@ -125,52 +131,71 @@ class ForwardTimer:
         dev = self._device
         return dev is not None and dev.type == "cuda" and torch.cuda.is_initialized()
 
-    def begin(self) -> None:
-        """A forward starts (a span begun and never ended is dropped)."""
-        if self._cuda():
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(torch.cuda.current_stream(self._device))
-            self._open = event
-        else:
-            self._open = time.perf_counter()
+    def _stack(self) -> list[Any]:
+        stack: list[Any] | None = getattr(self._open, "stack", None)
+        if stack is None:
+            stack = self._open.stack = []
+        return stack
 
-    def end(self) -> None:
-        """The forward begun last has ended; without one, nothing happens."""
-        start, self._open = self._open, None
-        if start is None:
-            return
-        if isinstance(start, float):
-            self._total += time.perf_counter() - start
-            self._count += 1
-            return
+    def _now(self) -> Any:
+        if not self._cuda():
+            return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
         event.record(torch.cuda.current_stream(self._device))
-        self._pending.append((start, event))
+        return event
+
+    def begin(self) -> None:
+        """A forward starts (inside another one begun on this thread, it is part of that one)."""
+        self._stack().append(self._now())
+
+    def end(self) -> None:
+        """The forward begun last on this thread has ended; without one, nothing happens."""
+        stack = self._stack()
+        if not stack:
+            return
+        start = stack.pop()
+        if stack:
+            return  # nested: the outer span counts
+        stop = self._now()
+        with self._lock:
+            if isinstance(start, float):
+                self._total += stop - start
+                self._count += 1
+            else:
+                self._pending.append((start, stop))
+
+    def abandon(self) -> None:
+        """Drop this thread's open spans (a batch whose forward was begun and never ended: a
+        ``training_step`` that skipped the batch)."""
+        self._stack().clear()
 
     def take(self) -> float | None:
         """The mean time of the spans completed since the last call, or None if none did."""
-        pending = self._pending
-        while pending and pending[0][1].query():  # completed: reading it does not wait
-            start, end = pending.popleft()
-            self._total += start.elapsed_time(end) / 1000.0
-            self._count += 1
-        if self._count == 0:
-            return None
-        mean = self._total / self._count
-        self._total, self._count = 0.0, 0
-        return mean
+        with self._lock:
+            pending = self._pending
+            while pending and pending[0][1].query():  # completed: reading it does not wait
+                start, end = pending.popleft()
+                self._total += start.elapsed_time(end) / 1000.0
+                self._count += 1
+            if self._count == 0:
+                return None
+            mean = self._total / self._count
+            self._total, self._count = 0.0, 0
+            return mean
 
     def reset(self) -> None:
-        self._open = None
-        self._pending.clear()
-        self._total, self._count = 0.0, 0
+        self.abandon()
+        with self._lock:
+            self._pending.clear()
+            self._total, self._count = 0.0, 0
 
     def hook(self, module: torch.nn.Module) -> _Hooks:
-        """Time every training-mode forward of ``module`` (of the module inside a DDP wrapper:
-        DDP's own synchronisation before the forward is left out)."""
-        inner = getattr(module, "module", module)
-        if not isinstance(inner, torch.nn.Module):
+        """Time every training-mode forward of ``module``; of a DDP, DataParallel or FSDP
+        wrapper, of the module inside it (DDP's own synchronisation before the forward, a
+        buffer broadcast that waits for the slowest rank, is left out)."""
+        if not isinstance(module, torch.nn.Module):
             raise LogTypeError(f"time_forward takes a torch.nn.Module, got {type(module).__name__}")
+        inner = _unwrapped(module)
 
         def before(mod: torch.nn.Module, args: Any) -> None:
             if mod.training:
@@ -178,9 +203,34 @@ class ForwardTimer:
 
         def after(mod: torch.nn.Module, args: Any, out: Any) -> None:
             if mod.training:
-                self.end()
+                self.end()  # also when the forward raised (always_call): no span left open
 
-        return _Hooks([inner.register_forward_pre_hook(before), inner.register_forward_hook(after)])
+        return _Hooks(
+            [
+                inner.register_forward_pre_hook(before),
+                inner.register_forward_hook(after, always_call=True),
+            ]
+        )
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a data-parallel wrapper runs (only those: a user's model may well have an
+    attribute named ``module`` of its own)."""
+    wrappers: tuple[type, ...] = (
+        torch.nn.parallel.DistributedDataParallel,
+        torch.nn.DataParallel,
+    )
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrappers = (*wrappers, FullyShardedDataParallel)
+    except ImportError:
+        pass
+    while isinstance(module, wrappers):
+        inner = module.module
+        assert isinstance(inner, torch.nn.Module)
+        module = inner
+    return module
 
 
 class _Hooks:

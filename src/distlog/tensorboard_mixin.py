@@ -3,8 +3,8 @@
 The seed shows a ``LoggerMixin`` subclass whose rank 0 opens a ``SummaryWriter`` at
 ``runs/{experiment}``. This is that mixin over distlog: every rank logs as usual
 (``self.log_scalar``, ``self.log_dict``, ``self.log_images``, ...), values are reduced across
-ranks at each flush, and global rank 0 writes them to TensorBoard (next to the local run log)
-through a [TensorBoardSink][distlog.sinks.tensorboard.TensorBoardSink] on the logger's writer thread.
+ranks at each flush, and global rank 0 writes them to TensorBoard (inside the run directory,
+next to the local run log) through a [TensorBoardSink][distlog.sinks.tensorboard.TensorBoardSink] on the logger's writer thread.
 Other ranks open no writer and write no file.
 
     class MyTrainer(BaseTrainer, TensorBoardLoggerMixin):
@@ -28,8 +28,9 @@ __all__ = ["TensorBoardLoggerMixin"]
 class TensorBoardLoggerMixin(LoggerMixin):
     """[LoggerMixin][distlog.mixins.LoggerMixin] that also writes TensorBoard event files.
 
-    Global rank 0 writes to [tensorboard_dir][distlog.tensorboard_mixin.TensorBoardLoggerMixin.tensorboard_dir] (``runs/{experiment}``, as in the seed's
-    example; override the property to choose another place). If TensorBoard is missing, every
+    Global rank 0 writes to [tensorboard_dir][distlog.tensorboard_mixin.TensorBoardLoggerMixin.tensorboard_dir] (``<run_dir>/tensorboard``: the seed's
+    ``runs/{experiment}`` merged every launch into one TensorBoard run; override the property to
+    choose another place). If TensorBoard is missing, every
     rank raises ImportError (naming ``distlog[tensorboard]``) at construction, before any
     collective, so no rank is left waiting. With ``logging_parameters.enabled=False`` nothing
     is opened.
@@ -53,15 +54,15 @@ class TensorBoardLoggerMixin(LoggerMixin):
 
     @property
     def tensorboard_dir(self) -> Path:
-        """Where rank 0 writes event files: ``runs/{experiment}/<run name>``.
+        """Where rank 0 writes event files: ``<run_dir>/tensorboard``.
 
         The seed writes to ``runs/{experiment}``; TensorBoard merges every event file of one
         folder into one run, so each launch wrote over the previous one's curves (steps 2..8,
-        then 2..8 again). One folder per distlog run under it (the run directory's name):
-        ``tensorboard --logdir runs/{experiment}`` shows each launch as its own run, and a
-        resumed run continues its own folder.
+        then 2..8 again). Inside the run directory, a run's events are its own (two runs never
+        share a run directory), a resumed run continues them, and ``tensorboard --logdir
+        runs`` shows every run by its path (``<project>/<experiment>/<date-time>``).
         """
-        return Path("runs") / str(self.experiment) / self.run_dir.name
+        return self.run_dir / "tensorboard"
 
     @property
     def writer(self) -> Any:

@@ -171,6 +171,7 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         self.run_dir = run_dir
         self._sinks = sinks if sinks is None or callable(sinks) else list(sinks)
         self._system_metrics = system_metrics
+        self._forward_hooks: Any = None  # system/forward_s's hooks while training
         self._every = log_every_n_steps
         self._spread_all = spread is True
         self._spread = set() if isinstance(spread, bool) else set(spread)
@@ -194,7 +195,10 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a spawned process (ddp_spawn): the module and Trainer stay behind too.
-        return {**super().__getstate__(), "_trainer": None, "_module": None, "_original_log": None}
+        return {
+            **super().__getstate__(),
+            "_trainer": None, "_module": None, "_original_log": None, "_forward_hooks": None,
+        }  # fmt: skip
 
     @property
     def logger(self) -> Logger:
@@ -350,6 +354,13 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         self._monitored = _monitored_keys(trainer)  # the schedulers exist by now
         if self._logger is not None and self._logger.system is not None:
             self._logger.system.start(trainer.global_step)  # a restored job's step included
+            # system/forward_s: the module the strategy runs, inside DDP's wrapper, so DDP's
+            # buffer broadcast (which waits for the slowest rank) is not counted; without a
+            # wrapper, training_step up to its backward (on_train_batch_start, below)
+            model = getattr(trainer.strategy, "model", None)
+            if isinstance(model, torch.nn.Module) and model is not pl_module:
+                if self._forward_hooks is None:
+                    self._forward_hooks = self._logger.system.time_forward(model)
 
     def _evaluating(self, trainer: pl.Trainer, loaders: Any, dataloader_idx: int) -> None:
         several = isinstance(loaders, list | tuple) and len(loaders) > 1
@@ -377,14 +388,17 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._logger is not None and self._logger.system is not None:
-            self._logger.system.forward.begin()  # training_step up to its backward
+        if self._forward_hooks is None and self._logger is not None:
+            if self._logger.system is not None:  # no wrapper: training_step up to its backward
+                self._logger.system.forward.abandon()  # a batch training_step skipped
+                self._logger.system.forward.begin()
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
     ) -> None:
-        if self._logger is not None and self._logger.system is not None:
-            self._logger.system.forward.end()  # system/forward_s names the slow rank under DDP
+        if self._forward_hooks is None and self._logger is not None:
+            if self._logger.system is not None:
+                self._logger.system.forward.end()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -407,6 +421,9 @@ class DistlogCallback(OwnLoggerPerProcess, pl.Callback):
         self._epoch_end_step = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._forward_hooks is not None:
+            self._forward_hooks.remove()
+            self._forward_hooks = None
         self._flush_epoch(trainer)
 
     def _flush_epoch(self, trainer: pl.Trainer) -> None:

@@ -289,6 +289,8 @@ class WandbSink:
         """The wandb keys scalars went to, which a media key must not take."""
         self._media_names: set[str] = set()
         """The wandb keys media went to."""
+        self._media_owners: dict[str, str] = {}
+        """wandb key -> the one media key sent there."""
 
     # -- where things are ------------------------------------------------------------------
 
@@ -393,13 +395,23 @@ class WandbSink:
                     f"has a path component over {MAX_MEDIA_COMPONENT_BYTES} bytes, too long "
                     "for wandb's media file name"
                 )
-            if name in self._scalar_names:
-                while name in self._scalar_names or name in RESERVED_KEYS:
+            owners = self._media_owners
+
+            def taken(n: str) -> bool:
+                return n in self._scalar_names or n in RESERVED_KEYS or owners.get(n, key) != key
+
+            if taken(name):
+                clash = name
+                while taken(name):
                     name += MEDIA_SUFFIX
                 why = why or (
                     "is also a scalar key: wandb keeps one summary value per key (what the runs "
                     "table and sweeps read), and the media would replace the scalar's"
+                    if clash in self._scalar_names or clash in RESERVED_KEYS
+                    else f"would share wandb's column {clash!r} with the media key "
+                    f"{owners[clash]!r}"
                 )
+            owners[name] = key
             self._media_names.add(name)
         else:
             self._scalar_names.add(name)

@@ -171,6 +171,7 @@ class SinkSet:
         self._hurry = False
         self.timeout: float | None = SINK_TIMEOUT_S
         self._lanes: dict[int, SinkLane] | None = None
+        self._lane_list: tuple[SinkLane, ...] = ()
         self._maxsize = 0
         self._step_lock = threading.RLock()  # a signal handler may write inline mid-call
 
@@ -202,6 +203,7 @@ class SinkSet:
         lane = self._lanes.get(id(sink))
         if lane is None:
             lane = self._lanes[id(sink)] = SinkLane(sink, self._maxsize, self.wrote)
+            self._lane_list = (*self._lane_list, lane)  # replaced whole: other threads read it
         return lane
 
     def wrote(self, step: int, sink: Sink | None = None) -> None:
@@ -241,6 +243,12 @@ class SinkSet:
         before a row is queued; the writer itself never waits for a sink."""
         lanes = self._lanes
         if not lanes:
+            return
+        maxsize = self._maxsize
+        for lane in self._lane_list:  # the common case, on every flush: no lane is full
+            if len(lane._calls) >= maxsize:
+                break
+        else:
             return
         limit = _least(limit, self.timeout)
         woken = False

@@ -148,7 +148,7 @@ def test_wait_returns_and_names_a_hung_sink(tmp_path: Path) -> None:
 
 
 def test_sink_timeout_is_checked(tmp_path: Path) -> None:
-    for bad in (0, -1.0, "60", float("nan")):
+    for bad in (0, -1.0, "60", float("nan"), True):
         with pytest.raises(distlog.LogValueError, match="sink_timeout"):
             distlog.Logger(run_dir=tmp_path / "x", sink_timeout=bad)  # type: ignore[arg-type]
 

@@ -137,8 +137,10 @@ class Logger:
             )
         if not (timeout > 0):
             raise LogValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if sink_timeout is not None and not (
-            isinstance(sink_timeout, (int, float)) and sink_timeout > 0
+        if sink_timeout is not None and (
+            isinstance(sink_timeout, bool)
+            or not isinstance(sink_timeout, int | float)
+            or not sink_timeout > 0
         ):
             raise LogValueError(f"sink_timeout must be > 0 seconds or None, got {sink_timeout!r}")
         self.world = (

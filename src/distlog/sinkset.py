@@ -170,8 +170,8 @@ class SinkSet:
         self.last_written_step: int | None = None
         self._hurry = False
         self.timeout: float | None = SINK_TIMEOUT_S
-        self._lanes: dict[int, SinkLane] | None = None
-        self._lane_list: tuple[SinkLane, ...] = ()
+        self._lanes: dict[int, SinkLane] | None = None  # by id(sink); None: calls run inline
+        self._lane_list: tuple[SinkLane, ...] = ()  # replaced whole: any thread may iterate it
         self._maxsize = 0
         self._step_lock = threading.RLock()  # a signal handler may write inline mid-call
 
@@ -203,7 +203,7 @@ class SinkSet:
         lane = self._lanes.get(id(sink))
         if lane is None:
             lane = self._lanes[id(sink)] = SinkLane(sink, self._maxsize, self.wrote)
-            self._lane_list = (*self._lane_list, lane)  # replaced whole: other threads read it
+            self._lane_list = (*self._lane_list, lane)
         return lane
 
     def wrote(self, step: int, sink: Sink | None = None) -> None:
@@ -219,11 +219,11 @@ class SinkSet:
         """Wait until every sink has made the calls queued so far; a stalled sink (or one still
         busy when ``timeout`` ends) is given up on with a warning naming it and what it did not
         write. True if every sink finished."""
-        if not self._lanes:
+        lanes = self._lane_list
+        if not lanes:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
-        lanes = list(self._lanes.values())
         markers = [lane.mark() for lane in lanes]  # all at once: each lane works while we wait
         for lane, marker in zip(lanes, markers, strict=True):
             why = lane.wait(marker, deadline, self.timeout)
@@ -241,18 +241,16 @@ class SinkSet:
         slow sink, losing nothing, but not by a hung one (a call running longer than ``limit``,
         or ``sink_timeout``, whichever is less), nor once the logger is finishing. Called
         before a row is queued; the writer itself never waits for a sink."""
-        lanes = self._lanes
-        if not lanes:
-            return
+        lanes = self._lane_list
         maxsize = self._maxsize
-        for lane in self._lane_list:  # the common case, on every flush: no lane is full
+        for lane in lanes:  # the common case, on every flush: no lane is full
             if len(lane._calls) >= maxsize:
                 break
         else:
             return
         limit = _least(limit, self.timeout)
         woken = False
-        while not self._hurry and any(lane.full(limit) for lane in list(lanes.values())):
+        while not self._hurry and any(lane.full(limit) for lane in lanes):
             if not woken:
                 self.wake()
                 woken = True
@@ -266,12 +264,12 @@ class SinkSet:
     def wake(self) -> None:
         """Start the lanes on what was queued (the writer calls this after each batch: a lane
         wakes once for several rows, not once a row)."""
-        for lane in list((self._lanes or {}).values()):
+        for lane in self._lane_list:
             lane.wake()
 
     def stop(self) -> None:
         """End every lane's thread once its queued calls are made (a stalled one is a daemon)."""
-        for lane in list((self._lanes or {}).values()):
+        for lane in self._lane_list:
             lane.stop()
 
 

@@ -76,6 +76,20 @@ def _in_thread(fn: Any, seconds: float) -> bool:
     return done.wait(seconds)
 
 
+def _run_job(template: str, **fields: Any) -> subprocess.CompletedProcess[str]:
+    """Run a job script (``template`` filled with ``fields``) in a fresh process that can
+    import this module's sinks; a real process, so real signals end it."""
+    tests = Path(__file__).parent
+    paths = [subprocess_env()["PYTHONPATH"], str(tests), str(tests / "distributed")]
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(template).format(**fields)],
+        env=subprocess_env(PYTHONPATH=os.pathsep.join(paths)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_hung_sink_neither_stops_the_others_nor_blocks_training(tmp_path: Path) -> None:
     stuck = StuckSink(good=3)
     logger = distlog.Logger(run_dir=tmp_path, sinks=[stuck], queue_size=4, sink_timeout=1.0)
@@ -175,13 +189,7 @@ def test_sigterm_with_a_hung_sink_still_writes_every_row_and_the_exit_code(
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
-    tests = str(Path(__file__).parent)
-    job = textwrap.dedent(JOB).format(run_dir=str(run_dir))
-    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
-    env = subprocess_env(PYTHONPATH=os.pathsep.join(paths))
-    proc = subprocess.run(
-        [sys.executable, "-c", job], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = _run_job(JOB, run_dir=str(run_dir))
     assert proc.returncode == -signal.SIGTERM, proc.stderr
     assert "trained" in proc.stdout
     assert [r["loss"] for r in distlog.read_metrics(run_dir)] == [float(s) for s in range(10)]
@@ -219,17 +227,8 @@ def test_rows_behind_a_sink_not_yet_counted_hung_still_reach_the_run_log(
     hung sink too: the signal handler spent its 20 s on that, then 20 s more on the sinks (past
     SLURM's 30 s), and a row whose flush had returned was lost."""
     run_dir = tmp_path / "run"
-    tests = str(Path(__file__).parent)
-    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
-    job = textwrap.dedent(JOB_NOT_YET_HUNG).format(run_dir=str(run_dir), async_flush=async_flush)
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", job],
-        env=subprocess_env(PYTHONPATH=os.pathsep.join(paths)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run_job(JOB_NOT_YET_HUNG, run_dir=str(run_dir), async_flush=async_flush)
     assert proc.returncode == -signal.SIGTERM, proc.stderr
     assert time.monotonic() - t0 < 29  # the handler's 20 s in all, within SLURM's KillWait
     flushed = [int(line.split()[1]) for line in proc.stdout.splitlines()]
@@ -275,16 +274,7 @@ def test_a_signal_while_finish_waits_for_a_sink_records_the_exit_code(
     """finish() had taken its signal handlers off before waiting for the sinks: SIGTERM killed
     the process and Ctrl-C escaped the wait, with run.json's exit code never written."""
     run_dir = tmp_path / "run"
-    tests = str(Path(__file__).parent)
-    paths = [subprocess_env()["PYTHONPATH"], tests, str(Path(tests) / "distributed")]
-    job = textwrap.dedent(JOB_SIGNAL_IN_FINISH).format(run_dir=str(run_dir), signal=name)
-    proc = subprocess.run(
-        [sys.executable, "-c", job],
-        env=subprocess_env(PYTHONPATH=os.pathsep.join(paths)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run_job(JOB_SIGNAL_IN_FINISH, run_dir=str(run_dir), signal=name)
     signum = getattr(signal, name)
     assert proc.returncode in (-signum, 1), proc.stderr  # SIGINT: KeyboardInterrupt, or the signal
     assert [r["loss"] for r in distlog.read_metrics(run_dir)] == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -7,12 +7,13 @@ picks one per flush from facts every rank shares (the layout and the group), so 
 
 | protocol | when (``"auto"``) | steady flush | a flush that brings new keys |
 |---|---|---|---|
-| ``gather`` | host payloads, ranks x row <= ``gather_limit_bytes`` | 1 ``all_gather`` (min/max too) | 3 |
+| ``gather`` | host payloads, ranks x row <= ``gather_limit_bytes``, ranks <= ``gather_max_ranks`` | 1 ``all_to_all`` (min/max too) | 3 |
 | ``all_reduce`` | host payloads past that limit | 1 ``all_reduce`` (+1 with min/max or spread) | 3 (+1) |
-| ``device`` | payloads on a GPU (NCCL) | host header ``all_gather`` + ``reduce`` to rank 0 (+1) | +1 |
+| ``device`` | payloads on a GPU (NCCL) | host header ``all_to_all`` + ``reduce`` to rank 0 (+1) | +1 |
 
-The gather sends O(keys) bytes a rank and receives ranks x that, so it is used only while that is
-small; the all-reduce moves O(keys) bytes a rank in O(log ranks) rounds at any scale
+The gather sends each rank's row to the writer (group rank 0) and only its header to the other
+ranks, in one round: the writer receives ranks x row bytes, so it is used only while that is small;
+the all-reduce moves O(keys) bytes a rank in O(log ranks) rounds at any scale
 (docs/aggregation.md has the cost model). All run on the logger's own gloo group (its own
 timeout: a missing rank becomes a [RankDivergenceError][distlog.errors.RankDivergenceError],
 never a hang), except device payloads, which NCCL reduces on the user's group.
@@ -64,13 +65,18 @@ class ExchangeOptions:
         protocol: ``"auto"`` (the rule is in docs/aggregation.md, "What it costs"), or force ``"gather"``,
             ``"all_reduce"`` (host payloads) or ``"device"`` (the NCCL protocol; on CPU it
             runs on host tensors, which is how the tests exercise it without a GPU).
-        gather_limit_bytes: ``"auto"`` all-gathers while ranks x row bytes stay within it.
+        gather_limit_bytes: ``"auto"`` uses the gather protocol while the rows rank 0
+            receives (ranks x row bytes) stay within it...
+        gather_max_ranks: ...and the group has at most this many ranks: each rank's part of the
+            gather is one message to every other rank, all posted at once, which beats the
+            all-reduce's 2 log2(ranks) rounds of latency until the messages pile up.
         fold_host_tensors: fold CPU tensors into the float accumulators at the call; False
             buffers them as a device tensor would be (tests of the device path on CPU).
     """
 
     protocol: str = "auto"
     gather_limit_bytes: int = 1 << 20
+    gather_max_ranks: int = 256
     fold_host_tensors: bool = True
 
     def __post_init__(self) -> None:
@@ -79,9 +85,10 @@ class ExchangeOptions:
                 f"exchange protocol {self.protocol!r} is unknown; choose one of "
                 f"{', '.join(PROTOCOLS)}"
             )
-        limit = self.gather_limit_bytes
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise LogValueError(f"gather_limit_bytes must be an int >= 0, got {limit!r}")
+        for name in ("gather_limit_bytes", "gather_max_ranks"):
+            limit = getattr(self, name)
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise LogValueError(f"{name} must be an int >= 0, got {limit!r}")
         if not isinstance(self.fold_host_tensors, bool):
             raise LogValueError(f"fold_host_tensors must be a bool, got {self.fold_host_tensors!r}")
 
@@ -93,7 +100,9 @@ def choose_protocol(options: ExchangeOptions, world: World, layout: Layout) -> s
     if world.comm_device.type != "cpu":
         return "device"
     row = Header.WIDTH + layout.sum_size + layout.max_size
-    return "gather" if world.group_size * row * 8 <= options.gather_limit_bytes else "all_reduce"
+    size = world.group_size
+    small = size <= options.gather_max_ranks and size * row * 8 <= options.gather_limit_bytes
+    return "gather" if small else "all_reduce"
 
 
 @dataclass
@@ -142,30 +151,49 @@ def _numpy(x: np.ndarray | torch.Tensor | None) -> np.ndarray:
 
 class GatherBuffers:
     """The gather protocol's send row and receive table for one layout (no allocation, no
-    list building at a steady flush). On global rank 0 the table is lent to the writer until
-    it has reduced it (``lent``), instead of being copied for it."""
+    list building at a steady flush).
 
-    def __init__(self, layout: Layout, size: int) -> None:
+    One ``all_to_all`` moves what each rank needs and no more: every rank sends its whole row
+    (header and payloads) to the writer (group rank 0) and only its header to every other rank.
+    The writer's table holds every rank's row; another rank's holds every rank's header, all it
+    needs to check that the ranks agree. Each rank's send buffer is its row followed by a copy
+    of its header per other rank. On global rank 0 the table is lent to the writer until it has
+    reduced it (``lent``), instead of being copied for it."""
+
+    def __init__(self, layout: Layout, size: int, root: bool) -> None:
         self.lent = False
         self.version = layout.version
         width = Header.WIDTH + layout.sum_size + layout.max_size
-        self.send = torch.zeros(width, dtype=torch.float64)
+        h = Header.WIDTH
+        self.send = torch.zeros(width + h * (size - 1), dtype=torch.float64)
         self.send_np = self.send.numpy()
-        self.table = torch.empty(size, width, dtype=torch.float64)
+        self.row = self.send_np[:width]  # this rank's header and payloads
+        self.header_copies = self.send_np[width:].reshape(size - 1, h)  # for ranks 1..size-1
+        self.send_splits = [width] + [h] * (size - 1)
+        self.table = torch.empty(size, width if root else h, dtype=torch.float64)
         self.table_np = self.table.numpy()
-        self.rows = list(self.table.unbind(0))  # views: gloo writes each rank's row in place
+        self.recv = self.table.view(-1)
+        self.recv_splits = [width if root else h] * size
         self.flush_ids = self.table_np[:, 0]  # NaN-filled before each collective
-        self.counts: int | None = None  # what every count slot of ``send`` holds, if one number
+        self.counts: int | None = None  # what every count slot of ``row`` holds, if one number
         self.headers = HeaderReader(self.table_np)
 
 
-def all_gather(group: Any, rows: list[torch.Tensor], mine: torch.Tensor) -> Any:
-    """Start ``dist.all_gather`` and return its work, through the process group's own method
-    when it has one: the same collective without ~60 us of Python argument checks a flush does
-    not need."""
-    if hasattr(group, "allgather"):
-        return group.allgather([rows], [mine])
-    return dist.all_gather(rows, mine, group=group, async_op=True)
+def all_to_all(
+    group: Any, recv: torch.Tensor, send: torch.Tensor, recv_splits: list[int],
+    send_splits: list[int],
+) -> Any:  # fmt: skip
+    """Start ``dist.all_to_all_single`` and return its work, through the process group's own
+    method when it has one: the same collective without ~30 us of Python argument checks that
+    a flush does not need.
+
+    Why an all_to_all: gloo posts all its sends and receives at once (one round of latency),
+    where its all_gather is a ring of ranks - 1 rounds, each waiting for the one before. With 4
+    and 8 ranks on a 2-core host the gather protocol's flush took 2-2.5x less time (a header
+    all_gather alike); on 2 ranks, 10-20% less. It also sends each rank only what it needs."""
+    if hasattr(group, "alltoall_base"):
+        return group.alltoall_base(recv, send, recv_splits, send_splits)
+    return dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group, async_op=True)
 
 
 class Disagreement(RankDivergenceError):
@@ -280,7 +308,7 @@ class Exchange:
         """The row of a gather interrupted by a signal after its collective started.
 
         A signal handler runs between two bytecodes of the interrupted flush: right after the
-        all_gather returned, or while it is in flight and the flush does its ``meanwhile``
+        all_to_all returned, or while it is in flight and the flush does its ``meanwhile``
         work. The collective is then waited for (at most ``timeout``, default the group's);
         once it completed, its table is whole and every header in it matches: the row is
         decoded from it, so a row whose flush returned on the other ranks is not lost.
@@ -362,7 +390,7 @@ class Exchange:
         for buf in pool:
             if not buf.lent:
                 return buf
-        buf = GatherBuffers(lay, self.world.group_size)
+        buf = GatherBuffers(lay, self.world.group_size, self.group_rank == 0)
         if len(pool) < self.GATHER_BUFFERS:
             pool.append(buf)
         return buf
@@ -462,12 +490,15 @@ class Exchange:
             raise Disagreement(str(exc)) from None
 
     def gather_headers(self, step: int, header: Header) -> np.ndarray:
-        """All-gather every rank's header (host) and check it: the device protocol's control
-        round, and the explanation of a mismatch the all-reduce protocol saw."""
-        mine = torch.tensor(header.gathered(), dtype=torch.float64)
-        out = torch.empty(self.world.group_size, Header.WIDTH, dtype=torch.float64)
-        rows = list(out.unbind(0))
-        self.collective(step, lambda: dist.all_gather(rows, mine, group=self.group))
+        """Give every rank every rank's header (host; an all_to_all of this rank's header to
+        each, one round, see [all_to_all][distlog.exchange.all_to_all]) and check them: the
+        device protocol's control round, and the explanation of a mismatch the all-reduce
+        protocol saw."""
+        size = self.world.group_size
+        copies = torch.tensor(header.gathered() * size, dtype=torch.float64)  # one a rank
+        out = torch.empty(size, Header.WIDTH, dtype=torch.float64)
+        splits = [Header.WIDTH] * size
+        self.collective(step, lambda: all_to_all(self.group, out.view(-1), copies, splits, splits))
         table = out.numpy()
         self.check(step, table)
         return table
@@ -598,12 +629,12 @@ def _completes(work: Any, timeout: float) -> bool:
 def _gather_round(
     ex: Exchange, snap: Snapshot, step: int, header: Header
 ) -> tuple[GatherBuffers, int]:
-    """All-gather this rank's header + payloads; raise if the ranks' headers disagree.
-    Returns the buffers holding the table and the longest new-key blob any rank announced
-    (0: none)."""
+    """Send this rank's header + payloads to the writer and its header to every other rank;
+    raise if the ranks' headers disagree. Returns the buffers holding the table and the longest
+    new-key blob any rank announced (0: none)."""
     lay = ex.layout
     buf = ex.gather_buffers()
-    row = buf.send_np
+    row = buf.row
     if header.new_keys:  # this round is redone with the new layout: send neutral payloads
         row[Header.WIDTH : Header.WIDTH + lay.sum_size] = 0.0
         row[Header.WIDTH + lay.sum_size :] = lay.max_init
@@ -615,11 +646,17 @@ def _gather_round(
     else:
         ex.host_rows(snap, prefix=Header.WIDTH, out=row, head=header.gathered())
         buf.counts = None
+    buf.header_copies[:] = row[: Header.WIDTH]
     buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole
     # Kept until the logger has taken the row (settle()): a signal handler that runs once the
-    # collective started salvages the row from this table.
-    ex._salvageable = None if header.new_keys else (header, buf.table, lay)
-    ex.collective(step, lambda: all_gather(ex.group, buf.rows, buf.send))
+    # collective started salvages the row from the writer's table.
+    if ex.group_rank == 0 and not header.new_keys:
+        ex._salvageable = (header, buf.table, lay)
+    else:
+        ex._salvageable = None
+    ex.collective(
+        step, lambda: all_to_all(ex.group, buf.recv, buf.send, buf.recv_splits, buf.send_splits)
+    )
     agree, blob_len = buf.headers.read()
     if not agree:
         ex.check(step, buf.table_np[:, : Header.WIDTH])
@@ -627,10 +664,11 @@ def _gather_round(
 
 
 def gather_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
-    """One all_gather carries the header and every key, min/max included.
+    """One all_to_all carries the header and every key, min/max included.
 
-    Every rank receives the whole table and checks the headers exactly (a rank out of step is
-    named at once, with no further collective); rank 0's writer reduces the columns.
+    The writer (group rank 0) receives every rank's row, every other rank every rank's header;
+    each checks the headers exactly (a rank out of step is named at once, with no further
+    collective), and rank 0's writer reduces the columns of the table.
     """
     new = ex.new_specs(snap)
     blob = encode_specs(new)
@@ -677,7 +715,7 @@ def all_reduce_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow |
 
 def device_protocol(ex: Exchange, snap: Snapshot, step: int) -> PendingRow | None:
     """For payloads on a GPU: reading a header from a device payload would make every rank
-    wait for the device, so the headers go first on the host (one small all_gather), then the
+    wait for the device, so the headers go first on the host (one small all_to_all), then the
     payloads are reduced to rank 0 where they live; the other ranks never wait."""
     w = ex.world
     new = ex.new_specs(snap)

@@ -417,3 +417,33 @@ def test_media_queued_before_a_resumed_runs_first_flush_lands_after_its_written_
     again.finish()
     steps = [r["step"] for r in distlog.read_metrics(tmp_path)]
     assert steps == [*range(10), 10, 11], steps  # nothing twice
+
+
+# ------------------------------------------------------------------ the protocol choice
+def _protocol(ranks: int, keys: int, **options) -> str:
+    from distlog.exchange import choose_protocol
+    from distlog.layout import KeySpec, Layout
+    from distlog.world import World
+
+    world = World(rank=0, world_size=ranks, backend="gloo", group_ranks=tuple(range(ranks)))
+    layout = Layout([KeySpec(f"k{i}", "mean", False) for i in range(keys)])
+    return choose_protocol(distlog.ExchangeOptions(**options), world, layout)
+
+
+def test_the_gather_is_chosen_while_rank_0_receives_little_and_the_group_is_small():
+    """Rank 0 receives ranks x (5 + 3 keys) float64 on the gather; past 1 MiB, or past
+    gather_max_ranks ranks (one message to every rank stops paying), the all-reduce."""
+    assert _protocol(8, 128) == "gather"
+    assert _protocol(200, 1000) == "all_reduce"  # 200 x 3005 x 8 bytes > 1 MiB
+    assert _protocol(256, 1) == "gather"
+    assert _protocol(257, 1) == "all_reduce"  # 8 slots a rank: only the rank cap applies
+    assert _protocol(64, 128, gather_max_ranks=32) == "all_reduce"
+    assert _protocol(2, 128, gather_limit_bytes=0) == "all_reduce"
+    assert _protocol(2, 128, protocol="gather", gather_max_ranks=0) == "gather"  # forced
+
+
+@pytest.mark.parametrize("field", ["gather_limit_bytes", "gather_max_ranks"])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "8"])
+def test_exchange_limits_must_be_non_negative_ints(field, bad):
+    with pytest.raises(distlog.LogValueError, match=field):
+        distlog.ExchangeOptions(**{field: bad})

@@ -435,7 +435,7 @@ def gather_or_reduce(rank: int, tmp: str, limit: int | None):
 
 @pytest.mark.parametrize(("limit", "steady"), [(None, 1), (0, 2)])
 def test_auto_gathers_small_groups_and_all_reduces_past_the_limit(pool2, tmp_path, limit, steady):
-    """Within gather_limit_bytes a flush is one all_gather (min/max included); past it, the
+    """Within gather_limit_bytes a flush is one all_to_all (min/max included); past it, the
     fused all_reduce and a MAX all_reduce. Both give the same rows."""
     results = pool2.run(gather_or_reduce, str(tmp_path), limit, timeout=120)
     for counts, _ in results:
@@ -531,3 +531,43 @@ def test_the_layout_follows_the_order_keys_were_first_logged(pool3, tmp_path):
         assert list(row) == want_layout
     written = distlog.read_metrics(tmp_path)
     assert [list(r)[2:] for r in written] == [want_layout] * flushes  # after step and time
+
+
+def gather_on_three(rank: int, tmp: str):
+    """Steady gather flushes on 3 ranks, each profiled, then rank 2 flushes another step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    logger = distlog.Logger(run_dir=tmp, async_write=False, timeout=30, handle_signals=False)
+    ops, rows = [], []
+    for step in range(3):
+        logger.log_scalar("loss", float(rank + step))
+        logger.log_scalar("lat", float(10 * rank + step), reduce="max")
+        logger.log_scalar("tok", float(rank), reduce="sum", spread=True)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            rows.append(logger.flush(step, block=True))
+        ops.append(sorted(e.key for e in prof.key_averages() if e.key.startswith("c10d::")))
+    logger.log_scalar("loss", 1.0)
+    try:
+        logger.flush(4 if rank == 2 else 3)
+        error = "no error"
+    except distlog.RankDivergenceError as exc:
+        error = str(exc)
+    logger.finish(exit_code=1)
+    return ops, rows, error
+
+
+def test_a_steady_gather_flush_is_one_all_to_all_that_every_rank_checks(tmp_path):
+    """The writer receives every rank's row and the others every rank's header, in one
+    all_to_all: rows match the reference, and a rank out of step is named on all three."""
+    results = run_ranks(gather_on_three, 3, str(tmp_path), timeout=120)
+    for ops, _, error in results:
+        assert ops[1:] == [["c10d::alltoall_base_"]] * 2, ops  # the first flush adds keys
+        assert "ranks flushed out of step at log step" in error, error
+        assert "rank 2: flush #3 at step 4" in error and "rank 0: flush #3 at step 3" in error
+    rows = results[0][1]
+    for step, row in enumerate(rows):
+        values = [float(r + step) for r in range(3)]
+        assert row["loss"] == pytest.approx(sum(values) / 3)
+        assert row["lat"] == 20.0 + step
+        assert row["tok"] == 3.0 and row["tok/rank_max"] == 2.0 and row["tok/rank_min"] == 0.0
+    assert all(r[1] == [None, None, None] for r in results[1:])

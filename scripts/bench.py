@@ -13,7 +13,7 @@ every comparison is made in the same processes, interleaved, so machine load hit
 - flush latency against the number of keys (1 .. 1024) and ranks (1, 2, 4 gloo), next to the
   same keys reduced with one blocking ``all_reduce`` + ``.item()`` per key (the pattern of
   Lightning's ``sync_dist``, Accelerate's ``reduce`` and Composer), and the ratio;
-- where the time of a flush goes (control exchange, payload build, reduce, decode), K = 1 / 1024;
+- where the time of a flush goes (swap, payload build, collectives, decode), K = 1 / 1024;
 - the number of collectives per flush, counted from torch.profiler's trace of ``c10d::`` ops;
 - step-time overhead of logging 32 keys every step over a bare ~10 ms step on 2 ranks;
 - a Lightning loop (when ``lightning`` is importable): ``self.log(sync_dist=True)`` against
@@ -427,17 +427,22 @@ def job_collective_costs(rank: int, world: int, reps: int, rounds: int) -> dict[
         "reduce to rank 0, 3072 float64 (distlog payload, 1024 keys)": lambda: dist.reduce(
             torch.zeros(3072, dtype=torch.float64), dst=0
         ),
-        "all_gather, 4 int64 per rank (distlog control exchange)": lambda: dist.all_gather(
-            [torch.empty(4, dtype=torch.int64) for _ in range(world)],
-            torch.zeros(4, dtype=torch.int64),
-        ),
         # the fused flush's two ways on gloo, for 32 mean keys (96 slots + control)
         "all_reduce, 135 float64 (fused all_reduce, 32 keys)": lambda: dist.all_reduce(
             torch.zeros(135, dtype=torch.float64)
         ),
-        "all_gather, 101 float64 per rank (fused all_gather, 32 keys)": lambda: dist.all_gather(
+        "all_gather, 101 float64 per rank (32 keys gathered everywhere)": lambda: dist.all_gather(
             [torch.empty(101, dtype=torch.float64) for _ in range(world)],
             torch.zeros(101, dtype=torch.float64),
+        ),
+        # distlog's gather protocol: each row to rank 0, each header alone to the others
+        "all_to_all, 101 float64 to rank 0 and 5 to the others (distlog, 32 keys)": (
+            lambda: dist.all_to_all_single(
+                torch.empty(101 * world if rank == 0 else 5 * world, dtype=torch.float64),
+                torch.zeros(101 + 5 * (world - 1), dtype=torch.float64),
+                [101 if rank == 0 else 5] * world,
+                [101] + [5] * (world - 1),
+            )
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in ops}
@@ -747,9 +752,11 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
     In the same processes, interleaved (variants and key counts take turns in a rotating order;
     ``bench.py`` gives each key count processes of its own, see ``floor_worlds``):
     distlog's blocking flush; an ``all_reduce`` and an ``all_gather`` of the bytes distlog sends
-    (a 5-slot header and 3 slots a mean key), on a second gloo group like the logger's own; the
-    same all_gather with its row packed from Python floats after the barrier (for reference);
-    and the time the training thread spends inside ``flush()`` with ``async_flush=True``.
+    (a 5-slot header and 3 slots a mean key), on a second gloo group like the logger's own;
+    the ``all_to_all`` distlog itself makes (the row to rank 0, the header to every other rank),
+    hand-written; that all_to_all with its row packed from Python floats after the barrier
+    (for reference); and the time the training thread spends inside ``flush()`` with
+    ``async_flush=True``.
     """
     import distlog
 
@@ -801,33 +808,50 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
         dist.all_gather(rows, x, group=group)
         return perf() - t0
 
-    # For reference, not a target: the same all_gather with its row packed, after the barrier,
+    # distlog's own exchange, hand-written: this rank's row to rank 0, its header alone to
+    # every other rank; rank 0 receives every row, the others every header.
+    def splits(n: int) -> tuple[list[int], list[int]]:
+        send = [width[n]] + [5] * (world - 1)
+        return send, [width[n] if rank == 0 else 5] * world
+
+    def run_all_to_all(n: int) -> float:
+        send_splits, recv_splits = splits(n)
+        x = torch.full((sum(send_splits),), float(rank), dtype=torch.float64)
+        out = torch.empty(sum(recv_splits), dtype=torch.float64)
+        dist.barrier()
+        t0 = perf()
+        dist.all_to_all_single(out, x, recv_splits, send_splits, group=group)
+        return perf() - t0
+
+    # For reference, not a target: the same all_to_all with its row packed, after the barrier,
     # from n Python floats that were added to before it, as a logger's accumulators are: what
-    # any logger keeping its sums in Python numbers pays at least (distlog's values plane and
-    # unit counts, one struct call and one fill).
+    # any logger keeping its sums in Python numbers pays at least (distlog's values plane, unit
+    # counts and header copies: one struct call and two fills).
     accumulators = {n: [0.0] * n for n in keys}
     packers = {n: struct.Struct(f"{5 + n}d") for n in keys}
 
-    def run_packed_gather(n: int) -> float:
+    def run_packed(n: int) -> float:
         acc = accumulators[n]
         for i in range(n):
             acc[i] += float(rank)
-        x = torch.empty(width[n], dtype=torch.float64)
+        send_splits, recv_splits = splits(n)
+        x = torch.empty(sum(send_splits), dtype=torch.float64)
         xn = x.numpy()
-        out = torch.empty(world, width[n], dtype=torch.float64)
-        rows = list(out.unbind(0))
+        out = torch.empty(sum(recv_splits), dtype=torch.float64)
         dist.barrier()
         t0 = perf()
         packers[n].pack_into(xn, 0, 1.0, 2.0, 3.0, 0.0, 0.0, *acc)
-        xn[5 + n :] = 1.0
-        dist.all_gather(rows, x, group=group)
+        xn[5 + n : width[n]] = 1.0
+        xn[width[n] :].reshape(world - 1, 5)[:] = xn[:5]
+        dist.all_to_all_single(out, x, recv_splits, send_splits, group=group)
         return perf() - t0
 
     variants = {
         "distlog": run_distlog,
         "all_reduce": run_all_reduce,
         "all_gather": run_all_gather,
-        "packed_gather": run_packed_gather,
+        "all_to_all": run_all_to_all,
+        "packed": run_packed,
         "async_in_flush": run_async,
     }
     order = list(variants)
@@ -850,7 +874,7 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
         d = times[n]["distlog"]
         out[str(n)]["paired"] = {
             f: med([x / y for x, y in zip(d, times[n][f], strict=True)])
-            for f in ("all_reduce", "all_gather", "packed_gather")
+            for f in ("all_reduce", "all_gather", "all_to_all", "packed")
         }
         out[str(n)]["protocol"] = blocking[n].aggregator.exchange.last_protocol
         out[str(n)]["collectives"] = blocking[n].collectives_last_flush
@@ -1392,22 +1416,35 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
                 ks, [r[1] for r in ratios], ":", color=c, alpha=0.7, label=f"{w} ranks, worst rank"
             )
         two = floors.get("2", {})
-        packed = sorted(int(k) for k, r in two.items() if "packed_gather" in r and "paired" in r)
-        if packed:  # the reference: the floor's all_gather with its row packed from floats
+        own = sorted(int(k) for k, r in two.items() if "paired" in r and "all_to_all" in r)
+        if own:  # distlog against its own collective, hand-written
+            ax2.plot(
+                own,
+                [two[str(k)]["paired"][0]["all_to_all"] for k in own],
+                "--^",
+                color="black",
+                ms=4,
+                label="2 ranks, rank 0: against the same all_to_all, hand-written",
+            )
+        packed = sorted(int(k) for k, r in two.items() if "packed" in r and "all_to_all" in r)
+        if packed:  # the reference: that all_to_all with its row packed from floats
             ax2.plot(
                 packed,
-                [two[str(k)]["packed_gather"][0] / two[str(k)]["all_gather"][0] for k in packed],
+                [two[str(k)]["packed"][0] / two[str(k)]["all_to_all"][0] for k in packed],
                 "--s",
                 color="grey",
                 ms=4,
-                label="2 ranks: the all_gather with its row packed from Python floats",
+                label="2 ranks: the all_to_all with its row packed from Python floats",
             )
         ax2.axhline(TARGET_FLOOR_RATIO, color="black", lw=1, ls="--", label="target")
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax2.set_xscale("log")
         ax2.set_xlabel("keys per flush")
-        ax2.set_ylabel("distlog flush / the cheaper floor (one all_reduce or all_gather)")
-        ax2.set_title("A flush against one hand-written collective of its payload", fontsize=10)
+        ax2.set_ylabel("distlog flush / one hand-written collective")
+        ax2.set_title(
+            "A flush against the cheaper of one all_reduce or all_gather of its payload",
+            fontsize=10,
+        )
         ax2.set_ylim(bottom=0)
         ax2.grid(True, which="both", alpha=0.3)
         ax2.legend(fontsize=8)
@@ -1425,7 +1462,14 @@ def floor_table(res: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
             continue
         for n in per_rank[0]:
             row: dict[str, Any] = {}
-            for name in ("distlog", "all_reduce", "all_gather", "packed_gather", "async_in_flush"):
+            for name in (
+                "distlog",
+                "all_reduce",
+                "all_gather",
+                "all_to_all",
+                "packed",
+                "async_in_flush",
+            ):
                 vals = [r[n][name] for r in per_rank if name in r[n]]
                 if vals:
                     row[name] = (vals[0], max(vals))
@@ -1498,6 +1542,24 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     detail,
                     "",
                     worst <= TARGET_FLOOR_RATIO,
+                )
+            )
+        own = {
+            n: r["paired"][0]["all_to_all"]
+            for n, r in rows.items()
+            if "paired" in r and "all_to_all" in r["paired"][0]
+        }
+        if own:
+            out.append(
+                (
+                    f"flush against the same all_to_all hand-written (distlog's own collective), "
+                    f"{w} gloo ranks, rank 0",
+                    ", ".join(
+                        f"{n} keys {v:.2f}x"
+                        for n, v in sorted(own.items(), key=lambda kv: int(kv[0]))
+                    ),
+                    "for reference: what distlog's Python around its collective costs",
+                    None,
                 )
             )
         r128 = rows.get("128")
@@ -1792,7 +1854,9 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
         add(
             "In the same processes, interleaved: distlog's blocking `flush()`; one "
             "`all_reduce` and one `all_gather` of the bytes distlog sends (a 5-slot header and 3 "
-            "slots a mean key), on a second gloo group like the logger's own; and the time the "
+            "slots a mean key), on a second gloo group like the logger's own; the `all_to_all` "
+            "distlog itself makes, hand-written (each rank's row to rank 0, its header alone to "
+            "the other ranks); and the time the "
             "training thread spends inside `flush()` with `async_flush=True`. After each timed "
             "flush its writer thread (and the asynchronous exchange) finish outside the timing, "
             "as they would during a step's compute. Each key count runs in fresh processes of "
@@ -1806,7 +1870,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
                 if launches > 1
                 else ""
             )
-            + ". *ratio* is distlog over the cheaper of the two floors: the median over "
+            + ". *ratio* is distlog over the cheaper of all_reduce and all_gather (the floor "
+            "the targets use): the median over "
             "iterations of each flush over the floor measured next to it, on rank 0 and on the "
             "rank where it is highest"
             + (
@@ -1815,32 +1880,38 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
                 if launches > 1
                 else ""
             )
-            + ". *packed* is, for reference, the same all_gather with its row "
+            + ". *over all_to_all* is distlog's paired ratio on rank 0 to its own collective "
+            "hand-written: what distlog's Python around the exchange costs. *packed* is, for "
+            "reference, that all_to_all with its row "
             "packed after the barrier from Python floats added to before it, as a logger's "
-            "accumulators are (one `struct` call and one fill, no logger around it): the least "
+            "accumulators are (one `struct` call and two fills, no logger around it): the least "
             "any logger that sums in Python numbers pays; *over packed* is distlog's paired "
             "ratio to it on rank 0."
         )
         add("")
         add(
             "| ranks | keys | protocol | distlog (r0 / slowest) | all_reduce | all_gather "
-            "| ratio (r0 / worst rank) | launches (r0) | packed | over packed "
-            "| async: in flush() |"
+            "| ratio (r0 / worst rank) | launches (r0) | all_to_all | over all_to_all | packed "
+            "| over packed | async: in flush() |"
         )
-        add("|---|---|---|---|---|---|---|---|---|---|---|")
+        add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for w, rows in fl.items():
             for n, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
                 if "all_gather" not in r:
                     continue
                 r0, slow = floor_ratios(r)
                 a = r.get("async_in_flush", (math.nan, math.nan))
-                packed = r.get("packed_gather", (math.nan, math.nan))
-                over = r["paired"][0].get("packed_gather", math.nan) if "paired" in r else math.nan
+                nan2 = (math.nan, math.nan)
+                own, packed = r.get("all_to_all", nan2), r.get("packed", nan2)
+                paired = r["paired"][0] if "paired" in r else {}
+                over_own = paired.get("all_to_all", math.nan)
+                over = paired.get("packed", math.nan)
                 add(
                     f"| {w} | {n} | {r['protocol']} ({r['collectives']}) | "
                     f"{us(r['distlog'][0])} / {us(r['distlog'][1])} | "
                     f"{us(r['all_reduce'][0])} | {us(r['all_gather'][0])} | "
-                    f"{r0:.2f}x / {slow:.2f}x | {launch_range(r)} | {us(packed[0])} | "
+                    f"{r0:.2f}x / {slow:.2f}x | {launch_range(r)} | {us(own[0])} | "
+                    f"{f'{over_own:.2f}x' if over_own == over_own else '-'} | {us(packed[0])} | "
                     f"{f'{over:.2f}x' if over == over else '-'} | {us(a[0])} |"
                 )
         add("")
@@ -1960,9 +2031,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> None:
             add(f"| {label} | " + " | ".join(cells) + " |")
         add("")
         add(
-            "Timed by wrapping the logger's own steps from the benchmark; the control exchange "
-            "includes its all_gather, *collectives (all)* every collective (the control "
-            "all_gather and the payload reduce), so the parts overlap."
+            "Timed by wrapping the logger's own steps from the benchmark; *collectives (all)* "
+            "is every collective of the flush (one in the steady state), so the parts overlap."
         )
         add("")
 
@@ -2124,8 +2194,8 @@ def analysis(res: dict[str, Any]) -> list[str]:
         out.append(
             f"- **{w} ranks, fixed cost.** One gloo collective here costs {us(one)} for a single "
             f"float (what each key of the per-key pattern sends), {us(c0[ALLREDUCE3])} for 3 "
-            f"floats. A steady gloo flush makes one collective (the fused all_gather of the "
-            f"payload and its control slots, see the profiler table), so a 1-key flush costs {us(d1)}, "
+            f"floats. A steady gloo flush makes one collective (an all_to_all of the payload "
+            f"and its control slots, see the profiler table), so a 1-key flush costs {us(d1)}, "
             f"{d1 / one:.1f}x one scalar all_reduce"
             + (f"; distlog is ahead from {min(wins)} keys on." if wins else ".")
             + f" From {lo} to {hi} keys the flush grows {rows[hi]['distlog_flush_s'] / d1:.1f}x "
@@ -2203,9 +2273,12 @@ def analysis(res: dict[str, Any]) -> list[str]:
     out.append(
         "- **What is left in the design.** A steady gloo flush is one collective, min/max "
         "and spread included: the header (flush number, step, layout version) rides in the "
-        "gathered row (shared/notes/floor.md), the key exchange happens only on a flush that "
-        "brings new keys, and up to 1 MiB a rank the rows are all-gathered rather than "
-        "all-reduced. Per-key Python work at a flush is gone: each key keeps a slot for the "
+        "row each rank sends (shared/notes/floor.md), the key exchange happens only on a flush "
+        "that brings new keys, and while rank 0 receives at most 1 MiB the exchange is one "
+        "all_to_all rather than all-reduces: each rank's row goes to rank 0 and its header "
+        "alone to the others, in one round of messages, where gloo's all_gather is a ring of "
+        "ranks - 1 rounds (on 4 and 8 ranks here that halves a flush, and puts it below both "
+        "floors). Per-key Python work at a flush is gone: each key keeps a slot for the "
         "whole run and a flush swaps the slot lists in O(1); for a layout of means and sums one "
         "`struct` pack (and one `np.take` where this rank's slot order differs from the "
         "layout's) builds the whole send row, header included (other "
@@ -2235,7 +2308,7 @@ def analysis(res: dict[str, Any]) -> list[str]:
         "writes the rows queued meanwhile back to back (handing it a row costs the flushing "
         "thread one `deque.append`), and reduces a small table as Python numbers; measured "
         "with 32 keys flushed every step, the writer's CPU a row went from 259 us (one "
-        "wake-up a row, numpy's reduction) to 121 us. On NCCL the header all_gather "
+        "wake-up a row, numpy's reduction) to 121 us. On NCCL the header exchange "
         "stays separate, since reading a header from a GPU payload would make every rank wait "
         "for its device."
     )
@@ -2246,23 +2319,33 @@ def analysis(res: dict[str, Any]) -> list[str]:
 def packed_note(res: dict[str, Any]) -> str:
     """What the *packed* reference says of the largest 2-rank floor row, in this run's numbers."""
     rows = floor_table(res).get("2", {})
-    big = max((n for n, r in rows.items() if "packed_gather" in r), key=int, default=None)
+    big = max((n for n, r in rows.items() if "packed" in r and "all_to_all" in r), key=int,
+              default=None)  # fmt: skip
     if big is None:
         return ""
     r = rows[big]
-    floor = r["all_gather"][0]
-    packed, dl = r["packed_gather"][0], r["distlog"][0]
-    over = r["paired"][0].get("packed_gather", math.nan) if "paired" in r else dl / packed
-    return (
-        f"At {big} keys on 2 ranks the all_gather whose row is first packed from Python floats "
-        f"(the *packed* column) takes {us(packed)} against {us(floor)} with its row ready: "
-        f"that conversion, which any logger summing in Python numbers pays, is "
-        f"{(packed - floor) / max(dl - floor, 1e-9):.0%} of what distlog adds over the floor "
-        f"({us(dl - floor)}); distlog is {over:.2f}x the packed reference, the rest being its "
-        "own Python around the collective (the swap, the header, reading the gathered "
-        "headers, handing the row to the writer), each piece a few microseconds on a cache "
-        "that the wait left cold. "
+    floor = r["all_to_all"][0]
+    packed, dl = r["packed"][0], r["distlog"][0]
+    paired = r["paired"][0] if "paired" in r else {}
+    over = paired.get("packed", dl / packed)
+    own = paired.get("all_to_all", dl / floor)
+    text = (
+        f"At {big} keys on 2 ranks distlog is {own:.2f}x its own all_to_all hand-written "
+        f"({us(dl)} against {us(floor)}); that all_to_all with its row first packed from "
+        f"Python floats (the *packed* column) takes {us(packed)}"
     )
+    if dl - floor > max(packed - floor, 0) > 0:
+        text += (
+            f": the conversion, which any logger summing in Python numbers pays, is "
+            f"{(packed - floor) / (dl - floor):.0%} of what distlog adds over it "
+            f"({us(dl - floor)}); distlog is {over:.2f}x the packed reference, the rest being "
+            "its own Python around the collective (the swap, the header, reading the headers, "
+            "handing the row to the writer), each piece a few microseconds on a cache that the "
+            "wait left cold. "
+        )
+    else:
+        text += f", and distlog {over:.2f}x that. "
+    return text
 
 
 def gpu_section(g: dict[str, Any]) -> list[str]:

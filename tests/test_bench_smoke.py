@@ -68,6 +68,7 @@ def test_quick_benchmark_writes_a_parsable_report(tmp_path: Path) -> None:
         assert isinstance(per_rank, list) and len(per_rank) == int(world), (world, per_rank)
         for n, row in per_rank[0].items():
             assert row["distlog"] > 0 and row["all_gather"] > 0 and row["all_reduce"] > 0, n
+            assert row["all_to_all"] > 0 and row["packed"] > 0, n
             # Each key count ran in two launches, merged into their median.
             assert len(row["launches"]) == 2, (world, n, row)
             assert min(p["all_gather"] for p in row["launches"]) <= row["paired"]["all_gather"]

@@ -189,8 +189,9 @@ def all_to_all(
 
     Why an all_to_all: gloo posts all its sends and receives at once (one round of latency),
     where its all_gather is a ring of ranks - 1 rounds, each waiting for the one before. With 4
-    and 8 ranks on a 2-core host the gather protocol's flush took 2-2.5x less time (a header
-    all_gather alike); on 2 ranks, 10-20% less. It also sends each rank only what it needs."""
+    and 8 ranks on a 2-core host the gather protocol's flush took 2-2.5x less time, on 2 ranks
+    10-20% less; the device protocol's header round gains alike. Each rank also receives only
+    what it needs."""
     if hasattr(group, "alltoall_base"):
         return group.alltoall_base(recv, send, recv_splits, send_splits)
     return dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group, async_op=True)

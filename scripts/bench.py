@@ -1373,7 +1373,7 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
     table = flush_table(res)
     floors = floor_table(res)
     if floors:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 6))
     else:
         fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = {"1": "tab:blue", "2": "tab:orange", "4": "tab:green", "8": "tab:red"}
@@ -1442,12 +1442,13 @@ def make_plot(res: dict[str, Any], path: Path) -> bool:
         ax2.set_xlabel("keys per flush")
         ax2.set_ylabel("distlog flush / one hand-written collective")
         ax2.set_title(
-            "A flush against the cheaper of one all_reduce or all_gather of its payload",
+            "A flush against one hand-written collective of its payload\n"
+            "(coloured: the cheaper of all_reduce and all_gather, the target's floor)",
             fontsize=10,
         )
         ax2.set_ylim(bottom=0)
         ax2.grid(True, which="both", alpha=0.3)
-        ax2.legend(fontsize=8)
+        ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1504,6 +1505,20 @@ def floor_ratios(row: dict[str, Any]) -> tuple[float, float]:
     r0 = row["distlog"][0] / min(row["all_reduce"][0], row["all_gather"][0])
     slow = row["distlog"][1] / min(row["all_reduce"][1], row["all_gather"][1])
     return r0, slow
+
+
+def within_noise(overhead: float, se: float, target: float = TARGET_SPARSE_STEP) -> bool | None:
+    """A wall-time overhead against a small target, judged only where the host's noise lets
+    the run tell: met when it stays within the target by 2 standard errors, missed when it is
+    above it by as much, None (not judged) in between. On a busy 2-core host a round's wall
+    time moves by tens of %, and 100 rounds leave a standard error of 1.5-3%."""
+    if not math.isfinite(se):
+        return overhead <= target
+    if overhead + 2 * se <= target:
+        return True
+    if overhead - 2 * se > target:
+        return False
+    return None
 
 
 def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
@@ -1709,6 +1724,18 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             o = ov.get(name)
             if not o:
                 continue
+            verdict = within_noise(o["overhead"], o.get("overhead_se", math.nan))
+            note = (
+                f"(the floor, one async all_reduce of the payload every 10 steps and no "
+                f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%})"
+                if judged
+                else "(for reference)"
+            )
+            if judged and verdict is None:
+                note += (
+                    "; the host's noise (2 standard errors either side) spans the target, so "
+                    "this run cannot tell: not judged"
+                )
             out.append(
                 (
                     f"flush every 10 steps ({'async_flush' if judged else 'blocking'}): "
@@ -1716,11 +1743,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     f"{o['overhead']:+.1%} ± {o.get('overhead_se', math.nan):.1%} wall, "
                     f"{o.get('in_calls_of_bare', math.nan):.1%} of the step inside distlog's "
                     "calls",
-                    f"(the floor, one async all_reduce of the payload every 10 steps and no "
-                    f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%})"
-                    if judged
-                    else "(for reference)",
-                    o["overhead"] <= TARGET_SPARSE_STEP if judged else None,
+                    note,
+                    verdict if judged else None,
                 )
             )
         floor = ov.get("floor: one scalar all_reduce + .item() every step", {})

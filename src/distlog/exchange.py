@@ -163,6 +163,7 @@ class GatherBuffers:
     def __init__(self, layout: Layout, size: int, root: bool) -> None:
         self.lent = False
         self.version = layout.version
+        self.root = root  # this rank is the writer's: its table holds every rank's row
         width = Header.WIDTH + layout.sum_size + layout.max_size
         h = Header.WIDTH
         self.send = torch.zeros(width + h * (size - 1), dtype=torch.float64)
@@ -651,10 +652,7 @@ def _gather_round(
     buf.flush_ids.fill(np.nan)  # a table the collective did not fill can never pass as whole
     # Kept until the logger has taken the row (settle()): a signal handler that runs once the
     # collective started salvages the row from the writer's table.
-    if ex.group_rank == 0 and not header.new_keys:
-        ex._salvageable = (header, buf.table, lay)
-    else:
-        ex._salvageable = None
+    ex._salvageable = (header, buf.table, lay) if buf.root and not header.new_keys else None
     ex.collective(
         step, lambda: all_to_all(ex.group, buf.recv, buf.send, buf.recv_splits, buf.send_splits)
     )

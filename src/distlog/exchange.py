@@ -167,9 +167,9 @@ class GatherBuffers:
         width = Header.WIDTH + layout.sum_size + layout.max_size
         h = Header.WIDTH
         self.send = torch.zeros(width + h * (size - 1), dtype=torch.float64)
-        self.send_np = self.send.numpy()
-        self.row = self.send_np[:width]  # this rank's header and payloads
-        self.header_copies = self.send_np[width:].reshape(size - 1, h)  # for ranks 1..size-1
+        send = self.send.numpy()
+        self.row = send[:width]  # this rank's header and payloads
+        self.header_copies = send[width:].reshape(size - 1, h)  # for ranks 1..size-1
         self.send_splits = [width] + [h] * (size - 1)
         self.table = torch.empty(size, width if root else h, dtype=torch.float64)
         self.table_np = self.table.numpy()

@@ -519,6 +519,43 @@ def async_step_worlds(rounds: int, launches: int) -> tuple[Any, list[float]]:
     return runs[(len(runs) - 1) // 2][1], [r[0] for r in runs]
 
 
+SPARSE_STEP_VARIANTS = ["bare step", "distlog async_flush, tensors, flush every 10 steps"]
+"""The variants of the "flush every 10 steps within 1%" target, run on their own, each rank
+pinned to a core of its own: what distlog adds (under 1% of a step) is ten times smaller than a
+round's noise (~6% pinned, ~10% not), so it takes thousands of paired rounds, each next to its
+bare round, to bring the standard error under 0.2%. Pinned, distlog's threads get no spare core:
+whatever CPU they take is taken from the step."""
+
+SPARSE_STEP_ROUNDS = 2000  # about 7 minutes on a 2-core host
+
+
+def sparse_step_world(rounds: int) -> Any:
+    """The flush-every-10-steps variant and the bare step alone, ``rounds`` rounds each."""
+    t0 = perf()
+    job = {"n_keys": 32, "steps": 10, "rounds": rounds, "target_ms": 10.0, "pin": True}
+    got = run_world(2, [("a", "step_overhead", dict(job, only=SPARSE_STEP_VARIANTS))], 1800)
+    log(f"world of 2: flush every 10 steps, {rounds} rounds: {perf() - t0:.1f}s")
+    return got.get("a", {"error": "no result"})
+
+
+def async_step_margin(per_rank: list[dict[str, Any]]) -> tuple[float, float]:
+    """How far distlog's async flush every step stays under its target, in ms a step, with its
+    standard error: the median over rounds of (what distlog adds) - 1.2 x (what the
+    hand-written async all_reduce adds), each taken against the bare round next to it.
+    Negative: within the target. Paired round by round, so the host's drift cancels."""
+
+    def slowest_rank(name: str) -> list[float]:
+        rounds = range(len(per_rank[0]["per_round_s"][name]))
+        return [max(r["per_round_s"][name][i] for r in per_rank) for i in rounds]
+
+    a = slowest_rank("distlog async_flush, tensors, flush every step")
+    f = slowest_rank("floor: async all_reduce of the same payload every step")
+    b = slowest_rank("bare step")
+    d = [(x - z) - TARGET_ASYNC_STEP_RATIO * (y - z) for x, y, z in zip(a, f, b, strict=True)]
+    se = 1.2533 * statistics.pstdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return med(d) * 1e3, se * 1e3
+
+
 def async_step_ratio(ov: dict[str, dict[str, float]]) -> tuple[float, float, float]:
     """(ratio, ms distlog's async flush every step adds, ms the hand-written async all_reduce
     adds): the paired overheads, each round against the bare round next to it."""
@@ -526,6 +563,23 @@ def async_step_ratio(ov: dict[str, dict[str, float]]) -> tuple[float, float, flo
     fa = ov["floor: async all_reduce of the same payload every step"]
     added, floor_added = a["overhead"] * a["bare_ms"], fa["overhead"] * fa["bare_ms"]
     return (added / floor_added if floor_added > 0 else math.inf), added, floor_added
+
+
+def pin_process_to_one_core(rank: int) -> int | None:
+    """Pin every thread of this process, and the threads it starts later, to one core of its
+    own (by rank); returns the core, or None where the OS has no affinity calls. Two ranks left
+    to the scheduler on two cores trade places and threads: that doubles the round-to-round
+    noise of a step's wall time."""
+    if not hasattr(os, "sched_setaffinity") or not Path("/proc/self/task").is_dir():
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[rank % len(cores)]
+    for tid in os.listdir("/proc/self/task"):  # os.sched_setaffinity(0) pins one thread
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+    return core
 
 
 def job_step_overhead(
@@ -536,11 +590,14 @@ def job_step_overhead(
     rounds: int,
     target_ms: float,
     only: list[str] | None = None,
+    pin: bool = False,
 ) -> dict[str, Any]:
     """Mean step time of a bare loop against the same loop logging ``n_keys`` keys a step
-    (``only``: these variants alone)."""
+    (``only``: these variants alone; ``pin``: each rank on a core of its own, its loggers'
+    threads included)."""
     import distlog
 
+    core = pin_process_to_one_core(rank) if pin else None
     step, m = _calibrated_step(rank, target_ms / 1000)
     logger = distlog.Logger(run_dir=_tmpdir())
     names = [f"train/metric_{i:02d}" for i in range(n_keys)]
@@ -647,6 +704,7 @@ def job_step_overhead(
         pending.pop().wait()
     return {
         "matmuls_per_step": m,
+        "core": core,
         "steps_per_round": steps,
         "per_round_s": per_round,
         "cpu_round_s": cpu_round,
@@ -1211,7 +1269,7 @@ def merge_launches(launches: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_all(quick: bool) -> dict[str, Any]:
+def run_all(quick: bool, sparse_rounds: int = SPARSE_STEP_ROUNDS) -> dict[str, Any]:
     res: dict[str, Any] = {"quick": quick, "machine": machine_info()}
     t_start = perf()
     if quick:
@@ -1306,6 +1364,7 @@ def run_all(quick: bool) -> dict[str, Any]:
                 rounds=2 if quick else ASYNC_STEP_ROUNDS,
                 launches=2 if quick else ASYNC_STEP_LAUNCHES,
             )
+            got["sparse_step"] = sparse_step_world(4 if quick else sparse_rounds)
         if w > 1:
             # Process start-up dominates a floor world: more iterations on small worlds cost
             # a second or two and steady the paired medians.
@@ -1323,6 +1382,7 @@ def run_all(quick: bool) -> dict[str, Any]:
             "collective_costs",
             "step_overhead",
             "async_step",
+            "sparse_step",
             "lightning",
         ):
             if label in got:
@@ -1508,10 +1568,10 @@ def floor_ratios(row: dict[str, Any]) -> tuple[float, float]:
 
 
 def within_noise(overhead: float, se: float, target: float = TARGET_SPARSE_STEP) -> bool | None:
-    """A wall-time overhead against a small target, judged only where the host's noise lets
-    the run tell: met when it stays within the target by 2 standard errors, missed when it is
+    """A wall-time figure against a small target, judged only where the host's noise lets the
+    run tell: met when it stays within the target by 2 standard errors, missed when it is
     above it by as much, None (not judged) in between. On a busy 2-core host a round's wall
-    time moves by tens of %, and 100 rounds leave a standard error of 1.5-3%."""
+    time moves by 6-15%: 100 rounds leave a standard error of 1.5-3%, 2000 pinned ones 0.2%."""
     if not math.isfinite(se):
         return overhead <= target
     if overhead + 2 * se <= target:
@@ -1690,6 +1750,33 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             others = res.get("async_step_launches") or []
             se_a = a.get("overhead_se", math.nan) * a["bare_ms"]
             se_f = fa.get("overhead_se", math.nan) * fa["bare_ms"]
+            # Judged like the sparse target: only where 2 standard errors of the paired margin
+            # tell met from missed (two overheads of ~0.5 ms, each ± ~0.1 ms on this host:
+            # single launches of the same code have read 0.7x and 1.9x).
+            margin, margin_se = async_step_margin(focused if ova is not ov else so)
+            verdict = within_noise(margin, margin_se, target=0.0)
+            note = (
+                f"({len(focused[0]['per_round_s']['bare step'])} rounds of the bare "
+                "step and these two alone"
+                + (
+                    f"; the median of {len(others)} launches, which read "
+                    + ", ".join(f"{x:.2f}x" for x in others)
+                    if len(others) > 1
+                    else ""
+                )
+                + ")"
+                if ova is not ov
+                else ""
+            )
+            note += (
+                f"; distlog's added time - {TARGET_ASYNC_STEP_RATIO:g}x the floor's, paired "
+                f"round by round: {margin:+.3f} ± {margin_se:.3f} ms"
+            )
+            if verdict is None:
+                note += (
+                    ", and 2 standard errors either side span 0, so this run cannot tell: "
+                    "not judged"
+                )
             out.append(
                 (
                     f"async_flush, 32 keys flushed every step: added time <= "
@@ -1697,37 +1784,35 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     "of the same payload, 2 ranks",
                     f"{ratio:.2f}x ({added:+.2f} ± {se_a:.2f} ms vs {floor_added:+.2f} ± "
                     f"{se_f:.2f} ms a step)",
-                    (
-                        f"({len(focused[0]['per_round_s']['bare step'])} rounds of the bare "
-                        "step and these two alone"
-                        + (
-                            f"; the median of {len(others)} launches, which read "
-                            + ", ".join(f"{x:.2f}x" for x in others)
-                            if len(others) > 1
-                            else ""
-                        )
-                        + ")"
-                        if ova is not ov
-                        else ""
-                    ),
-                    ratio <= TARGET_ASYNC_STEP_RATIO,
+                    note.lstrip("; "),
+                    verdict,
                 )
             )
         # Issue 11's end-to-end target is about async_flush; the blocking flush is reported
         # beside it. The floor (one async all_reduce of the payload every 10 steps, no logging
         # calls at all) says what any cross-rank reduction at that interval costs on this host.
         sparse_floor = ov.get("floor: async all_reduce of the same payload every 10 steps", {})
+        # The judged figure from its own run (many more rounds) where there is one.
+        sparse = res.get("sparse_step", {}).get("2")
+        ovs = step_overheads(sparse) if isinstance(sparse, list) else ov
         for name, judged in (
             ("distlog async_flush, tensors, flush every 10 steps", True),
             ("distlog, tensors, flush every 10 steps", False),
         ):
-            o = ov.get(name)
+            o = (ovs if judged else ov).get(name)
             if not o:
                 continue
             verdict = within_noise(o["overhead"], o.get("overhead_se", math.nan))
             note = (
-                f"(the floor, one async all_reduce of the payload every 10 steps and no "
-                f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%})"
+                (
+                    f"({len(sparse[0]['per_round_s']['bare step'])} paired rounds of the bare "
+                    "step and this alone, each rank pinned to a core of its own; "
+                    if ovs is not ov
+                    else "("
+                )
+                + f"the floor, one async all_reduce of the payload every 10 steps and no "
+                f"logging calls, adds {sparse_floor.get('overhead', math.nan):+.1%} ± "
+                f"{sparse_floor.get('overhead_se', math.nan):.1%} in the main run)"
                 if judged
                 else "(for reference)"
             )
@@ -1740,9 +1825,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 (
                     f"flush every 10 steps ({'async_flush' if judged else 'blocking'}): "
                     f"within {TARGET_SPARSE_STEP:.0%} of the bare step",
-                    f"{o['overhead']:+.1%} ± {o.get('overhead_se', math.nan):.1%} wall, "
-                    f"{o.get('in_calls_of_bare', math.nan):.1%} of the step inside distlog's "
-                    "calls",
+                    f"{o['overhead']:+.2%} ± {o.get('overhead_se', math.nan):.2%} wall, "
+                    f"{o.get('in_calls_of_bare', math.nan):.2%} ± "
+                    f"{o.get('in_calls_se_of_bare', math.nan):.2%} of the step inside "
+                    "distlog's calls",
                     note,
                     verdict if judged else None,
                 )
@@ -1813,6 +1899,9 @@ def step_overheads(per_rank: list[dict[str, Any]]) -> dict[str, dict[str, float]
             in_calls = [max(h[i] for h in hooks) for i in range(len(v))]  # type: ignore[index]
             out[name]["in_calls_ms"] = med(in_calls) * 1e3
             out[name]["in_calls_of_bare"] = med(in_calls) / bare
+            out[name]["in_calls_se_of_bare"] = (
+                1.2533 * statistics.pstdev(in_calls) / math.sqrt(len(in_calls)) / bare
+            )
         if name in cpu:
             added = [x - b for x, b in zip(cpu[name], cpu["bare step"], strict=True)]
             out[name]["cpu_added_ms"] = med(added) * 1e3
@@ -2263,16 +2352,26 @@ def analysis(res: dict[str, Any]) -> list[str]:
         one = c2[0][ALLREDUCE1]
         every = ov.get("distlog, tensors, flush every step", {})
         ten = ov.get("distlog, tensors, flush every 10 steps", {})
-        aten = ov.get("distlog async_flush, tensors, flush every 10 steps", {})
+        sparse = res.get("sparse_step", {}).get("2")
+        aten = (step_overheads(sparse) if isinstance(sparse, list) else ov).get(
+            "distlog async_flush, tensors, flush every 10 steps", {}
+        )
         aten_floor = ov.get("floor: async all_reduce of the same payload every 10 steps", {})
         floor = ov.get("floor: one scalar all_reduce + .item() every step", {})
         floor2 = ov.get("floor, on a second gloo group (as distlog's own group)", {})
         nan = math.nan
         out.append(
             f"- **Step overhead.** Logged every step and written every 10 steps (a trainer's "
-            f"log interval), 32 keys add {aten.get('overhead', nan):+.1%} to the "
-            f"{bare * 1e3:.1f} ms bare step with `async_flush=True` "
-            f"({aten.get('in_calls_of_bare', nan):.1%} of the step inside distlog's calls, "
+            f"log interval), 32 keys add {aten.get('overhead', nan):+.2%} ± "
+            f"{aten.get('overhead_se', nan):.2%} to the "
+            f"{aten.get('bare_ms', nan):.1f} ms bare step with `async_flush=True` "
+            + (
+                f"(in {len(sparse[0]['per_round_s']['bare step'])} paired rounds of their own, "
+                "each rank pinned to a core of its own; "
+                if isinstance(sparse, list)
+                else "("
+            )
+            + f"{aten.get('in_calls_of_bare', nan):.2%} of the step inside distlog's calls, "
             f"most of it the 32 `log_scalar` calls of a CPU tensor, each an `.item()`), and "
             f"{ten.get('overhead', nan):+.1%} with the blocking flush "
             f"({ten.get('in_calls_of_bare', nan):.1%} inside the calls). One hand-written "
@@ -2486,10 +2585,23 @@ def main() -> None:
         help="gpu.json written by scripts/gpu_check.py on a GPU machine: adds a GPU section "
         "(kept in benchmarks.json, so later --from-json renders keep it)",
     )
+    ap.add_argument(
+        "--sparse-rounds",
+        type=int,
+        default=SPARSE_STEP_ROUNDS,
+        help="paired rounds of the flush-every-10-steps target (default %(default)s, about 7 "
+        "minutes; the standard error falls as 1/sqrt(rounds))",
+    )
     args = ap.parse_args()
+    if args.sparse_rounds < 2:
+        ap.error(f"--sparse-rounds must be at least 2, got {args.sparse_rounds}")
     out = args.out or (ROOT / "docs" if not args.quick else Path(_tmpdir()))
     t0 = perf()
-    res = json.loads(args.from_json.read_text()) if args.from_json else run_all(args.quick)
+    res = (
+        json.loads(args.from_json.read_text())
+        if args.from_json
+        else run_all(args.quick, args.sparse_rounds)
+    )
     if args.gpu_json:
         res["gpu_check"] = json.loads(args.gpu_json.read_text())
     write_report(res, out)

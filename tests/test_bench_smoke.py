@@ -76,6 +76,17 @@ def test_quick_benchmark_writes_a_parsable_report(tmp_path: Path) -> None:
     # The async every-step variants ran in two launches of their own; the median one is kept.
     assert len(res["async_step_launches"]) == 2
     assert isinstance(res["async_step"]["2"], list) and len(res["async_step"]["2"]) == 2
+    # The flush-every-10-steps target ran on its own, each rank pinned to a core of its own.
+    sparse = res["sparse_step"]["2"]
+    assert isinstance(sparse, list) and len(sparse) == 2, str(sparse)[:3000]
+    assert set(sparse[0]["per_round_s"]) == {
+        "bare step",
+        "distlog async_flush, tensors, flush every 10 steps",
+    }
+    if hasattr(os, "sched_getaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        assert [r["core"] for r in sparse] == [cores[0], cores[1 % len(cores)]]
+    assert "paired rounds of the bare step and this alone" in md
     for label, got in res["threads"]["2"][0].items():
         assert got["written"] == got["logged"], (label, got)
     assert "![flush latency against keys](benchmarks.png)" in md

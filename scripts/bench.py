@@ -45,6 +45,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -341,8 +342,8 @@ def job_breakdown(rank: int, world: int, keys: list[int], reps: int) -> dict[str
                 total = perf() - t0
                 if it >= 3:
                     timers.setdefault("flush total", []).append(total)
-                    for label, v in current.items():
-                        timers.setdefault(label, []).append(v)
+                    for label, secs in current.items():
+                        timers.setdefault(label, []).append(secs)
         finally:
             agg_mod.PendingRow.resolve = orig_resolve  # type: ignore[method-assign]
             payload_mod.FusedRow.build = orig_build  # type: ignore[method-assign]
@@ -898,7 +899,7 @@ def job_floor(rank: int, world: int, keys: list[int], reps: int, warmup: int) ->
         out = torch.empty(sum(recv_splits), dtype=torch.float64)
         dist.barrier()
         t0 = perf()
-        packers[n].pack_into(xn, 0, 1.0, 2.0, 3.0, 0.0, 0.0, *acc)
+        packers[n].pack_into(xn, 0, 1.0, 2.0, 3.0, 0.0, 0.0, *acc)  # type: ignore[arg-type]
         xn[5 + n : width[n]] = 1.0
         xn[width[n] :].reshape(world - 1, 5)[:] = xn[:5]
         dist.all_to_all_single(out, x, recv_splits, send_splits, group=group)
@@ -975,8 +976,8 @@ def job_threads(rank: int, world: int, flushes: int) -> dict[str, Any]:
         total = torch.tensor(float(logged[0]))
         dist.all_reduce(total)
         written = None
-        if rank == 0:
-            written = sum(r.get("data/batches", 0.0) for r in distlog.read_metrics(box[0]))
+        if run_dir is not None:  # rank 0's own
+            written = sum(r.get("data/batches", 0.0) for r in distlog.read_metrics(run_dir))
         out[label] = {
             "logged": float(total.item()),
             "written": written,
@@ -985,7 +986,7 @@ def job_threads(rank: int, world: int, flushes: int) -> dict[str, Any]:
     return out
 
 
-JOBS = {
+JOBS: dict[str, Callable[..., Any]] = {
     "floor": job_floor,
     "threads": job_threads,
     "flush_sweep": job_flush_sweep,

@@ -257,7 +257,11 @@ def section_nccl(device: str) -> dict[str, Any]:
         # neither the call nor the exchange thread may sync (the writer, held, may).
         arun = tmpdir()
         alogger = distlog.Logger(run_dir=arun, async_flush=True)
-        log_async = lambda items_: [alogger.log_scalar(k, t) for k, t in items_]  # noqa: E731
+
+        def log_async(items_: Any) -> None:
+            for k, t in items_:
+                alogger.log_scalar(k, t)
+
         log_async(samples(0))
         alogger.flush(step=0)
         alogger.wait()
@@ -373,8 +377,8 @@ def gloo_rank(rank: int, world: int, port: int, device: str, results: Any) -> No
         vs = [torch.tensor(float(i + rank), device=device) for i in range(n)]
         t_d, t_p = [], []
         for it in range(13):
-            for k, v in zip(keys, vs, strict=True):
-                logger.log_scalar(k, v)
+            for k, vt in zip(keys, vs, strict=True):
+                logger.log_scalar(k, vt)
             dist.barrier()
             t0 = perf()
             logger.flush()
@@ -382,8 +386,8 @@ def gloo_rank(rank: int, world: int, port: int, device: str, results: Any) -> No
             if it < 5:
                 dist.barrier()
                 t0 = perf()
-                for v in vs:
-                    x = v.clone()
+                for vt in vs:
+                    x = vt.clone()
                     dist.all_reduce(x)
                     x.item()
                 t_p.append(perf() - t0)

@@ -1,4 +1,5 @@
-"""The package stays typed and lint-clean: mypy on src (the package ships py.typed) and ruff."""
+"""The package stays typed and lint-clean: mypy on src (the package ships py.typed) and on the
+scripts, and ruff."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def test_mypy_finds_no_type_errors_in_the_package():
         [_tool("mypy"), "src/distlog"], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # starts a process
+def test_mypy_finds_no_type_errors_in_the_scripts():
+    # bench_gil.py imports bench.py, which mypy then checks as the module ``bench``: naming
+    # bench.py too would make it one file under two module names.
+    scripts = ["scripts/bench_gil.py", "scripts/bench_frameworks.py", "scripts/gpu_check.py"]
+    proc = subprocess.run(
+        [_tool("mypy"), *scripts], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "in 3 source files" in proc.stdout
 
 
 @pytest.mark.slow  # starts a process

@@ -16,6 +16,7 @@ import threading
 import warnings
 
 import pytest
+from dist_harness import default_signals
 
 import distlog
 from distlog import lifecycle, runlog
@@ -36,16 +37,8 @@ def run_script(tmp_path, body: str, **env: str) -> subprocess.CompletedProcess[s
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=_default_signals,
+        preexec_fn=default_signals,
     )
-
-
-def _default_signals() -> None:
-    """In the child, before exec: SIGINT and SIGTERM act by default. A harness that runs the
-    suite in the background (``cmd &`` in a script) ignores SIGINT, and an ignored signal is one
-    distlog rightly leaves alone, so a test of what a signal does must not inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def info(run_dir) -> dict:

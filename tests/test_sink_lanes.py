@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_harness import subprocess_env
+from dist_harness import default_signals, subprocess_env
 
 import distlog
 
@@ -87,6 +87,7 @@ def _run_job(template: str, **fields: Any) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=default_signals,  # a test of Ctrl-C must not inherit an ignored SIGINT
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import socket
 import sys
 import traceback
@@ -73,6 +74,16 @@ def free_port() -> int:
                 continue
         return port
     raise RuntimeError(f"no free port in {start}-{start + _PORT_BLOCK - 1}")
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child that a test signals: SIGINT and SIGTERM act by default in it.
+
+    A harness that runs the suite in the background (``cmd &`` in a script, ``nohup``) ignores
+    SIGINT, every child inherits that, and an ignored signal is one distlog rightly leaves
+    alone: a test of what Ctrl-C does would wait for a signal that never comes."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fault_job
-from dist_harness import free_port, subprocess_env
+from dist_harness import default_signals, free_port, subprocess_env
 from wandb_helpers import wandb_env
 
 import distlog
@@ -159,6 +159,7 @@ def start_plain(
                     env=rank_env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    preexec_fn=default_signals,  # the tests signal it: no inherited SIG_IGN
                 )
             )
     return Job(run_dir, world, log_every, procs, logs=logs, wandb_dir=wandb_dir)
@@ -197,6 +198,7 @@ def start_torchrun(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_signals,  # the tests signal it: no inherited SIG_IGN
         )
     return Job(run_dir, nproc, log_every, [], agent=agent, logs=[log], wandb_dir=wandb_dir)
 

@@ -77,6 +77,20 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
+def med_se(xs: list[float]) -> float:
+    """Standard error of ``med(xs)`` (normal approximation): how far the host's round-to-round
+    noise lets a median of rounds be trusted."""
+    return 1.2533 * statistics.pstdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
+
+
+def slowest_rank(
+    per_rank: list[dict[str, Any]], name: str, field: str = "per_round_s"
+) -> list[float]:
+    """Round by round, the slowest rank's figure of variant ``name`` (a step waits for it)."""
+    rounds = range(len(per_rank[0][field][name]))
+    return [max(r[field][name][i] for r in per_rank) for i in rounds]
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -527,7 +541,7 @@ round's noise (~6% pinned, ~10% not), so it takes thousands of paired rounds, ea
 bare round, to bring the standard error under 0.2%. Pinned, distlog's threads get no spare core:
 whatever CPU they take is taken from the step."""
 
-SPARSE_STEP_ROUNDS = 2000  # about 7 minutes on a 2-core host
+SPARSE_STEP_ROUNDS = 2000  # about 9 minutes on a 2-core host
 
 
 def sparse_step_world(rounds: int) -> Any:
@@ -544,17 +558,11 @@ def async_step_margin(per_rank: list[dict[str, Any]]) -> tuple[float, float]:
     standard error: the median over rounds of (what distlog adds) - 1.2 x (what the
     hand-written async all_reduce adds), each taken against the bare round next to it.
     Negative: within the target. Paired round by round, so the host's drift cancels."""
-
-    def slowest_rank(name: str) -> list[float]:
-        rounds = range(len(per_rank[0]["per_round_s"][name]))
-        return [max(r["per_round_s"][name][i] for r in per_rank) for i in rounds]
-
-    a = slowest_rank("distlog async_flush, tensors, flush every step")
-    f = slowest_rank("floor: async all_reduce of the same payload every step")
-    b = slowest_rank("bare step")
+    a = slowest_rank(per_rank, "distlog async_flush, tensors, flush every step")
+    f = slowest_rank(per_rank, "floor: async all_reduce of the same payload every step")
+    b = slowest_rank(per_rank, "bare step")
     d = [(x - z) - TARGET_ASYNC_STEP_RATIO * (y - z) for x, y, z in zip(a, f, b, strict=True)]
-    se = 1.2533 * statistics.pstdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
-    return med(d) * 1e3, se * 1e3
+    return med(d) * 1e3, med_se(d) * 1e3
 
 
 def async_step_ratio(ov: dict[str, dict[str, float]]) -> tuple[float, float, float]:
@@ -1756,28 +1764,29 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             # single launches of the same code have read 0.7x and 1.9x).
             margin, margin_se = async_step_margin(focused if ova is not ov else so)
             verdict = within_noise(margin, margin_se, target=0.0)
-            note = (
-                f"({len(focused[0]['per_round_s']['bare step'])} rounds of the bare "
-                "step and these two alone"
-                + (
-                    f"; the median of {len(others)} launches, which read "
-                    + ", ".join(f"{x:.2f}x" for x in others)
-                    if len(others) > 1
-                    else ""
+            parts = []
+            if ova is not ov:
+                parts.append(
+                    f"{len(focused[0]['per_round_s']['bare step'])} rounds of the bare step and "
+                    "these two alone"
+                    + (
+                        f"; the median of {len(others)} launches, which read "
+                        + ", ".join(f"{x:.2f}x" for x in others)
+                        if len(others) > 1
+                        else ""
+                    )
                 )
-                + ")"
-                if ova is not ov
-                else ""
-            )
-            note += (
-                f"; distlog's added time - {TARGET_ASYNC_STEP_RATIO:g}x the floor's, paired "
+            parts.append(
+                f"distlog's added time - {TARGET_ASYNC_STEP_RATIO:g}x the floor's, paired "
                 f"round by round: {margin:+.3f} ± {margin_se:.3f} ms"
-            )
-            if verdict is None:
-                note += (
+                + (
                     ", and 2 standard errors either side span 0, so this run cannot tell: "
                     "not judged"
+                    if verdict is None
+                    else ""
                 )
+            )
+            note = "(" + "; ".join(parts) + ")"
             out.append(
                 (
                     f"async_flush, 32 keys flushed every step: added time <= "
@@ -1785,7 +1794,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     "of the same payload, 2 ranks",
                     f"{ratio:.2f}x ({added:+.2f} ± {se_a:.2f} ms vs {floor_added:+.2f} ± "
                     f"{se_f:.2f} ms a step)",
-                    note.lstrip("; "),
+                    note,
                     verdict,
                 )
             )
@@ -1871,28 +1880,21 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def step_overheads(per_rank: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per variant: median over rounds of the slowest rank's mean step time, and the overhead."""
-    rounds = per_rank[0]["per_round_s"]
-    slowest = {
-        name: [max(r["per_round_s"][name][i] for r in per_rank) for i in range(len(v))]
-        for name, v in rounds.items()
-    }
+    slowest = {name: slowest_rank(per_rank, name) for name in per_rank[0]["per_round_s"]}
     bare = med(slowest["bare step"])
     cpu = {
-        name: [max(r["cpu_round_s"][name][i] for r in per_rank) for i in range(len(v))]
-        for name, v in per_rank[0].get("cpu_round_s", {}).items()
+        name: slowest_rank(per_rank, name, "cpu_round_s")
+        for name in per_rank[0].get("cpu_round_s", {})
     }
     out = {}
     for name, v in slowest.items():
         # Pair each round with the bare round next to it: cancels slow drifts of machine load.
         paired = [x / b - 1 for x, b in zip(v, slowest["bare step"], strict=True)]
-        # Standard error of that median (normal approximation): how far the host's round-to-
-        # round noise lets the figure be trusted. On a busy 2-core host it is a few %.
-        se = 1.2533 * statistics.pstdev(paired) / math.sqrt(len(paired)) if paired else math.nan
         out[name] = {
             "ms": med(v) * 1e3,
             "bare_ms": bare * 1e3,
             "overhead": med(paired),
-            "overhead_se": se,
+            "overhead_se": med_se(paired),  # on a busy 2-core host: 0.2-3%, by the rounds
         }
         hooks = [r.get("hook_round_s", {}).get(name) for r in per_rank]
         if all(hooks):
@@ -1900,9 +1902,7 @@ def step_overheads(per_rank: list[dict[str, Any]]) -> dict[str, dict[str, float]
             in_calls = [max(h[i] for h in hooks) for i in range(len(v))]  # type: ignore[index]
             out[name]["in_calls_ms"] = med(in_calls) * 1e3
             out[name]["in_calls_of_bare"] = med(in_calls) / bare
-            out[name]["in_calls_se_of_bare"] = (
-                1.2533 * statistics.pstdev(in_calls) / math.sqrt(len(in_calls)) / bare
-            )
+            out[name]["in_calls_se_of_bare"] = med_se(in_calls) / bare
         if name in cpu:
             added = [x - b for x, b in zip(cpu[name], cpu["bare step"], strict=True)]
             out[name]["cpu_added_ms"] = med(added) * 1e3
@@ -2599,7 +2599,7 @@ def main() -> None:
         "--sparse-rounds",
         type=int,
         default=SPARSE_STEP_ROUNDS,
-        help="paired rounds of the flush-every-10-steps target (default %(default)s, about 7 "
+        help="paired rounds of the flush-every-10-steps target (default %(default)s, about 9 "
         "minutes; the standard error falls as 1/sqrt(rounds))",
     )
     args = ap.parse_args()

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """distlog benchmarks, side by side with what people use today. One command, one run, ratios.
 
-    python scripts/bench.py            # full run (~5 min on 2 cores): rewrites docs/benchmarks.*
-    python scripts/bench.py --quick    # smoke test (~1 min): small sizes, no Lightning, 1-2 ranks
+    python scripts/bench.py            # full run (~20 min on 2 cores): rewrites docs/benchmarks.*
+    python scripts/bench.py --quick    # smoke test (~30 s): small sizes, no Lightning, 1-2 ranks
     python scripts/bench.py --out DIR  # write benchmarks.{md,png,json} somewhere else
+    python scripts/bench.py --sparse-rounds 500   # the 1%-of-a-step target in ~2 min, not ~9
+    python scripts/bench.py --from-json docs/benchmarks.json --out DIR   # re-render only
 
 What it measures (every multi-rank figure is timed inside the ranks, median after warm-up, and
 every comparison is made in the same processes, interleaved, so machine load hits both sides):
@@ -23,6 +25,8 @@ every comparison is made in the same processes, interleaved, so machine load hit
   same payload, 1 .. 4096 keys on 2, 4 and 8 gloo ranks, with the training thread's time inside
   an asynchronous ``flush()``; a loader thread's samples against what was written; 32 keys
   flushed every step with ``async_flush`` against one hand-written async all_reduce a step;
+  32 keys logged every step and flushed every 10 with ``async_flush``, in 2000 rounds of their
+  own with each rank pinned to a core (what it adds is smaller than a round's noise);
 - the frameworks (scripts/bench_frameworks.py): Lightning's ``sync_dist`` against
   ``DistlogCallback``, and the cost of ``system_metrics=True``.
 """
